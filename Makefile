@@ -1,0 +1,36 @@
+# Plugboard: `make run` starts the daemon with the shipped example plugins,
+# `make test` runs every test, `make bench` runs the benchmarks.
+# Each target installs the Debian packages it needs first.
+
+SWIFT        ?= swift
+APT_PACKAGES := libmsgpack-dev pkg-config
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BUILD_FLAGS  ?=
+
+.PHONY: deps build test run bench clean
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build $(BUILD_FLAGS)
+
+test: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+
+run: deps
+	$(SWIFT) build $(BUILD_FLAGS) --product plugboardd
+	$(SWIFT) run --skip-build plugboardd
+
+bench: deps
+	$(SWIFT) build -c release --product plugboard-bench
+	$(SWIFT) run -c release --skip-build plugboard-bench chan
+
+clean:
+	rm -rf .build

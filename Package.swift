@@ -1,0 +1,121 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Plugboard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Chan", targets: ["Chan"]),
+        .library(name: "Hub", targets: ["Hub"]),
+        .library(name: "Pipeline", targets: ["Pipeline"]),
+        .library(name: "Hooks", targets: ["Hooks"]),
+        .library(name: "Engine", targets: ["Engine"]),
+        .library(name: "PluginKit", targets: ["PluginKit"]),
+        .executable(name: "plugboardd", targets: ["plugboardd"]),
+        .executable(name: "plugboard", targets: ["plugboard"]),
+        .executable(name: "plugboard-sh", targets: ["plugboard-sh"]),
+        .executable(name: "plugboard-bench", targets: ["plugboard-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        // msgpack-c from libmsgpack-dev, found through pkg-config. Only Chan imports it.
+        .systemLibrary(
+            name: "CMsgpack",
+            pkgConfig: "msgpack",
+            providers: [.apt(["libmsgpack-dev"])]
+        ),
+        .target(
+            name: "Chan",
+            dependencies: [
+                "CMsgpack",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // glibc's posix_spawn GNU extensions (closefrom, chdir) and pipe2, which need _GNU_SOURCE.
+        .target(name: "CSpawn"),
+        .target(
+            name: "Spawn",
+            dependencies: [
+                "CSpawn",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "Hub", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Pipeline", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Hooks", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(
+            name: "Engine",
+            dependencies: [
+                "Chan", "Hub", "Pipeline", "Hooks", "Spawn",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "PluginKit", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .executableTarget(
+            name: "plugboardd",
+            dependencies: [
+                "Engine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "plugboard",
+            dependencies: ["Chan", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "plugboard-sh",
+            dependencies: ["PluginKit", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "plugboard-bench",
+            dependencies: [
+                "Chan", "Spawn",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.
+        .executableTarget(
+            name: "plugboard-test-peer",
+            dependencies: ["Chan", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ChanTests",
+            dependencies: [
+                "Chan", "Spawn",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
+    ]
+)

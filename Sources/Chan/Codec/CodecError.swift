@@ -1,0 +1,75 @@
+/// Why a msgpack value or frame could not be encoded or decoded.
+///
+/// Each hostile-input case has its own ``Code``, and ``offset`` says where in the
+/// bytes it was found. New codes can be added without breaking callers.
+public struct CodecError: Error, Hashable, CustomStringConvertible {
+    /// The kind of failure.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// Bytes remain after the one value a frame may hold.
+        public static let trailingBytes = Code("trailing bytes")
+        /// Arrays and maps are nested deeper than the configured limit.
+        public static let nestingTooDeep = Code("nesting too deep")
+        /// A string is not valid UTF-8.
+        public static let invalidUTF8 = Code("string is not valid UTF-8")
+        /// A declared length or element count needs more bytes than are present.
+        public static let truncated = Code("declared length exceeds the bytes present")
+        /// A frame's length prefix is over the negotiated maximum.
+        public static let frameTooLarge = Code("frame too large")
+        /// A frame holds no bytes at all.
+        public static let emptyFrame = Code("empty frame")
+        /// The byte 0xc1, which msgpack never uses.
+        public static let invalidByte = Code("invalid msgpack byte")
+        /// A channel end was encoded outside of a session.
+        public static let channelOutsideSession = Code("channel end outside a session")
+        /// msgpack-c refused the bytes after they passed the structural guard.
+        public static let rejectedByMsgpackC = Code("msgpack-c rejected the bytes")
+        /// A reserved extension type carried a payload of the wrong shape.
+        public static let badChannelReference = Code("malformed channel reference")
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// The byte offset where it was found, when known.
+    public var offset: Int?
+    /// A sentence for a person.
+    public var reason: String
+
+    public init(_ code: Code, offset: Int? = nil, _ reason: String) {
+        self.code = code
+        self.offset = offset
+        self.reason = reason
+    }
+
+    public var description: String {
+        if let offset { return "\(code) at byte \(offset): \(reason)" }
+        return "\(code): \(reason)"
+    }
+}
+
+/// Limits applied when decoding untrusted bytes.
+public struct DecodingLimits: Sendable, Hashable {
+    /// The deepest nesting of arrays and maps accepted.
+    ///
+    /// msgpack-c 4.0 (Debian's libmsgpackc2) is compiled with a fixed unpack stack of 32
+    /// containers (`MSGPACK_EMBED_STACK_SIZE`), so 32 is both the default and the ceiling.
+    public var maxDepth: Int
+    /// The largest frame body accepted, in bytes.
+    public var maxFrameSize: Int
+
+    /// The deepest nesting msgpack-c can unpack.
+    public static let msgpackCStackLimit = 32
+    /// 16 MiB, the protocol's default maximum frame size.
+    public static let defaultMaxFrameSize = 16 * 1024 * 1024
+
+    public init(maxDepth: Int = DecodingLimits.msgpackCStackLimit, maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize) {
+        self.maxDepth = min(max(1, maxDepth), DecodingLimits.msgpackCStackLimit)
+        self.maxFrameSize = maxFrameSize
+    }
+
+    /// The defaults: depth 32, frames up to 16 MiB.
+    public static let `default` = DecodingLimits()
+}

@@ -1,0 +1,284 @@
+import NIOCore
+
+/// Sending, receiving and closing channel ends. Values that may hold channel ends are
+/// always dropped outside the lock, because dropping an end takes the lock (its deinit
+/// closes the channel).
+extension Session {
+    func send(_ value: Value, on sender: Sender, fin: Bool) async throws {
+        let id = sender.id
+        while true {
+            let ready = try lock.withLock { () throws -> Bool in
+                let state = try sendableStateLocked(sender)
+                return state.credit > 0
+            }
+            if ready { break }
+            try await waitForCredit(sender)
+        }
+        let size = try writeThrowing(.data(id: id, value: value, fin: fin)) { [unowned self] end in
+            try self.resolveOutbound(end)
+        }
+        let dropped: ChannelState? = lock.withLock {
+            guard let state = channels[id] else { return nil }
+            state.credit -= size
+            if fin {
+                sender.released = true
+                return channels.removeValue(forKey: id)
+            }
+            return nil
+        }
+        _ = dropped
+    }
+
+    private func sendableStateLocked(_ sender: Sender) throws(ChanError) -> ChannelState {
+        if sender.released {
+            throw ChanError(.endMoved, "Sender \(sender.id) was already sent to the peer, finished or closed")
+        }
+        if let failure { throw failure }
+        guard let state = channels[sender.id] else {
+            throw ChanError(.channelClosed, "the receiver of channel \(sender.id) closed it")
+        }
+        if let failure = state.failure { throw failure }
+        switch state.role {
+        case .localPipe:
+            throw ChanError(.notConnected, "channel \(sender.id) is a pipe whose ends are both here: send one end to the peer first")
+        case .receiving:
+            throw ChanError(.endMoved, "the Sender of channel \(sender.id) was sent to the peer")
+        case .sending:
+            return state
+        }
+    }
+
+    private func waitForCredit(_ sender: Sender) async throws {
+        let waiterID = lock.withLock { () -> UInt64 in
+            defer { nextWaiterID += 1 }
+            return nextWaiterID
+        }
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                var observer: (@Sendable (UInt64) -> Void)?
+                let immediate: Result<Void, ChanError>? = lock.withLock { () -> Result<Void, ChanError>? in
+                    do throws(ChanError) {
+                        let state = try sendableStateLocked(sender)
+                        if state.credit > 0 { return .success(()) }
+                        state.creditWaiters.append(Waiter(id: waiterID, continuation: continuation))
+                        observer = creditStallObserver
+                        return nil
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                if let immediate { continuation.resume(with: immediate) }
+                observer?(sender.id)
+            }
+        } onCancel: {
+            let waiter: Waiter<Void>? = lock.withLock {
+                guard let state = channels[sender.id],
+                      let i = state.creditWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+                return state.creditWaiters.remove(at: i)
+            }
+            waiter?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Called while encoding a message that carries `end`: checks that the end may leave,
+    /// and records that it left.
+    func resolveOutbound(_ end: ChannelEnd) throws -> ChannelReference {
+        let core = end.core
+        guard core.session === self else {
+            throw ChanError(.wrongSession, "\(end) belongs to session \(core.session.configuration.name), not \(configuration.name)")
+        }
+        try lock.withLock { () throws in
+            if core.released { throw ChanError(.endMoved, "\(end) was already sent or closed") }
+            guard let state = channels[core.id] else {
+                throw ChanError(.channelClosed, "\(end): its channel is closed")
+            }
+            guard state.role == .localPipe else {
+                throw ChanError(.endMoved, "\(end) cannot be sent: only an end of a pipe made here, whose other end is still here, can travel")
+            }
+            switch end.referenceKind {
+            case .sender, .byteStreamWriter:
+                guard state.receiverAlive else {
+                    throw ChanError(.channelClosed, "\(end) cannot be sent: its Receiver was already dropped")
+                }
+                state.role = .receiving
+            case .receiver, .byteStreamReader:
+                guard state.senderAlive else {
+                    throw ChanError(.channelClosed, "\(end) cannot be sent: its Sender was already dropped")
+                }
+                guard state.inbox.isEmpty, state.receiveWaiters.isEmpty else {
+                    throw ChanError(.endMoved, "\(end) cannot be sent while it is being read here")
+                }
+                state.role = .sending
+                state.credit = peerHello?.window ?? 0
+            }
+            core.released = true
+        }
+        return ChannelReference(kind: end.referenceKind, id: core.id)
+    }
+
+    func receive(on receiver: Receiver, timeout: Duration?) async throws -> Value? {
+        let id = receiver.id
+        // Fast path: a message is already buffered.
+        var creditToSend: UInt64 = 0
+        let (step, removed) = try lock.withLock { () throws -> (ReceiveStep, ChannelState?) in
+            try takeLocked(receiver, creditToSend: &creditToSend)
+        }
+        _ = removed
+        if creditToSend > 0 { write(.credit(id: id, bytes: creditToSend)) }
+        switch step {
+        case .value(let v): return v
+        case .end: return nil
+        case .wait: break
+        }
+
+        let waiterID = lock.withLock { () -> UInt64 in
+            defer { nextWaiterID += 1 }
+            return nextWaiterID
+        }
+        let timer: Scheduled<Void>? = timeout.map { timeout in
+            transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
+                self?.failWaiter(channel: id, waiterID: waiterID, ChanError(.timeout, "no message on channel \(id) within \(timeout)"))
+            }
+        }
+        defer { timer?.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Value?, any Error>) in
+                var credit: UInt64 = 0
+                let immediate: Result<Value?, ChanError>?
+                let removed: ChannelState?
+                do {
+                    (immediate, removed) = try lock.withLock { () throws -> (Result<Value?, ChanError>?, ChannelState?) in
+                        let (step, removed) = try takeLocked(receiver, creditToSend: &credit)
+                        switch step {
+                        case .value(let v): return (.success(v), removed)
+                        case .end: return (.success(nil), removed)
+                        case .wait:
+                            // takeLocked returned .wait, so the state exists.
+                            channels[id]?.receiveWaiters.append(Waiter(id: waiterID, continuation: continuation))
+                            return (nil, nil)
+                        }
+                    }
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                _ = removed
+                if credit > 0 { write(.credit(id: id, bytes: credit)) }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            failWaiter(channel: id, waiterID: waiterID, CancellationError())
+        }
+    }
+
+    private func takeLocked(_ receiver: Receiver, creditToSend: inout UInt64) throws -> (step: ReceiveStep, removed: ChannelState?) {
+        if receiver.released {
+            throw ChanError(.endMoved, "Receiver \(receiver.id) was sent to the peer or closed")
+        }
+        guard let state = channels[receiver.id] else {
+            if let failure { throw failure }
+            return (.end, nil)
+        }
+        if let (value, size) = state.inbox.popFirst() {
+            state.inboxBytes -= size
+            creditToSend = consumedLocked(state, size: size)
+            if state.finished && state.inbox.isEmpty {
+                return (.value(value), channels.removeValue(forKey: receiver.id))
+            }
+            return (.value(value), nil)
+        }
+        if let failure = state.failure { throw failure }
+        if state.finished {
+            return (.end, channels.removeValue(forKey: receiver.id))
+        }
+        return (.wait, nil)
+    }
+
+    /// Accounts for `size` consumed bytes; returns credit to grant the peer, or 0.
+    func consumedLocked(_ state: ChannelState, size: Int) -> UInt64 {
+        guard state.role == .receiving, !state.finished else { return 0 }
+        state.uncredited += size
+        if state.uncredited >= configuration.window / 2 {
+            defer { state.uncredited = 0 }
+            return UInt64(state.uncredited)
+        }
+        return 0
+    }
+
+    func failWaiter(channel id: UInt64, waiterID: UInt64, _ error: any Error) {
+        let waiter: Waiter<Value?>? = lock.withLock {
+            guard let state = channels[id], let i = state.receiveWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+            return state.receiveWaiters.remove(at: i)
+        }
+        waiter?.continuation.resume(throwing: error)
+    }
+
+    /// Explicit close (or reset, with a reason) of an end held here.
+    func closeEnd(_ core: ChannelEndCore, reason: String?) {
+        release(core, reason: reason, explicit: true)
+    }
+
+    /// The last reference to an end went away.
+    func endDropped(_ core: ChannelEndCore) {
+        release(core, reason: nil, explicit: false)
+    }
+
+    private func release(_ core: ChannelEndCore, reason: String?, explicit: Bool) {
+        let isSender = core is Sender
+        var frame: Frame?
+        var waiters: [Waiter<Value?>] = []
+        let removed: ChannelState? = lock.withLock {
+            guard !core.released else { return nil }
+            core.released = true
+            guard let state = channels[core.id] else { return nil }
+            switch state.role {
+            case .localPipe:
+                if isSender { state.senderAlive = false } else { state.receiverAlive = false }
+                if isSender && state.receiverAlive {
+                    // The local receiver sees the end of a pipe nobody can write to any more.
+                    state.finished = true
+                    waiters = Array(state.receiveWaiters)
+                    state.receiveWaiters.removeAll()
+                }
+                if !state.senderAlive && !state.receiverAlive {
+                    return channels.removeValue(forKey: core.id)
+                }
+                return nil
+            case .sending:
+                guard isSender else { return nil }
+                if failure == nil && state.failure == nil {
+                    frame = reason.map { .reset(id: core.id, reason: $0) } ?? .close(id: core.id)
+                }
+                return channels.removeValue(forKey: core.id)
+            case .receiving:
+                guard !isSender else { return nil }
+                if failure == nil && !state.finished && state.failure == nil {
+                    frame = .close(id: core.id)
+                }
+                if !state.inbox.isEmpty {
+                    stats.droppedAfterClose += state.inbox.count
+                }
+                waiters = Array(state.receiveWaiters)
+                state.receiveWaiters.removeAll()
+                return channels.removeValue(forKey: core.id)
+            }
+        }
+        if let removed, !removed.inbox.isEmpty {
+            logger.debug("receiver closed with unread messages", metadata: [
+                "chan.channel": "\(core.id)", "chan.unread": "\(removed.inbox.count)", "chan.explicit": "\(explicit)",
+            ])
+        }
+        if let frame { write(frame) }
+        for w in waiters {
+            if isSender { w.continuation.resume(returning: nil) } else {
+                w.continuation.resume(throwing: ChanError(.endMoved, "Receiver \(core.id) was closed while being read"))
+            }
+        }
+    }
+}
+
+enum ReceiveStep {
+    case value(Value)
+    case end
+    case wait
+}

@@ -1,0 +1,363 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A libchan-style session: many uni-directional channels multiplexed over one duplex
+/// transport (an fd pair, a unix socket, or an in-memory pair).
+///
+/// Lifecycle: make one with a transport constructor (``overFileDescriptors(read:write:role:configuration:logger:)``,
+/// ``connect(unixSocketPath:role:configuration:logger:)``, ``inMemoryPair(_:_:logger:)``), call
+/// ``start()`` to exchange HELLO frames, then ``open(label:)`` channels, ``accept()`` the
+/// peer's, or send channel ends inside messages (``makePipe()``). When the peer dies or
+/// the transport closes, every pending receive, credit wait and accept ends at once with
+/// ``ChanError/Code/peerGone``.
+///
+/// Thread safety: all state sits behind one lock that is never held while calling out,
+/// so the type is `Sendable`.
+public final class Session: @unchecked Sendable {
+    /// Which side made the transport; it decides the parity of channel ids.
+    public enum Role: Sendable {
+        /// Allocates odd channel ids (the engine side).
+        case initiator
+        /// Allocates even channel ids (the plugin side).
+        case acceptor
+    }
+
+    /// Tunables announced in HELLO.
+    public struct Configuration: Sendable {
+        /// Our name, sent in HELLO.
+        public var name: String
+        /// The largest frame body we accept (default 16 MiB).
+        public var maxFrameSize: Int
+        /// Bytes we buffer per channel before the peer must wait for credit (default 256 KiB).
+        public var window: Int
+        /// Deepest nesting of arrays and maps we accept.
+        public var maxDepth: Int
+        /// How long ``Session/start()`` waits for the peer's HELLO.
+        public var handshakeTimeout: Duration
+        /// Free-form metadata sent in HELLO.
+        public var meta: Value
+
+        public init(
+            name: String,
+            maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize,
+            window: Int = 256 * 1024,
+            maxDepth: Int = DecodingLimits.msgpackCStackLimit,
+            handshakeTimeout: Duration = .seconds(10),
+            meta: Value = .map([])
+        ) {
+            self.name = name
+            self.maxFrameSize = maxFrameSize
+            self.window = window
+            self.maxDepth = maxDepth
+            self.handshakeTimeout = handshakeTimeout
+            self.meta = meta
+        }
+    }
+
+    /// Our configuration.
+    public let configuration: Configuration
+    /// Our role.
+    public let role: Role
+    let transport: any FrameTransport
+    let logger: Logger
+    let limits: DecodingLimits
+
+    let lock = NIOLock()
+    // Everything below is guarded by `lock`.
+    var channels: [UInt64: ChannelState] = [:]
+    var nextLocalID: UInt64
+    var highestPeerID: UInt64 = 0
+    var nextWaiterID: UInt64 = 1
+    var acceptQueue = CircularBuffer<Receiver>()
+    var acceptWaiters = CircularBuffer<Waiter<Receiver?>>()
+    var helloWaiter: Waiter<Hello>?
+    var peerHello: Hello?
+    var helloSent = false
+    var failure: ChanError?
+    /// The session ended by a local close or the peer's GOAWAY, not by a crash.
+    var orderlyClose = false
+    var stats = SessionStats()
+    var closedWaiters: [UnsafeContinuation<ChanError, Never>] = []
+    /// Called (outside the lock) with the channel id whenever a sender parks for credit.
+    var creditStallObserver: (@Sendable (UInt64) -> Void)?
+    // Only the transport's inbound path touches the unpacker side; the packer has its own lock.
+    let packerLock = NIOLock()
+    let packer = MsgpackPacker()
+
+    init(transport: any FrameTransport, role: Role, configuration: Configuration, logger: Logger) {
+        self.transport = transport
+        self.role = role
+        self.configuration = configuration
+        self.limits = DecodingLimits(maxDepth: configuration.maxDepth, maxFrameSize: configuration.maxFrameSize)
+        var logger = logger
+        logger[metadataKey: "chan.session"] = "\(configuration.name)"
+        self.logger = logger
+        self.nextLocalID = role == .initiator ? 1 : 2
+    }
+
+    /// The peer's HELLO, once ``start()`` returned.
+    public var peer: Hello? { lock.withLock { peerHello } }
+
+    /// Traffic counters.
+    public var statistics: SessionStats {
+        lock.withLock {
+            var s = stats
+            s.openChannels = channels.count
+            s.bufferedBytes = channels.values.reduce(0) { $0 + $1.inboxBytes }
+            return s
+        }
+    }
+
+    /// Why the session ended, or nil while it is open.
+    public var closeReason: ChanError? { lock.withLock { failure } }
+
+    /// Sends our HELLO and waits for the peer's. Throws
+    /// ``ChanError/Code/incompatibleProtocol`` when versions differ (the peer is told why)
+    /// and ``ChanError/Code/timeout`` if no HELLO arrives in time.
+    @discardableResult
+    public func start() async throws -> Hello {
+        let hello = Hello(name: configuration.name, maxFrameSize: configuration.maxFrameSize, window: configuration.window, meta: configuration.meta)
+        let waiterID = lock.withLock { () -> UInt64 in
+            helloSent = true
+            defer { nextWaiterID += 1 }
+            return nextWaiterID
+        }
+        transport.start(self)
+        write(.hello(hello))
+        armHandshakeTimer()
+        let peer: Hello = try await withUnsafeThrowingContinuation { continuation in
+            let immediate: Result<Hello, ChanError>? = lock.withLock {
+                if let peerHello { return .success(peerHello) }
+                if let failure { return .failure(failure) }
+                helloWaiter = Waiter(id: waiterID, continuation: continuation)
+                return nil
+            }
+            if let immediate { continuation.resume(with: immediate) }
+        } as Hello
+        return peer
+    }
+
+    func armHandshakeTimer() {
+        let timeout = configuration.handshakeTimeout
+        transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
+            guard let self else { return }
+            let waiter: Waiter<Hello>? = self.lock.withLock {
+                defer { self.helloWaiter = nil }
+                return self.helloWaiter
+            }
+            if waiter != nil {
+                self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout)"), sendGoAway: true)
+            }
+        }
+    }
+
+    /// Opens a top-level channel: the peer gets its receiver from ``accept()``.
+    public func open(label: String = "") throws -> Sender {
+        let sender: Sender = try lock.withLock {
+            try checkOpenLocked()
+            let id = allocateIDLocked()
+            channels[id] = ChannelState(role: .sending, isByteStream: false, credit: peerHello?.window ?? 0)
+            return Sender(session: self, id: id)
+        }
+        write(.open(id: sender.id, label: label))
+        return sender
+    }
+
+    /// The next channel the peer opened, or `nil` once the session closed cleanly.
+    public func accept() async throws -> Receiver? {
+        let waiterID = lock.withLock { () -> UInt64 in
+            defer { nextWaiterID += 1 }
+            return nextWaiterID
+        }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Receiver?, any Error>) in
+                let immediate: Result<Receiver?, any Error>? = lock.withLock {
+                    if let next = acceptQueue.popFirst() { return .success(next) }
+                    if let failure { return orderlyClose ? .success(nil) : .failure(failure) }
+                    acceptWaiters.append(Waiter(id: waiterID, continuation: continuation))
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            let waiter: Waiter<Receiver?>? = lock.withLock {
+                guard let i = acceptWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+                return acceptWaiters.remove(at: i)
+            }
+            waiter?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Makes a channel whose two ends are both here; send one of them to the peer inside a
+    /// message (a request's reply channel is made this way).
+    public func makePipe() throws -> (Sender, Receiver) {
+        try lock.withLock {
+            try checkOpenLocked()
+            let id = allocateIDLocked()
+            channels[id] = ChannelState(role: .localPipe, isByteStream: false)
+            return (Sender(session: self, id: id), Receiver(session: self, id: id))
+        }
+    }
+
+    /// Makes a byte stream whose two ends are both here; send one of them to the peer.
+    public func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) {
+        try lock.withLock {
+            try checkOpenLocked()
+            let id = allocateIDLocked()
+            channels[id] = ChannelState(role: .localPipe, isByteStream: true)
+            return (ByteStreamWriter(sender: Sender(session: self, id: id)), ByteStreamReader(receiver: Receiver(session: self, id: id)))
+        }
+    }
+
+    /// Ends the session: tells the peer why (GOAWAY) and fails everything pending with
+    /// ``ChanError/Code/peerGone``.
+    public func close(reason: String = "session closed") {
+        fail(ChanError(.peerGone, "closed locally: \(reason)"), sendGoAway: true, orderly: true)
+    }
+
+    /// Waits until the session has ended and returns why.
+    public func waitUntilClosed() async -> ChanError {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<ChanError, Never>) in
+            let done: ChanError? = lock.withLock {
+                if let failure { return failure }
+                closedWaiters.append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
+    // MARK: - Internals shared by the other files
+
+    func checkOpenLocked() throws(ChanError) {
+        if let failure { throw failure }
+        guard peerHello != nil else {
+            throw ChanError(.notStarted, "call start() and let the handshake finish before using the session")
+        }
+    }
+
+    func allocateIDLocked() -> UInt64 {
+        defer { nextLocalID += 2 }
+        return nextLocalID
+    }
+
+    func isLocalID(_ id: UInt64) -> Bool {
+        (id % 2 == 1) == (role == .initiator)
+    }
+
+    /// Ends the session with `error`, waking every waiter.
+    func fail(_ error: ChanError, sendGoAway: Bool, orderly: Bool = false) {
+        var receiveWaiters: [Waiter<Value?>] = []
+        var creditWaiters: [Waiter<Void>] = []
+        let (acceptWaiters, helloWaiter, closedWaiters, wasOpen): ([Waiter<Receiver?>], Waiter<Hello>?, [UnsafeContinuation<ChanError, Never>], Bool) = lock.withLock {
+            guard failure == nil else { return ([], nil, [], false) }
+            failure = error
+            orderlyClose = orderly
+            for state in channels.values {
+                if state.failure == nil { state.failure = error }
+                receiveWaiters.append(contentsOf: state.receiveWaiters)
+                state.receiveWaiters.removeAll()
+                creditWaiters.append(contentsOf: state.creditWaiters)
+                state.creditWaiters.removeAll()
+            }
+            let a = Array(self.acceptWaiters)
+            self.acceptWaiters.removeAll()
+            let h = self.helloWaiter
+            self.helloWaiter = nil
+            let c = self.closedWaiters
+            self.closedWaiters = []
+            return (a, h, c, true)
+        }
+        guard wasOpen else { return }
+        if orderly {
+            logger.debug("session closed", metadata: ["chan.reason": "\(error)"])
+        } else {
+            logger.info("session ended", metadata: ["chan.reason": "\(error)"])
+        }
+        if sendGoAway { write(.goAway(reason: error.reason)) }
+        transport.close()
+        for w in receiveWaiters { w.continuation.resume(throwing: error) }
+        for w in creditWaiters { w.continuation.resume(throwing: error) }
+        for w in acceptWaiters {
+            if orderly { w.continuation.resume(returning: nil) } else { w.continuation.resume(throwing: error) }
+        }
+        helloWaiter?.continuation.resume(throwing: error)
+        for c in closedWaiters { c.resume(returning: error) }
+    }
+
+    /// Encodes (for wire transports) and writes one frame. Errors here end the session.
+    func write(_ frame: Frame) {
+        do {
+            try writeThrowing(frame, resolver: nil)
+        } catch {
+            logger.error("could not write frame", metadata: ["chan.frame": "\(frame.kindName)", "chan.error": "\(error)"])
+        }
+    }
+
+    /// Writes one frame; returns the bytes charged against flow control.
+    @discardableResult
+    func writeThrowing(_ frame: Frame, resolver: MsgpackPacker.ChannelResolver?) throws -> Int {
+        let maxFrame = lock.withLock { peerHello?.maxFrameSize ?? configuration.maxFrameSize }
+        if transport.encodesFrames {
+            let buffer: ByteBuffer = try packerLock.withLock {
+                packer.reset()
+                try frame.write(into: packer, maxFrameSize: maxFrame, resolver: resolver)
+                return packer.withBytes { ByteBuffer(bytes: $0) }
+            }
+            lock.withLock {
+                stats.framesOut += 1
+                stats.bytesOut += buffer.readableBytes
+            }
+            transport.write(encoded: buffer)
+            return buffer.readableBytes - 4
+        } else {
+            var outgoing = frame
+            var size = 16
+            if case .data(let id, let value, let fin) = frame {
+                let external = try Session.externalize(value, resolver: resolver)
+                size = external.estimatedSize
+                outgoing = .data(id: id, value: external, fin: fin)
+            }
+            lock.withLock { stats.framesOut += 1 }
+            transport.write(frame: outgoing)
+            return size
+        }
+    }
+
+    /// Replaces channel ends by their wire references (in-memory transport).
+    static func externalize(_ value: Value, resolver: MsgpackPacker.ChannelResolver?) throws -> Value {
+        guard value.containsChannel else { return value }
+        switch value {
+        case .channel(let end):
+            guard let resolver else { throw CodecError(.channelOutsideSession, "\(end) outside a message") }
+            let reference = try resolver(end)
+            return .ext(type: reference.kind.rawValue, data: reference.payload)
+        case .array(let a): return .array(try a.map { try externalize($0, resolver: resolver) })
+        case .map(let m):
+            return .map(try m.map { (key: try externalize($0.key, resolver: resolver), value: try externalize($0.value, resolver: resolver)) })
+        default: return value
+        }
+    }
+
+    /// Replaces wire references by usable channel ends (in-memory transport).
+    static func internalize(_ value: Value, resolver: MsgpackUnpacker.ChannelResolver) throws -> Value {
+        switch value {
+        case .ext(let type, let data):
+            let reference = try data.withUnsafeBytes { raw in try ChannelReference.parse(type: type, data: raw) }
+            if let reference { return try resolver(reference) }
+            return value
+        case .array(let a): return .array(try a.map { try internalize($0, resolver: resolver) })
+        case .map(let m):
+            return .map(try m.map { (key: try internalize($0.key, resolver: resolver), value: try internalize($0.value, resolver: resolver)) })
+        default: return value
+        }
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

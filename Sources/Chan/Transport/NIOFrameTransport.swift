@@ -1,0 +1,129 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A session transport over a NIO channel: a pipe pair (fds 3/4) or a unix stream socket.
+///
+/// Writes from any thread are queued and flushed together in one event-loop turn, so a
+/// burst of frames (64 calls in flight, say) costs one `writev`, not one per frame.
+final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
+    let channel: any Channel
+    var eventLoop: any EventLoop { channel.eventLoop }
+    var encodesFrames: Bool { true }
+
+    private let handler: InboundFrameHandler
+    private let lock = NIOLock()
+    // Guarded by `lock`.
+    private var pending: [ByteBuffer] = []
+    private var flushScheduled = false
+
+    init(channel: any Channel, handler: InboundFrameHandler) {
+        self.channel = channel
+        self.handler = handler
+    }
+
+    func start(_ delegate: any FrameTransportDelegate) {
+        eventLoop.execute {
+            self.handler.delegate = delegate
+            self.handler.deliverBacklog()
+            self.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in
+                self.channel.read()
+            }
+        }
+    }
+
+    func write(encoded buffer: ByteBuffer) {
+        let schedule: Bool = lock.withLock {
+            pending.append(buffer)
+            if flushScheduled { return false }
+            flushScheduled = true
+            return true
+        }
+        if schedule {
+            eventLoop.execute { self.drain() }
+        }
+    }
+
+    private func drain() {
+        let batch: [ByteBuffer] = lock.withLock {
+            flushScheduled = false
+            defer { pending.removeAll(keepingCapacity: true) }
+            return pending
+        }
+        guard !batch.isEmpty else { return }
+        for buffer in batch {
+            channel.write(buffer, promise: nil)
+        }
+        channel.flush()
+    }
+
+    func write(frame: Frame) {
+        preconditionFailure("NIOFrameTransport carries encoded frames only")
+    }
+
+    func close() {
+        eventLoop.execute {
+            self.drain()
+            self.channel.close(promise: nil)
+        }
+    }
+
+    /// The handlers a frame channel needs, in order.
+    static func handlers(maxFrameSize: Int) -> (ByteToMessageHandler<FrameDecoder>, InboundFrameHandler) {
+        (ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)), InboundFrameHandler())
+    }
+}
+
+/// Hands decoded frame bodies to the session; reports the end of the channel once.
+final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+
+    // Only touched on the channel's event loop.
+    var delegate: (any FrameTransportDelegate)?
+    private var backlog: [ByteBuffer] = []
+    private var endError: (any Error)??
+    private var reported = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        if let delegate { delegate.transportReceived(encoded: buffer) } else { backlog.append(buffer) }
+    }
+
+    func deliverBacklog() {
+        guard let delegate else { return }
+        let frames = backlog
+        backlog = []
+        for frame in frames { delegate.transportReceived(encoded: frame) }
+        if let endError { report(endError) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        report(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        report(nil)
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // A pipe's read side reaching EOF: the peer is gone even if our write side is open.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            report(nil)
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func report(_ error: (any Error)?) {
+        guard !reported else { return }
+        guard let delegate else {
+            if endError == nil { endError = .some(error) }
+            return
+        }
+        reported = true
+        delegate.transportClosed(error: error)
+    }
+}

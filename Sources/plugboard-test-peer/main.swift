@@ -1,0 +1,116 @@
+// A Chan peer on fds 3/4 for the tests: it accepts channels and answers requests whose
+// body names an operation. It exists to exercise the session against a real child
+// process with real pipes; it is not a plugin.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Logging
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .info
+    return handler
+}
+let logger = Logger(label: "plugboard-test-peer")
+let mode = CommandLine.arguments.dropFirst().first ?? "serve"
+
+/// Keeps values alive that a test wants held but never read (flow control).
+actor Hoard {
+    var items: [Value] = []
+    func keep(_ v: Value) { items.append(v) }
+}
+let hoard = Hoard()
+
+func handle(_ request: Request, session: Session) async throws {
+    let op = request.body["op"]?.stringValue ?? "echo"
+    switch op {
+    case "echo":
+        try await request.respond(request.body["value"] ?? .nil)
+    case "fail":
+        try await request.fail(code: "test.failure", message: request.body["message"]?.stringValue ?? "failed on purpose")
+    case "crash":
+        // Die mid-call, as a crashing plugin would.
+        _exit(3)
+    case "hang":
+        await hoard.keep(.channel(.sender(request.reply)))
+    case "drop-reply":
+        break
+    case "stream":
+        let count = Int(request.body["bytes"]?.intValue ?? 0)
+        let (writer, reader) = try session.makeByteStream()
+        try await request.respond(.map([(key: "stream", value: .channel(.byteStreamReader(reader)))]))
+        var sent = 0
+        var chunk = [UInt8](repeating: 0, count: 60_000)
+        while sent < count {
+            let n = min(chunk.count, count - sent)
+            for i in 0..<n { chunk[i] = UInt8(truncatingIfNeeded: sent + i) }
+            try await writer.write(chunk[0..<n])
+            sent += n
+        }
+        writer.close()
+    case "upload":
+        guard case .channel(.byteStreamReader(let reader))? = request.body["stream"] else {
+            try await request.fail(code: "bad.request", message: "upload needs a stream")
+            return
+        }
+        var count = 0
+        var sum: UInt64 = 0
+        while let chunk = try await reader.read() {
+            count += chunk.count
+            for b in chunk { sum &+= UInt64(b) }
+        }
+        try await request.respond(.map([(key: "count", value: .int(Int64(count))), (key: "sum", value: .int(Int64(sum)))]))
+    case "drain":
+        // Reads every message from a Receiver we were given and reports how many arrived, in order.
+        guard case .channel(.receiver(let receiver))? = request.body["receiver"] else {
+            try await request.fail(code: "bad.request", message: "drain needs a receiver")
+            return
+        }
+        var values: [Value] = []
+        for try await v in receiver { values.append(v) }
+        try await request.respond(.array(values))
+    case "hold":
+        // Takes a Receiver and never reads it: the sender must stall on credit.
+        guard let receiver = request.body["receiver"] else { return }
+        await hoard.keep(receiver)
+        try await request.respond("held")
+    case "open":
+        // Opens a channel from this side and sends three messages on it.
+        let sender = try session.open(label: "from-peer")
+        try await request.respond("opened")
+        for i in 1...3 { try await sender.send(.int(Int64(i))) }
+        sender.close()
+    case "garbage":
+        // No reply: the bytes below must be what the engine sees next on this session.
+        await hoard.keep(.channel(.sender(request.reply)))
+        var junk: [UInt8] = [0x00, 0x00, 0x00, 0x05, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1]
+        _ = write(4, &junk, junk.count)
+    default:
+        try await request.fail(code: "unknown.op", message: "unknown op \(op)")
+    }
+}
+
+func serve() async throws {
+    let session = try await Session.overFileDescriptors(
+        read: 3, write: 4, role: .acceptor,
+        configuration: .init(name: "test-peer"), logger: logger
+    )
+    try await session.start()
+    try await withThrowingDiscardingTaskGroup { group in
+        while let channel = try await session.accept() {
+            group.addTask {
+                while let request = try await channel.nextRequest() {
+                    Task { try await handle(request, session: session) }
+                }
+            }
+        }
+    }
+}
+
+do {
+    try await serve()
+} catch {
+    logger.error("test peer stopping: \(error)")
+    exit(1)
+}
