@@ -38,15 +38,17 @@ struct ProcessSpawnerTests {
 
     @Test("sources that collide with targets are swapped safely")
     func swappedDescriptors() async throws {
-        // Put the pipe ends at 3 and 4 in the parent, reversed relative to the child's wish.
+        // Ask for the pipe's ends at each other's numbers in the child: every source is
+        // also a target, the case that naive dup2 ordering gets wrong. (No fixed fd numbers:
+        // other tests run in this process at the same time.)
         let p = try PipeDescriptors.make()
-        let a = dup2(p.writeEnd, 40)
-        let b = dup2(p.readEnd, 41)
+        // bash, because dash's `>&N` takes single-digit descriptors only.
+        let child = try ProcessSpawner.spawn(SpawnOptions(
+            executable: "/bin/bash", arguments: ["-c", "echo swapped >&\(p.readEnd)"],
+            environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [p.readEnd: p.writeEnd, p.writeEnd: p.readEnd]
+        ))
         close(p.writeEnd)
-        close(p.readEnd)
-        let child = try run("echo swapped >&4", fds: [3: b, 4: a])
-        close(a)
-        #expect(readAll(b) == "swapped\n")
+        #expect(readAll(p.readEnd) == "swapped\n")
         #expect(await child.waitForExit() == .exited(0))
     }
 

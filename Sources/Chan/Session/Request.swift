@@ -42,7 +42,13 @@ public struct PendingReply: Sendable {
 
     /// Waits for the reply; the same errors as ``Sender/request(_:timeout:)``.
     public func reply() async throws -> Value {
-        guard let reply = try await receiver.receive(timeout: timeout) else {
+        let reply: Value?
+        do {
+            reply = try await receiver.receive(timeout: timeout)
+        } catch let error as ChanError where error.code == .timeout {
+            throw ChanError(.timeout, "no reply within \(timeout)")
+        }
+        guard let reply else {
             throw ChanError(.noReply, "the peer closed the reply channel without answering")
         }
         return try Sender.unwrapReply(reply)
@@ -73,10 +79,7 @@ extension Sender {
             (key: .string("body"), value: body),
             (key: .string("reply"), value: .channel(.sender(replySender))),
         ]))
-        guard let reply = try await replyReceiver.receive(timeout: timeout) else {
-            throw ChanError(.noReply, "the peer closed the reply channel without answering")
-        }
-        return try Sender.unwrapReply(reply)
+        return try await PendingReply(receiver: replyReceiver, timeout: timeout).reply()
     }
 
     static func unwrapReply(_ reply: Value) throws -> Value {

@@ -10,8 +10,8 @@ protocol FrameTransport: AnyObject, Sendable {
     var eventLoop: any EventLoop { get }
     /// Begins delivering inbound frames to `delegate`.
     func start(_ delegate: any FrameTransportDelegate)
-    /// Queues one encoded frame, length prefix included.
-    func write(encoded: ByteBuffer)
+    /// Queues one encoded frame, length prefix included (the bytes are copied).
+    func write(encoded: UnsafeRawBufferPointer)
     /// Hands one frame to the peer without encoding.
     func write(frame: Frame)
     /// Closes the transport; the peer sees it go away.

@@ -39,7 +39,7 @@ final class InMemoryTransport: FrameTransport, @unchecked Sendable {
         if peerClosed { delegate.transportClosed(error: nil) }
     }
 
-    func write(encoded: ByteBuffer) {
+    func write(encoded: UnsafeRawBufferPointer) {
         preconditionFailure("InMemoryTransport carries frames as values")
     }
 

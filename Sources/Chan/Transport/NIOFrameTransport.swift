@@ -4,8 +4,9 @@ import NIOPosix
 
 /// A session transport over a NIO channel: a pipe pair (fds 3/4) or a unix stream socket.
 ///
-/// Writes from any thread are queued and flushed together in one event-loop turn, so a
-/// burst of frames (64 calls in flight, say) costs one `writev`, not one per frame.
+/// Writes from any thread are appended to one outbound buffer and flushed together in one
+/// event-loop turn, so a burst of frames (64 calls in flight, say) costs one buffer and
+/// one `write`, not one of each per frame.
 final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     let channel: any Channel
     var eventLoop: any EventLoop { channel.eventLoop }
@@ -14,12 +15,13 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     private let handler: InboundFrameHandler
     private let lock = NIOLock()
     // Guarded by `lock`.
-    private var pending: [ByteBuffer] = []
+    private var pending: ByteBuffer
     private var flushScheduled = false
 
     init(channel: any Channel, handler: InboundFrameHandler) {
         self.channel = channel
         self.handler = handler
+        self.pending = channel.allocator.buffer(capacity: 0)
     }
 
     func start(_ delegate: any FrameTransportDelegate) {
@@ -32,29 +34,33 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
         }
     }
 
-    func write(encoded buffer: ByteBuffer) {
-        let schedule: Bool = lock.withLock {
-            pending.append(buffer)
-            if flushScheduled { return false }
+    /// Pending bytes past which a writer on the loop flushes at once instead of at the end
+    /// of the turn, so the peer starts working while this side is still producing.
+    static let eagerFlushBytes = 1024
+
+    func write(encoded bytes: UnsafeRawBufferPointer) {
+        let (schedule, flushNow): (Bool, Bool) = lock.withLock {
+            pending.writeBytes(bytes)
+            if pending.readableBytes >= NIOFrameTransport.eagerFlushBytes && eventLoop.inEventLoop { return (false, true) }
+            if flushScheduled { return (false, false) }
             flushScheduled = true
-            return true
+            return (true, false)
         }
-        if schedule {
-            eventLoop.execute { self.drain() }
+        if flushNow {
+            drain()
+        } else if schedule {
+            eventLoop.execute { self.scheduledDrain() }
         }
     }
 
     private func drain() {
-        let batch: [ByteBuffer] = lock.withLock {
-            flushScheduled = false
-            defer { pending.removeAll(keepingCapacity: true) }
+        let batch: ByteBuffer? = lock.withLock {
+            guard pending.readableBytes > 0 else { return nil }
+            defer { pending = channel.allocator.buffer(capacity: 4096) }
             return pending
         }
-        guard !batch.isEmpty else { return }
-        for buffer in batch {
-            channel.write(buffer, promise: nil)
-        }
-        channel.flush()
+        guard let batch else { return }
+        channel.writeAndFlush(batch, promise: nil)
     }
 
     func write(frame: Frame) {
@@ -66,6 +72,11 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
             self.drain()
             self.channel.close(promise: nil)
         }
+    }
+
+    private func scheduledDrain() {
+        lock.withLock { flushScheduled = false }
+        drain()
     }
 
     /// The handlers a frame channel needs, in order.

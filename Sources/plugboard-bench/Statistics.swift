@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Latency samples in nanoseconds.
+struct Samples {
+    var nanos: [UInt64] = []
+
+    mutating func add(_ n: UInt64) { nanos.append(n) }
+
+    func percentile(_ p: Double) -> Double {
+        guard !nanos.isEmpty else { return 0 }
+        let sorted = nanos.sorted()
+        let index = min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)
+        return Double(sorted[max(0, index)]) / 1000
+    }
+}
+
+/// Monotonic nanoseconds.
+@inline(__always)
+func now() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// One JSON object on one line, keys in the order given.
+func jsonLine(_ fields: [(String, JSONField)]) -> String {
+    "{" + fields.map { "\"\($0.0)\":\($0.1.text)" }.joined(separator: ",") + "}"
+}
+
+enum JSONField {
+    case string(String)
+    case int(Int)
+    case double(Double)
+
+    var text: String {
+        switch self {
+        case .string(let s): return "\"\(s)\""
+        case .int(let i): return String(i)
+        case .double(let d): return String(format2(d))
+        }
+    }
+}
+
+func format2(_ d: Double) -> String {
+    let scaled = (d * 100).rounded() / 100
+    return String(scaled)
+}
