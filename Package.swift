@@ -6,6 +6,14 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+let routingDeps: [Target.Dependency] = [
+    "Chan", "Routing",
+    .product(name: "Logging", package: "swift-log"),
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+]
+
 let package = Package(
     name: "Plugboard",
     platforms: [.macOS(.v15)],
@@ -57,9 +65,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "Hub", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Pipeline", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Hooks", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        // What the three routing models share: participants (in process or remote),
+        // deadlines, in-flight tracking, priority order.
+        .target(
+            name: "Routing",
+            dependencies: [
+                "Chan",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "Hub", dependencies: routingDeps, swiftSettings: strict),
+        .target(name: "Pipeline", dependencies: routingDeps, swiftSettings: strict),
+        .target(name: "Hooks", dependencies: routingDeps, swiftSettings: strict),
         .target(
             name: "Engine",
             dependencies: [
@@ -105,10 +125,21 @@ let package = Package(
             dependencies: ["Chan", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // Helpers every test target shares: deadlines, spawning the test peer, signals.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "Chan", "Spawn", "Routing",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "ChanTests",
             dependencies: [
-                "Chan", "Spawn",
+                "Chan", "Spawn", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -118,5 +149,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
+        .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
     ]
 )

@@ -1,6 +1,235 @@
-/// The Hub layer. It exists so the package has its final shape; its contents arrive with
-/// the issue that builds it (see docs and the open issues).
-public enum HubLayer {
-    /// Whether this layer has been built yet.
-    public static let isBuilt = false
+import Chan
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Routing
+
+/// The channel hub: named endpoints (jobs) with one owner each, and ranked extension
+/// points with several providers.
+///
+/// Calls are routed to in-process and remote participants alike; every call has a
+/// deadline; an owner's departure fails its in-flight calls at once. The hub holds no
+/// lock while a handler runs.
+public final class Hub: Sendable {
+    /// A job endpoint as the admin CLI lists it.
+    public struct Endpoint: Sendable, Hashable, PrioritizedRegistration {
+        public var name: String
+        public var owner: String
+        public var priority: Int { 0 }
+        /// True while its owner restarts: calls wait for it (bounded).
+        public var restarting: Bool
+        public var remote: Bool
+    }
+
+    /// One provider of an extension point.
+    public struct Provider: Sendable, PrioritizedRegistration {
+        public var extensionPoint: String
+        public var owner: String
+        public var priority: Int
+        public var participant: Participant
+    }
+
+    private enum Slot {
+        case active(Participant)
+        /// The owner is restarting; calls wait until `deadline`.
+        case restarting(owner: String, deadline: NIODeadline, wasRemote: Bool)
+
+        var owner: String {
+            switch self {
+            case .active(let p): return p.name
+            case .restarting(let owner, _, _): return owner
+            }
+        }
+    }
+
+    private struct State {
+        var slots: [String: Slot] = [:]
+        var providers: [String: [Provider]] = [:]
+        /// Calls waiting for a restarting owner, by owner.
+        var waiting: [String: [UnsafeContinuation<Void, any Error>]] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
+    /// In-flight calls, by owner.
+    public let inFlight = InFlightCalls()
+    private let logger: Logger
+
+    /// The default deadline of a call.
+    public static let defaultTimeout: Duration = .seconds(10)
+
+    public init(logger: Logger) {
+        self.logger = logger
+    }
+
+    // MARK: Endpoints
+
+    /// Registers `jobs` for `participant`, all or none. A name owned by another plugin is a
+    /// ``RoutingError/Code/nameConflict`` naming that owner; the same owner registering
+    /// again (after a restart) replaces its registration and releases waiting calls.
+    public func register(jobs: [String], for participant: Participant) throws {
+        let released: [UnsafeContinuation<Void, any Error>] = try state.withLockedValue { s in
+            for job in jobs {
+                if let slot = s.slots[job], slot.owner != participant.name {
+                    throw RoutingError(
+                        .nameConflict,
+                        "job \(job) is already registered by plugin \(slot.owner); \(participant.name) cannot register it too",
+                        plugin: slot.owner
+                    )
+                }
+            }
+            for job in jobs { s.slots[job] = .active(participant) }
+            // The owner is back: every slot still marked restarting for it is gone for good.
+            for (name, slot) in s.slots {
+                if case .restarting(let owner, _, _) = slot, owner == participant.name { s.slots[name] = nil }
+            }
+            return s.waiting.removeValue(forKey: participant.name) ?? []
+        }
+        logger.debug("jobs registered", metadata: ["plugin.name": "\(participant.name)", "hub.jobs": "\(jobs)"])
+        for waiter in released { waiter.resume() }
+    }
+
+    /// Adds `participant` as a provider of `extensionPoint`.
+    public func provide(_ extensionPoint: String, priority: Int, by participant: Participant) {
+        state.withLockedValue { s in
+            s.providers[extensionPoint, default: []].removeAll { $0.owner == participant.name }
+            s.providers[extensionPoint, default: []].append(
+                Provider(extensionPoint: extensionPoint, owner: participant.name, priority: priority, participant: participant)
+            )
+        }
+    }
+
+    /// Providers of `extensionPoint`, best first (higher priority, then plugin name).
+    public func providers(of extensionPoint: String) -> [Provider] {
+        state.withLockedValue { $0.providers[extensionPoint] ?? [] }.inPriorityOrder()
+    }
+
+    /// The best provider of `extensionPoint`, or nil.
+    public func bestProvider(of extensionPoint: String) -> Provider? {
+        providers(of: extensionPoint).first
+    }
+
+    /// Calls the best provider of `extensionPoint` with the deadline `timeout`.
+    public func callBest(_ extensionPoint: String, _ argument: Value, timeout: Duration = Hub.defaultTimeout) async throws -> Value {
+        guard let provider = bestProvider(of: extensionPoint) else {
+            throw RoutingError(.noProvider, "nobody provides \(extensionPoint)")
+        }
+        return try await provider.participant.invoke(
+            Invocation(kind: .job, name: extensionPoint, payload: argument), timeout: timeout, tracking: inFlight
+        )
+    }
+
+    /// Registered jobs, sorted by name, for listing.
+    public var endpoints: [Endpoint] {
+        state.withLockedValue { s in
+            s.slots.map { name, slot in
+                switch slot {
+                case .active(let p): return Endpoint(name: name, owner: p.name, restarting: false, remote: p.isRemote)
+                case .restarting(let owner, _, let remote): return Endpoint(name: name, owner: owner, restarting: true, remote: remote)
+                }
+            }
+        }.sorted { $0.name < $1.name }
+    }
+
+    /// Every provider of every extension point, in call order per point.
+    public var allProviders: [Provider] {
+        let points = state.withLockedValue { Array($0.providers.keys) }.sorted()
+        return points.flatMap { providers(of: $0) }
+    }
+
+    // MARK: Calls
+
+    /// Calls `job` with `argument` and waits for its answer.
+    ///
+    /// Throws ``RoutingError/Code/unknownJob`` (naming the job), ``RoutingError/Code/timeout``
+    /// after `timeout` (the plugin is not killed for it), ``RoutingError/Code/ownerGone`` at
+    /// once when the owner goes away mid-call or does not come back in time, and
+    /// ``RoutingError/Code/handlerFailed`` with the handler's own error.
+    public func call(_ job: String, _ argument: Value = .nil, timeout: Duration = Hub.defaultTimeout) async throws -> Value {
+        let start = NIODeadline.now()
+        while true {
+            let slot: Slot? = state.withLockedValue { $0.slots[job] }
+            switch slot {
+            case nil:
+                throw RoutingError(.unknownJob, "no job named \(job) is registered")
+            case .active(let participant):
+                let remaining = timeout - elapsed(since: start)
+                return try await participant.invoke(Invocation(kind: .job, name: job, payload: argument), timeout: remaining, tracking: inFlight)
+            case .restarting(let owner, let deadline, _):
+                try await waitForReturn(of: owner, job: job, until: min(deadline, start + timeout.timeAmount))
+            }
+        }
+    }
+
+    private func elapsed(since start: NIODeadline) -> Duration {
+        .nanoseconds((NIODeadline.now() - start).nanoseconds)
+    }
+
+    private func waitForReturn(of owner: String, job: String, until deadline: NIODeadline) async throws {
+        if deadline <= .now() {
+            throw RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner)
+        }
+        let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(deadline: deadline) { [weak self] in
+            self?.expireWaiters(owner: owner, job: job)
+        }
+        defer { timer.cancel() }
+        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+            let stillRestarting: Bool = state.withLockedValue { s in
+                guard case .restarting(let o, _, _)? = s.slots[job], o == owner else { return false }
+                s.waiting[owner, default: []].append(continuation)
+                return true
+            }
+            if !stillRestarting { continuation.resume() }
+        }
+    }
+
+    private func expireWaiters(owner: String, job: String) {
+        let expired: [UnsafeContinuation<Void, any Error>] = state.withLockedValue { s in
+            s.waiting.removeValue(forKey: owner) ?? []
+        }
+        for w in expired {
+            w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner))
+        }
+    }
+
+    // MARK: Departure
+
+    /// Withdraws everything `owner` registered and fails its in-flight calls at once.
+    ///
+    /// With `expectBackWithin`, its job names stay reserved: calls made meanwhile wait for
+    /// it to register again, up to that bound (and their own deadline), then fail.
+    public func withdraw(owner: String, reason: String, expectBackWithin: Duration? = nil) {
+        let (released, count): ([UnsafeContinuation<Void, any Error>], Int) = state.withLockedValue { s in
+            var count = 0
+            for (name, slot) in s.slots where slot.owner == owner {
+                count += 1
+                if let bound = expectBackWithin, case .active(let p) = slot {
+                    s.slots[name] = .restarting(owner: owner, deadline: .now() + bound.timeAmount, wasRemote: p.isRemote)
+                } else if expectBackWithin == nil {
+                    s.slots[name] = nil
+                }
+            }
+            for point in Array(s.providers.keys) {
+                s.providers[point]?.removeAll { $0.owner == owner }
+                if s.providers[point]?.isEmpty == true { s.providers[point] = nil }
+            }
+            // Without a comeback, anyone waiting for this owner fails now.
+            return (expectBackWithin == nil ? (s.waiting.removeValue(forKey: owner) ?? []) : [], count)
+        }
+        logger.debug("plugin withdrawn", metadata: [
+            "plugin.name": "\(owner)", "hub.endpoints": "\(count)", "hub.reason": "\(reason)",
+            "hub.expect_back": "\(expectBackWithin.map { "\($0)" } ?? "no")",
+        ])
+        inFlight.abort(owner: owner, reason: reason)
+        for w in released {
+            w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner) went away: \(reason)", plugin: owner))
+        }
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
 }

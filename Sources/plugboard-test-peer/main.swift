@@ -91,17 +91,71 @@ func handle(_ request: Request, session: Session) async throws {
     }
 }
 
+/// `participant NAME`: answers routing invocations ({"kind", "name", "payload", "extra"})
+/// the way a plugin will, with scripted behaviours the routing tests rely on.
+func participate(_ request: Request, name: String) async throws {
+    let kind = request.body["kind"]?.stringValue ?? ""
+    let what = request.body["name"]?.stringValue ?? ""
+    let payload = request.body["payload"] ?? .nil
+    switch (kind, what) {
+    case ("job", "echo"), ("job", name + ".echo"):
+        try await request.respond(payload)
+    case ("job", "whoami"):
+        try await request.respond(.string(name))
+    case ("job", "hang"):
+        await hoard.keep(.channel(.sender(request.reply)))
+    case ("job", "fail"):
+        try await request.fail(code: "job.failed", message: "\(name) failed on purpose")
+    case ("job", "crash"):
+        _exit(7)
+    case ("pipeline", _):
+        // Appends our name to a string body and passes the message on; "split" also spawns a note.
+        let text = payload.stringValue ?? ""
+        var out: [Value] = [.fields(("type", .string(what)), ("body", .string(text + "|" + name)))]
+        if text.contains("split") { out.append(.fields(("type", "note"), ("body", .string("from " + name)))) }
+        try await request.respond(.array(out))
+    case ("hook", _):
+        let phase = request.body["extra"]?["phase"]?.stringValue ?? "mutate"
+        if phase == "validate" {
+            try await request.respond(payload["reject"] != nil ? .fields(("veto", .string("\(name) rejects"))) : .fields(("ok", true)))
+            return
+        }
+        if payload["veto"] != nil {
+            try await request.respond(.fields(("veto", .string("\(name) says no"))))
+            return
+        }
+        if payload["hang"] != nil {
+            await hoard.keep(.channel(.sender(request.reply)))
+            return
+        }
+        // Adds NAME=1 to the payload's "env" list.
+        var entries = payload.mapValue ?? []
+        var env = payload["env"]?.arrayValue ?? []
+        env.append(.string("\(name.uppercased())=1"))
+        entries.removeAll { $0.key == "env" }
+        entries.append((key: "env", value: .array(env)))
+        try await request.respond(.fields(("payload", .map(entries))))
+    default:
+        try await request.fail(code: "unknown", message: "\(name) has no \(kind) \(what)")
+    }
+}
+
 func serve() async throws {
+    let participantName = mode == "participant" ? CommandLine.arguments.dropFirst(2).first : nil
     let session = try await Session.overFileDescriptors(
         read: 3, write: 4, role: .acceptor,
-        configuration: .init(name: "test-peer"), logger: logger
+        configuration: .init(name: participantName ?? "test-peer"), logger: logger
     )
     try await session.start()
     try await withThrowingDiscardingTaskGroup { group in
         while let channel = try await session.accept() {
             group.addTask {
                 while let request = try await channel.nextRequest() {
-                    Task { try await handle(request, session: session) }
+                    if let participantName {
+                        Task { try await participate(request, name: participantName) }
+                    } else {
+                        Task { try await handle(request, session: session) }
+                    }
                 }
             }
         }

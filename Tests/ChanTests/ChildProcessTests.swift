@@ -4,6 +4,7 @@ import Glibc
 import NIOConcurrencyHelpers
 import Spawn
 import Testing
+import TestSupport
 @testable import Chan
 
 /// The same session code against a real child process with real pipes on its fds 3 and 4.

@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import NIOTestUtils
 import Testing
+import TestSupport
 @testable import Chan
 
 @Suite("hostile input is refused with a distinct error")

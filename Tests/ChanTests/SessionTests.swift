@@ -3,6 +3,7 @@ import Glibc
 #endif
 import NIOConcurrencyHelpers
 import Testing
+import TestSupport
 @testable import Chan
 
 @Suite("sessions: channels, nesting, request/reply, streams, flow control")

@@ -7,83 +7,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Spawn
 import Testing
+import TestSupport
 @testable import Chan
-
-let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-
-struct DeadlineExceeded: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "deadline exceeded waiting for \(what)" }
-}
-
-/// Runs `body`, failing if it has not finished within `seconds`. The deadline guards
-/// against hangs; it never decides what the right answer is. It returns at the deadline
-/// even if `body` ignores cancellation.
-func withDeadline<T: Sendable>(_ seconds: Double = 30, _ what: String = "the operation", _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    let resumed = NIOLockedValueBox(false)
-    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-        let work = Task {
-            let result: Result<T, any Error>
-            do { result = .success(try await body()) } catch { result = .failure(error) }
-            if resumed.withLockedValue({ let was = $0; $0 = true; return !was }) {
-                continuation.resume(with: result)
-            }
-        }
-        Task {
-            try? await Task.sleep(for: .seconds(seconds))
-            if resumed.withLockedValue({ let was = $0; $0 = true; return !was }) {
-                work.cancel()
-                continuation.resume(throwing: DeadlineExceeded(what: what))
-            }
-        }
-    }
-}
-
-/// Where the package's executables were built: next to the test bundle.
-func builtExecutable(_ name: String) throws -> String {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard n > 0 else { throw SystemError("readlink", errno: errno, "/proc/self/exe") }
-    let selfPath = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    var dir = (selfPath as NSString).deletingLastPathComponent
-    // The bundle may be `X.xctest` (a file) or a directory inside the build folder.
-    if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
-    let path = dir + "/" + name
-    guard access(path, X_OK) == 0 else {
-        throw SystemError("access", errno: ENOENT, "\(path): build it first (make test runs `swift build --build-tests`)")
-    }
-    return path
-}
-
-/// A real child process running plugboard-test-peer with its session on fds 3/4.
-struct PeerProcess {
-    let session: Session
-    let process: SpawnedProcess
-
-    static func start(_ mode: String = "serve", configuration: Session.Configuration = .init(name: "test-engine")) async throws -> PeerProcess {
-        let toChild = try PipeDescriptors.make()
-        let fromChild = try PipeDescriptors.make()
-        let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try builtExecutable("plugboard-test-peer"),
-            arguments: [mode],
-            environment: ["PATH": "/usr/bin:/bin"],
-            fileDescriptors: [3: toChild.readEnd, 4: fromChild.writeEnd, 2: 2]
-        ))
-        close(toChild.readEnd)
-        close(fromChild.writeEnd)
-        let session = try await Session.overFileDescriptors(
-            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator,
-            configuration: configuration, logger: quietLogger
-        )
-        try await session.start()
-        return PeerProcess(session: session, process: process)
-    }
-
-    func stop() async {
-        session.close(reason: "test finished")
-        _ = await process.waitForExit()
-    }
-}
 
 /// A pipe pair where the test plays the peer by hand, byte for byte.
 struct RawPeer {

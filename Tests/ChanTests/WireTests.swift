@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Testing
+import TestSupport
 @testable import Chan
 
 /// The session against a peer played by hand, byte for byte: what docs/PROTOCOL.md promises.

@@ -26,6 +26,11 @@ public enum Value: Sendable {
 }
 
 extension Value {
+    /// A map with string keys, in the order given: `.fields(("ok", result))`.
+    public static func fields(_ pairs: (String, Value)...) -> Value {
+        .map(pairs.map { (key: .string($0.0), value: $0.1) })
+    }
+
     /// Looks up a string key in a map; `nil` for other values or a missing key.
     public subscript(key: String) -> Value? {
         guard case .map(let entries) = self else { return nil }

@@ -1,0 +1,56 @@
+import Chan
+import Routing
+
+/// What happens when a hook fails or times out.
+public enum HookPolicy: String, Sendable, Codable {
+    /// The operation fails with the hook's error.
+    case required
+    /// The hook is logged and skipped; the chain goes on with the payload unchanged.
+    case optional
+}
+
+/// When a hook runs.
+public enum HookPhase: String, Sendable, Codable {
+    /// In priority order, each fed the previous output; may change the payload or veto.
+    case mutate
+    /// After the chain, concurrently, seeing the final payload and its attribution; may reject.
+    case validate
+    /// After the fact (container.started, …), without blocking the operation, in order per observer.
+    case observe
+}
+
+/// One hook registration.
+public struct HookRegistration: Sendable, PrioritizedRegistration {
+    public var event: String
+    public var owner: String
+    public var phase: HookPhase
+    public var priority: Int
+    public var timeout: Duration
+    public var policy: HookPolicy
+    /// May change fields that an earlier hook set, without a conflict.
+    public var overrides: Bool
+    public var participant: Participant
+}
+
+/// The result of a hook chain.
+public struct HookOutcome: Sendable {
+    /// One hook that ran.
+    public struct Step: Sendable, Hashable {
+        public var plugin: String
+        public var changed: [String]
+    }
+
+    /// The final payload.
+    public var payload: Value
+    /// Which plugin set each field (field path → plugin).
+    public var attribution: [String: String]
+    /// Mutating hooks that ran, in order, with the fields each changed.
+    public var steps: [Step]
+    /// Optional hooks that failed and were skipped, with why.
+    public var skipped: [(plugin: String, reason: String)]
+
+    /// `{"field": "plugin", ...}` for sending to validators and showing to people.
+    public var attributionValue: Value {
+        .map(attribution.keys.sorted().map { (key: .string($0), value: .string(attribution[$0] ?? "")) })
+    }
+}

@@ -1,0 +1,110 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Calls that are in flight, by owner, so that an owner's departure ends them at once.
+public final class InFlightCalls: Sendable {
+    private struct Entry {
+        let owner: String
+        let abort: @Sendable (RoutingError) -> Void
+    }
+
+    private let state = NIOLockedValueBox<(next: UInt64, entries: [UInt64: Entry])>((1, [:]))
+
+    public init() {}
+
+    func register(owner: String, abort: @escaping @Sendable (RoutingError) -> Void) -> UInt64 {
+        state.withLockedValue { s in
+            let id = s.next
+            s.next += 1
+            s.entries[id] = Entry(owner: owner, abort: abort)
+            return id
+        }
+    }
+
+    func remove(_ id: UInt64) {
+        _ = state.withLockedValue { $0.entries.removeValue(forKey: id) }
+    }
+
+    /// Fails every in-flight call to `owner` with ``RoutingError/Code/ownerGone``.
+    public func abort(owner: String, reason: String) {
+        let victims: [Entry] = state.withLockedValue { s in
+            let ids = s.entries.filter { $0.value.owner == owner }.map(\.key)
+            return ids.compactMap { s.entries.removeValue(forKey: $0) }
+        }
+        for v in victims {
+            v.abort(RoutingError(.ownerGone, "plugin \(owner) went away: \(reason)", plugin: owner))
+        }
+    }
+
+    /// How many calls are in flight to `owner`.
+    public func count(owner: String) -> Int {
+        state.withLockedValue { s in s.entries.values.filter { $0.owner == owner }.count }
+    }
+}
+
+/// Resumes a continuation once, whichever of result, deadline, abort or cancellation comes first.
+private final class Once<T: Sendable>: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var continuation: UnsafeContinuation<T, any Error>?
+    private var cleanups: [@Sendable () -> Void] = []
+
+    init(_ continuation: UnsafeContinuation<T, any Error>) { self.continuation = continuation }
+
+    func onFinish(_ cleanup: @escaping @Sendable () -> Void) {
+        let runNow: Bool = lock.withLock {
+            if continuation == nil { return true }
+            cleanups.append(cleanup)
+            return false
+        }
+        if runNow { cleanup() }
+    }
+
+    func finish(_ result: Result<T, any Error>) {
+        let (c, cleanups): (UnsafeContinuation<T, any Error>?, [@Sendable () -> Void]) = lock.withLock {
+            defer { continuation = nil; self.cleanups = [] }
+            return (continuation, self.cleanups)
+        }
+        guard let c else { return }
+        for cleanup in cleanups { cleanup() }
+        c.resume(with: result)
+    }
+}
+
+/// Runs `body` in its own task and returns its result, unless the deadline passes, the
+/// owner is aborted, or the caller is cancelled first — then that error, at once.
+func raceDeadline<T: Sendable>(
+    timeout: Duration,
+    owner: String,
+    tracking calls: InFlightCalls?,
+    timeoutError: RoutingError,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    let holder = NIOLockedValueBox<Once<T>?>(nil)
+    return try await withTaskCancellationHandler {
+        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
+            let once = Once(continuation)
+            holder.withLockedValue { $0 = once }
+            let work = Task {
+                do { once.finish(.success(try await body())) } catch { once.finish(.failure(error)) }
+            }
+            let (seconds, attos) = timeout.components
+            let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
+                in: .nanoseconds(seconds * 1_000_000_000 + attos / 1_000_000_000)
+            ) {
+                once.finish(.failure(timeoutError))
+                work.cancel()
+            }
+            once.onFinish { timer.cancel() }
+            if let calls {
+                let id = calls.register(owner: owner) { error in
+                    once.finish(.failure(error))
+                    work.cancel()
+                }
+                once.onFinish { calls.remove(id) }
+            }
+        }
+    } onCancel: {
+        holder.withLockedValue { $0 }?.finish(.failure(CancellationError()))
+    }
+}

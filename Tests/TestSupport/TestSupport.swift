@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import Routing
+import Spawn
+
+/// A logger that prints nothing; tests assert on behaviour, not log lines.
+public let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// The deadline passed before the operation finished.
+public struct DeadlineExceeded: Error, CustomStringConvertible {
+    public let what: String
+    public var description: String { "deadline exceeded waiting for \(what)" }
+}
+
+/// Runs `body`, failing if it has not finished within `seconds`. The deadline guards
+/// against hangs; it never decides what the right answer is. It returns at the deadline
+/// even if `body` ignores cancellation.
+@discardableResult
+public func withDeadline<T: Sendable>(_ seconds: Double = 30, _ what: String = "the operation", _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let resumed = NIOLockedValueBox(false)
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let work = Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            if resumed.withLockedValue({ let was = $0; $0 = true; return !was }) {
+                continuation.resume(with: result)
+            }
+        }
+        Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            if resumed.withLockedValue({ let was = $0; $0 = true; return !was }) {
+                work.cancel()
+                continuation.resume(throwing: DeadlineExceeded(what: what))
+            }
+        }
+    }
+}
+
+/// Where the package's executables were built: next to the test bundle.
+public func builtExecutable(_ name: String) throws -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { throw SystemError("readlink", errno: errno, "/proc/self/exe") }
+    let selfPath = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var dir = (selfPath as NSString).deletingLastPathComponent
+    if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
+    let path = dir + "/" + name
+    guard access(path, X_OK) == 0 else {
+        throw SystemError("access", errno: ENOENT, "\(path): build it first (make test runs `swift build --build-tests`)")
+    }
+    return path
+}
+
+/// A real child process running plugboard-test-peer with its session on fds 3/4.
+public struct PeerProcess: Sendable {
+    public let session: Session
+    public let process: SpawnedProcess
+
+    /// Starts the peer with `arguments` (its mode and options).
+    public static func start(_ arguments: [String] = ["serve"], configuration: Session.Configuration = .init(name: "test-engine")) async throws -> PeerProcess {
+        let toChild = try PipeDescriptors.make()
+        let fromChild = try PipeDescriptors.make()
+        let process = try ProcessSpawner.spawn(SpawnOptions(
+            executable: try builtExecutable("plugboard-test-peer"),
+            arguments: arguments,
+            environment: ["PATH": "/usr/bin:/bin"],
+            fileDescriptors: [3: toChild.readEnd, 4: fromChild.writeEnd, 2: 2]
+        ))
+        close(toChild.readEnd)
+        close(fromChild.writeEnd)
+        let session = try await Session.overFileDescriptors(
+            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator,
+            configuration: configuration, logger: quietLogger
+        )
+        try await session.start()
+        return PeerProcess(session: session, process: process)
+    }
+
+    /// A subprocess routing participant named `name`, reached over a "calls" channel.
+    public static func participant(_ name: String) async throws -> (Participant, PeerProcess) {
+        let peer = try await start(["participant", name])
+        let calls = try peer.session.open(label: "calls")
+        return (Participant.remote(name, calls: calls), peer)
+    }
+
+    /// Closes the session and waits for the child to exit.
+    public func stop() async {
+        session.close(reason: "test finished")
+        _ = await process.waitForExit()
+    }
+}
+
+/// A one-shot signal a test can wait on (with a deadline) instead of sleeping.
+public final class Signal: Sendable {
+    private let state = NIOLockedValueBox<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    public init() {}
+
+    public func fire() {
+        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
+            s.fired = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    public func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLockedValue { s -> Bool in
+                if s.fired { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    public var fired: Bool { state.withLockedValue { $0.fired } }
+}
