@@ -31,6 +31,7 @@ run: deps
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
+	$(SWIFT) run -c release --skip-build plugboard-bench routing
 
 clean:
 	rm -rf .build

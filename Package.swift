@@ -112,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "plugboard-bench",
             dependencies: [
-                "Chan", "Spawn",
+                "Chan", "Spawn", "Routing", "Hub", "Hooks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -20,13 +20,15 @@ enum FieldChanges {
         if old == new { return }
         switch (old, new) {
         case (.map(let a), .map(let b)):
-            var keys: [Value] = a.map(\.key)
-            for entry in b where !keys.contains(entry.key) { keys.append(entry.key) }
-            let oldByKey = Dictionary(a.map { ($0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
-            let newByKey = Dictionary(b.map { ($0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
-            for key in keys {
-                let name = key.stringValue ?? key.description
-                collect(oldByKey[key] ?? .nil, newByKey[key] ?? .nil, path: join(path, name), into: &out)
+            // Payload maps are small: linear scans beat building dictionaries of Values.
+            for entry in a {
+                let newValue = b.first { $0.key == entry.key }?.value ?? .nil
+                if newValue != entry.value {
+                    collect(entry.value, newValue, path: join(path, entry.key.stringValue ?? entry.key.description), into: &out)
+                }
+            }
+            for entry in b where !a.contains(where: { $0.key == entry.key }) {
+                collect(.nil, entry.value, path: join(path, entry.key.stringValue ?? entry.key.description), into: &out)
             }
         case (.array(let a), .array(let b)):
             if b.count >= a.count && Array(b.prefix(a.count)) == a {

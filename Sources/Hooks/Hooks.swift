@@ -11,7 +11,9 @@ import Routing
 /// Chains for different objects run concurrently; chains for the same object run one at a
 /// time, in arrival order. There is no global lock around a chain.
 public final class Hooks: Sendable {
-    private let registry = NIOLockedValueBox<[HookRegistration]>([])
+    /// All registrations, plus each (event, phase) list already in run order, rebuilt on
+    /// change so that a chain does not sort on every run.
+    private let registry = NIOLockedValueBox<(all: [HookRegistration], ordered: [String: [HookRegistration]])>(([], [:]))
     private let observers = NIOLockedValueBox<[String: ObserverQueue]>([:])
     private let gate = KeyedGate()
     /// In-flight hook calls, by owner.
@@ -37,8 +39,9 @@ public final class Hooks: Sendable {
             timeout: timeout, policy: policy, overrides: overrides, participant: participant
         )
         registry.withLockedValue { r in
-            r.removeAll { $0.owner == participant.name && $0.event == event && $0.phase == phase }
-            r.append(registration)
+            r.all.removeAll { $0.owner == participant.name && $0.event == event && $0.phase == phase }
+            r.all.append(registration)
+            r.ordered = Hooks.index(r.all)
         }
         if phase == .observe {
             let queue = ObserverQueue(registration: registration, logger: logger)
@@ -53,7 +56,10 @@ public final class Hooks: Sendable {
     /// Removes every registration of `owner`; its in-flight hook calls fail at once, which
     /// skips it where it was optional and fails the operation where it was required.
     public func withdraw(owner: String, reason: String) {
-        registry.withLockedValue { $0.removeAll { $0.owner == owner } }
+        registry.withLockedValue { r in
+            r.all.removeAll { $0.owner == owner }
+            r.ordered = Hooks.index(r.all)
+        }
         let stopped: [ObserverQueue] = observers.withLockedValue { o in
             let keys = o.keys.filter { $0.hasPrefix(owner + "\u{0}") }
             return keys.compactMap { o.removeValue(forKey: $0) }
@@ -64,7 +70,7 @@ public final class Hooks: Sendable {
 
     /// Every registration, by event, phase, then run order.
     public var allRegistrations: [HookRegistration] {
-        let all = registry.withLockedValue { $0 }
+        let all = registry.withLockedValue { $0.all }
         let events = Set(all.map(\.event)).sorted()
         return events.flatMap { event in
             [HookPhase.mutate, .validate, .observe].flatMap { phase in
@@ -73,8 +79,14 @@ public final class Hooks: Sendable {
         }
     }
 
+    private static func key(_ event: String, _ phase: HookPhase) -> String { event + "\u{0}" + phase.rawValue }
+
+    private static func index(_ all: [HookRegistration]) -> [String: [HookRegistration]] {
+        Dictionary(grouping: all) { key($0.event, $0.phase) }.mapValues { $0.inPriorityOrder() }
+    }
+
     private func registrations(_ event: String, _ phase: HookPhase) -> [HookRegistration] {
-        registry.withLockedValue { r in r.filter { $0.event == event && $0.phase == phase } }.inPriorityOrder()
+        registry.withLockedValue { $0.ordered[Hooks.key(event, phase)] ?? [] }
     }
 
     /// Runs the mutating chain and then the validators for `event` on `payload`.

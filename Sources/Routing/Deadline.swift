@@ -1,6 +1,5 @@
+import Chan
 import NIOConcurrencyHelpers
-import NIOCore
-import NIOPosix
 
 /// Calls that are in flight, by owner, so that an owner's departure ends them at once.
 public final class InFlightCalls: Sendable {
@@ -77,7 +76,7 @@ func raceDeadline<T: Sendable>(
     timeout: Duration,
     owner: String,
     tracking calls: InFlightCalls?,
-    timeoutError: RoutingError,
+    timeoutError: @escaping @Sendable () -> RoutingError,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     let holder = NIOLockedValueBox<Once<T>?>(nil)
@@ -85,17 +84,17 @@ func raceDeadline<T: Sendable>(
         try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
             let once = Once(continuation)
             holder.withLockedValue { $0 = once }
-            let work = Task {
+            // Task.immediate runs `body` on this thread until it first suspends: a handler that
+            // answers at once costs no thread hop, and one that hangs is still its own task,
+            // which the deadline can abandon.
+            let work = Task.immediate {
                 do { once.finish(.success(try await body())) } catch { once.finish(.failure(error)) }
             }
-            let (seconds, attos) = timeout.components
-            let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
-                in: .nanoseconds(seconds * 1_000_000_000 + attos / 1_000_000_000)
-            ) {
-                once.finish(.failure(timeoutError))
+            let timer = DeadlineSweeper.shared.schedule(in: timeout) {
+                once.finish(.failure(timeoutError()))
                 work.cancel()
             }
-            once.onFinish { timer.cancel() }
+            once.onFinish { DeadlineSweeper.shared.cancel(timer) }
             if let calls {
                 let id = calls.register(owner: owner) { error in
                     once.finish(.failure(error))

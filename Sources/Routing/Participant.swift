@@ -1,4 +1,5 @@
 import Chan
+import NIOConcurrencyHelpers
 
 /// One request to a participant: which kind of registration, which name, and the payload.
 public struct Invocation: Sendable {
@@ -50,56 +51,88 @@ public struct Participant: Sendable {
     /// Handles one invocation and returns its answer (see each model for the shape).
     public typealias Handler = @Sendable (Invocation) async throws -> Value
 
+    private enum Route: Sendable {
+        case local(Handler)
+        case remote(Sender)
+    }
+
     /// The plugin's name.
     public let name: String
-    let handler: Handler
+    private let route: Route
+
     /// True for a remote plugin (its calls cross a session).
-    public let isRemote: Bool
+    public var isRemote: Bool {
+        if case .remote = route { return true }
+        return false
+    }
 
     /// A participant in this process.
     public static func inProcess(_ name: String, _ handler: @escaping Handler) -> Participant {
-        Participant(name: name, handler: handler, isRemote: false)
+        Participant(name: name, route: .local(handler))
     }
 
     /// A plugin reached over `calls`, a channel whose receiver the plugin accepted. Each
     /// invocation is a Chan request `{"kind", "name", "payload", "extra"}`; its reply is the answer.
     public static func remote(_ name: String, calls: Sender) -> Participant {
-        Participant(name: name, handler: { invocation in
-            do {
-                // The caller's deadline governs; the session-level timeout only backs it up.
-                return try await calls.request(invocation.wireValue, timeout: .seconds(3600))
-            } catch let error as ChanError {
-                switch error.code {
-                case .remote:
-                    throw RoutingError(.handlerFailed, error.reason, plugin: name, handlerCode: error.remoteCode)
-                case .peerGone, .channelClosed, .channelReset, .noReply:
-                    throw RoutingError(.ownerGone, "plugin \(name) went away: \(error.reason)", plugin: name)
-                default:
-                    throw error
-                }
-            }
-        }, isRemote: true)
+        Participant(name: name, route: .remote(calls))
     }
 
     /// Calls the handler with a deadline. A handler that hangs does not hang the caller:
-    /// at the deadline the caller gets ``RoutingError/Code/timeout`` and the handler's task is
-    /// cancelled (the plugin itself is left alone). When `calls` is given, the call is
-    /// tracked so that ``InFlightCalls/abort(owner:reason:)`` ends it at once.
+    /// at the deadline the caller gets ``RoutingError/Code/timeout`` (the plugin itself is
+    /// left alone). When `calls` is given, the call is tracked so that
+    /// ``InFlightCalls/abort(owner:reason:)`` ends it at once.
     public func invoke(_ invocation: Invocation, timeout: Duration, tracking calls: InFlightCalls? = nil) async throws -> Value {
         let name = self.name
-        let handler = self.handler
-        return try await raceDeadline(
-            timeout: timeout, owner: name, tracking: calls,
-            timeoutError: RoutingError(.timeout, "plugin \(name) did not answer \(invocation.kind.rawValue) \(invocation.name) within \(timeout)", plugin: name)
-        ) {
-            do {
-                return try await handler(invocation)
-            } catch let error as RoutingError {
+        // Built only when needed: formatting the Duration on every call showed up in profiles.
+        let timeoutError: @Sendable () -> RoutingError = { RoutingError(.timeout, "plugin \(name) did not answer \(invocation.kind.rawValue) \(invocation.name) within \(timeout)", plugin: name) }
+        switch route {
+        case .local(let handler):
+            // A closure cannot be interrupted, so it runs in its own task and the caller races it.
+            return try await raceDeadline(timeout: timeout, owner: name, tracking: calls, timeoutError: timeoutError) {
+                do {
+                    return try await handler(invocation)
+                } catch let error as RoutingError {
+                    throw error
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    throw RoutingError(.handlerFailed, "plugin \(name) failed \(invocation.kind.rawValue) \(invocation.name): \(error)", plugin: name)
+                }
+            }
+        case .remote(let sender):
+            // The session already bounds the wait and fails it when the peer dies, so the
+            // caller awaits the reply directly: no extra task, no thread hop.
+            return try await invokeRemote(sender, invocation, timeout: timeout, timeoutError: timeoutError, tracking: calls)
+        }
+    }
+
+    private func invokeRemote(
+        _ sender: Sender, _ invocation: Invocation, timeout: Duration, timeoutError: @Sendable () -> RoutingError, tracking calls: InFlightCalls?
+    ) async throws -> Value {
+        let name = self.name
+        let aborted = NIOLockedValueBox<RoutingError?>(nil)
+        var token: UInt64?
+        do {
+            let pending = try await sender.startRequest(invocation.wireValue, timeout: timeout)
+            if let calls {
+                token = calls.register(owner: name) { error in
+                    aborted.withLockedValue { $0 = error }
+                    pending.abandon()
+                }
+            }
+            defer { if let token { calls?.remove(token) } }
+            return try await pending.reply()
+        } catch let error as ChanError {
+            if let abort = aborted.withLockedValue({ $0 }) { throw abort }
+            switch error.code {
+            case .timeout:
+                throw timeoutError()
+            case .remote:
+                throw RoutingError(.handlerFailed, error.reason, plugin: name, handlerCode: error.remoteCode)
+            case .peerGone, .channelClosed, .channelReset, .noReply, .protocolViolation:
+                throw RoutingError(.ownerGone, "plugin \(name) went away: \(error.reason)", plugin: name)
+            default:
                 throw error
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch {
-                throw RoutingError(.handlerFailed, "plugin \(name) failed \(invocation.kind.rawValue) \(invocation.name): \(error)", plugin: name)
             }
         }
     }

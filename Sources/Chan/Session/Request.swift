@@ -53,6 +53,11 @@ public struct PendingReply: Sendable {
         }
         return try Sender.unwrapReply(reply)
     }
+
+    /// Stops waiting: a pending ``reply()`` fails at once and a late reply is dropped.
+    public func abandon() {
+        receiver.close()
+    }
 }
 
 extension Sender {

@@ -135,8 +135,12 @@ extension Session {
             defer { nextWaiterID += 1 }
             return nextWaiterID
         }
-        if let timeout { armDeadline(timeout, waiterID: waiterID, channel: id) }
-        defer { if timeout != nil { disarmDeadline(waiterID) } }
+        let deadline = timeout.map { timeout in
+            deadlines.schedule(in: timeout) { [weak self] in
+                self?.failWaiter(channel: id, waiterID: waiterID, ChanError(.timeout, "no message on channel \(id) within \(timeout)"))
+            }
+        }
+        defer { if let deadline { deadlines.cancel(deadline) } }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Value?, any Error>) in
                 var credit: UInt64 = 0
@@ -199,53 +203,6 @@ extension Session {
             return UInt64(state.uncredited)
         }
         return 0
-    }
-
-    /// Records a receive deadline; schedules the sweep if it is the earliest.
-    private func armDeadline(_ timeout: Duration, waiterID: UInt64, channel: UInt64) {
-        let deadline = NIODeadline.now() + timeout.timeAmount
-        let schedule: Bool = lock.withLock {
-            deadlines[waiterID] = (deadline, channel, timeout)
-            if let at = sweepScheduledAt, at <= deadline { return false }
-            sweepScheduledAt = deadline
-            return true
-        }
-        if schedule { scheduleSweep(at: deadline) }
-    }
-
-    private func disarmDeadline(_ waiterID: UInt64) {
-        lock.withLock { _ = deadlines.removeValue(forKey: waiterID) }
-    }
-
-    private func scheduleSweep(at deadline: NIODeadline) {
-        transport.eventLoop.scheduleTask(deadline: deadline) { [weak self] in
-            self?.sweepDeadlines()
-        }
-    }
-
-    /// Fails every receive whose deadline passed and schedules the next sweep.
-    private func sweepDeadlines() {
-        let now = NIODeadline.now()
-        var expired: [(waiter: UInt64, channel: UInt64, timeout: Duration)] = []
-        let next: NIODeadline? = lock.withLock {
-            var earliest: NIODeadline?
-            for (waiter, entry) in deadlines {
-                if entry.deadline <= now {
-                    expired.append((waiter, entry.channel, entry.timeout))
-                } else if earliest.map({ entry.deadline < $0 }) ?? true {
-                    earliest = entry.deadline
-                }
-            }
-            for e in expired { deadlines.removeValue(forKey: e.waiter) }
-            // A sweep scheduled for an earlier deadline may still be pending; keep the earliest.
-            if let pending = sweepScheduledAt, pending > now, let e = earliest, pending <= e { return nil }
-            sweepScheduledAt = earliest
-            return earliest
-        }
-        for e in expired {
-            failWaiter(channel: e.channel, waiterID: e.waiter, ChanError(.timeout, "no message on channel \(e.channel) within \(e.timeout)"))
-        }
-        if let next { scheduleSweep(at: next) }
     }
 
     func failWaiter(channel id: UInt64, waiterID: UInt64, _ error: any Error) {

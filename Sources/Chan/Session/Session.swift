@@ -79,16 +79,15 @@ public final class Session: @unchecked Sendable {
     var orderlyClose = false
     var stats = SessionStats()
     var closedWaiters: [UnsafeContinuation<ChanError, Never>] = []
-    /// Receive deadlines by waiter id; one scheduled sweep serves them all, because a
-    /// timer per call (NIO's heap insert and cancel) cost a quarter of a call's CPU.
-    var deadlines: [UInt64: (deadline: NIODeadline, channel: UInt64, timeout: Duration)] = [:]
-    var sweepScheduledAt: NIODeadline?
     /// Called (outside the lock) with the channel id whenever a sender parks for credit.
     var creditStallObserver: (@Sendable (UInt64) -> Void)?
     // Only the transport's inbound path touches the unpacker side; the packer has its own lock.
     let packerLock = NIOLock()
     let packer = MsgpackPacker()
     let executorOnLoop: EventLoopTaskExecutor
+    /// Receive deadlines: one sweep serves them all, because a timer per call (NIO's heap
+    /// insert and cancel) cost a quarter of a call's CPU.
+    let deadlines: DeadlineSweeper
 
     init(transport: any FrameTransport, role: Role, configuration: Configuration, logger: Logger) {
         self.transport = transport
@@ -100,6 +99,7 @@ public final class Session: @unchecked Sendable {
         self.logger = logger
         self.nextLocalID = role == .initiator ? 1 : 2
         self.executorOnLoop = EventLoopTaskExecutor(eventLoop: transport.eventLoop)
+        self.deadlines = DeadlineSweeper(eventLoop: transport.eventLoop)
     }
 
     /// The peer's HELLO, once ``start()`` returned.
@@ -363,9 +363,3 @@ public final class Session: @unchecked Sendable {
     }
 }
 
-extension Duration {
-    var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}
