@@ -94,6 +94,9 @@ struct WireTests {
         }
         let reason = try await withDeadline { await raw.session.waitUntilClosed() }
         #expect(reason.code == .protocolViolation, "\(reason)")
+        // The peer is told why before the transport closes, even for framing errors.
+        let goAway = try await withDeadline { try await raw.readFrame() }
+        #expect(goAway?.arrayValue?.first == 6, "expected GOAWAY, got \(String(describing: goAway))")
         raw.closeAll()
     }
 }

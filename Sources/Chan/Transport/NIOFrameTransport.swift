@@ -109,8 +109,11 @@ final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // With a session attached, it answers (GOAWAY with the reason) and then closes the
+        // transport after flushing; closing here first would lose that GOAWAY.
+        let attached = delegate != nil
         report(error)
-        context.close(promise: nil)
+        if !attached { context.close(promise: nil) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
