@@ -140,22 +140,12 @@ struct ChanBenchmark: AsyncParsableCommand {
     }
 
     func startPeer(logger: Logger) async throws -> Peer {
-        let toChild = try PipeDescriptors.make()
-        let fromChild = try PipeDescriptors.make()
-        let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try selfExecutable(),
-            arguments: ["chan-peer"],
-            environment: ["PATH": "/usr/bin:/bin"],
-            fileDescriptors: [3: toChild.readEnd, 4: fromChild.writeEnd, 2: 2]
-        ))
-        close(toChild.readEnd)
-        close(fromChild.writeEnd)
-        let session = try await Session.overFileDescriptors(
-            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator,
-            configuration: .init(name: "bench"), logger: logger
+        let launched = try await Session.launch(
+            executable: try selfExecutable(), arguments: ["chan-peer"], environment: ["PATH": "/usr/bin:/bin"],
+            extraDescriptors: [2: 2], configuration: .init(name: "bench"), logger: logger
         )
-        try await session.start()
-        return Peer(session: session, process: process)
+        try await launched.session.start()
+        return Peer(session: launched.session, process: launched.process)
     }
 }
 

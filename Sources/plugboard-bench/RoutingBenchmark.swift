@@ -127,23 +127,13 @@ struct SpawnedPeer {
     let participant: Participant
 
     static func start(name: String, logger: Logger) async throws -> SpawnedPeer {
-        let toChild = try PipeDescriptors.make()
-        let fromChild = try PipeDescriptors.make()
-        let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try selfExecutable(),
-            arguments: ["routing-peer", name],
-            environment: ["PATH": "/usr/bin:/bin"],
-            fileDescriptors: [3: toChild.readEnd, 4: fromChild.writeEnd, 2: 2]
-        ))
-        close(toChild.readEnd)
-        close(fromChild.writeEnd)
-        let session = try await Session.overFileDescriptors(
-            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator,
-            configuration: .init(name: "bench"), logger: logger
+        let launched = try await Session.launch(
+            executable: try selfExecutable(), arguments: ["routing-peer", name], environment: ["PATH": "/usr/bin:/bin"],
+            extraDescriptors: [2: 2], configuration: .init(name: "bench"), logger: logger
         )
-        try await session.start()
-        let calls = try session.open(label: "calls")
-        return SpawnedPeer(session: session, process: process, participant: .remote(name, calls: calls))
+        try await launched.session.start()
+        let calls = try launched.session.open(label: "calls")
+        return SpawnedPeer(session: launched.session, process: launched.process, participant: .remote(name, calls: calls))
     }
 
     func stop() async {

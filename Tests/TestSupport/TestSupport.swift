@@ -63,22 +63,13 @@ public struct PeerProcess: Sendable {
 
     /// Starts the peer with `arguments` (its mode and options).
     public static func start(_ arguments: [String] = ["serve"], configuration: Session.Configuration = .init(name: "test-engine")) async throws -> PeerProcess {
-        let toChild = try PipeDescriptors.make()
-        let fromChild = try PipeDescriptors.make()
-        let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try builtExecutable("plugboard-test-peer"),
-            arguments: arguments,
-            environment: ["PATH": "/usr/bin:/bin"],
-            fileDescriptors: [3: toChild.readEnd, 4: fromChild.writeEnd, 2: 2]
-        ))
-        close(toChild.readEnd)
-        close(fromChild.writeEnd)
-        let session = try await Session.overFileDescriptors(
-            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator,
+        let launched = try await Session.launch(
+            executable: try builtExecutable("plugboard-test-peer"), arguments: arguments,
+            environment: ["PATH": "/usr/bin:/bin"], extraDescriptors: [2: 2],
             configuration: configuration, logger: quietLogger
         )
-        try await session.start()
-        return PeerProcess(session: session, process: process)
+        try await launched.session.start()
+        return PeerProcess(session: launched.session, process: launched.process)
     }
 
     /// A subprocess routing participant named `name`, reached over a "calls" channel.

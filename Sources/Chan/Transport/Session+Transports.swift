@@ -1,8 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import NIOPosix
+import Spawn
+
+/// Installs the frame decoder and the inbound handler on a new channel.
+private func installFrameHandlers(_ channel: any Channel, maxFrameSize: Int, handler: InboundFrameHandler) -> EventLoopFuture<Void> {
+    channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize)))
+        try channel.pipeline.syncOperations.addHandler(handler)
+    }
+}
+
+/// A child process and the session on its fds 3 and 4.
+public struct LaunchedSession: Sendable {
+    /// The engine's end of the session (initiator), not yet started.
+    public let session: Session
+    /// The child.
+    public let process: SpawnedProcess
+}
 
 extension Session {
+    /// Starts `executable` with its session on fds 3 (it reads) and 4 (it writes) and
+    /// returns our end, not yet started. The child's stdin is /dev/null; `extraDescriptors`
+    /// maps more child fds (1 and 2 for its output, say).
+    public static func launch(
+        executable: String,
+        arguments: [String] = [],
+        environment: [String: String],
+        extraDescriptors: [CInt: CInt] = [:],
+        configuration: Configuration,
+        logger: Logger
+    ) async throws -> LaunchedSession {
+        let toChild = try PipeDescriptors.make()
+        let fromChild = try PipeDescriptors.make()
+        var fds = extraDescriptors
+        fds[3] = toChild.readEnd
+        fds[4] = fromChild.writeEnd
+        let process: SpawnedProcess
+        do {
+            process = try ProcessSpawner.spawn(
+                SpawnOptions(executable: executable, arguments: arguments, environment: environment, fileDescriptors: fds),
+                logger: logger
+            )
+        } catch {
+            for fd in [toChild.readEnd, toChild.writeEnd, fromChild.readEnd, fromChild.writeEnd] { Glibc.close(fd) }
+            throw error
+        }
+        // The child has its copies; ours of its ends would keep the pipes open after it dies.
+        Glibc.close(toChild.readEnd)
+        Glibc.close(fromChild.writeEnd)
+        let session = try await overFileDescriptors(
+            read: fromChild.readEnd, write: toChild.writeEnd, role: .initiator, configuration: configuration, logger: logger
+        )
+        return LaunchedSession(session: session, process: process)
+    }
+
     /// A session over two file descriptors: `read` carries the peer's frames to us and
     /// `write` carries ours to the peer. A plugin passes 3 and 4; the engine passes the
     /// other ends of the pipes it gave the child. The session owns (and closes) both.
@@ -18,12 +73,7 @@ extension Session {
         let maxFrame = configuration.maxFrameSize
         let channel = try await NIOPipeBootstrap(group: group)
             .channelOption(ChannelOptions.autoRead, value: false)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrame)))
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { installFrameHandlers($0, maxFrameSize: maxFrame, handler: handler) }
             .takingOwnershipOfDescriptors(input: read, output: write)
             .get()
         return Session(transport: NIOFrameTransport(channel: channel, handler: handler), role: role, configuration: configuration, logger: logger)
@@ -41,12 +91,7 @@ extension Session {
         let maxFrame = configuration.maxFrameSize
         let channel = try await ClientBootstrap(group: group)
             .channelOption(ChannelOptions.autoRead, value: false)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrame)))
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { installFrameHandlers($0, maxFrameSize: maxFrame, handler: handler) }
             .connect(unixDomainSocketPath: path)
             .get()
         return Session(transport: NIOFrameTransport(channel: channel, handler: handler), role: role, configuration: configuration, logger: logger)
@@ -89,10 +134,8 @@ public final class SessionListener: Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .childChannelOption(ChannelOptions.autoRead, value: false)
             .childChannelInitializer { child in
-                child.eventLoop.makeCompletedFuture {
-                    let handler = InboundFrameHandler()
-                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrame)))
-                    try child.pipeline.syncOperations.addHandler(handler)
+                let handler = InboundFrameHandler()
+                return installFrameHandlers(child, maxFrameSize: maxFrame, handler: handler).map {
                     let session = Session(
                         transport: NIOFrameTransport(channel: child, handler: handler),
                         role: .acceptor,
