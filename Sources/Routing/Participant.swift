@@ -113,7 +113,13 @@ public struct Participant: Sendable {
         let aborted = NIOLockedValueBox<RoutingError?>(nil)
         var token: UInt64?
         do {
-            let pending = try await sender.startRequest(invocation.wireValue, timeout: timeout)
+            // Channel ends from another session (a client's upload stream) get counterparts
+            // on the plugin's session, with pumps between them.
+            var wire = invocation
+            let (payload, pumps) = try sender.owningSession.bridge(invocation.payload)
+            wire.payload = payload
+            let pending = try await sender.startRequest(wire.wireValue, timeout: timeout)
+            for pump in pumps { Task { await pump() } }
             if let calls {
                 token = calls.register(owner: name) { error in
                     aborted.withLockedValue { $0 = error }

@@ -104,6 +104,12 @@ func participate(_ request: Request, name: String) async throws {
         try await request.respond(.string(name))
     case ("job", "hang"):
         await hoard.keep(.channel(.sender(request.reply)))
+    case ("job", "count-bytes"):
+        guard case .channel(.byteStreamReader(let reader))? = payload["stream"] else {
+            try await request.fail(code: "bad.request", message: "count-bytes needs a stream")
+            return
+        }
+        try await request.respond(.int(Int64(try await reader.readAll().count)))
     case ("job", "fail"):
         try await request.fail(code: "job.failed", message: "\(name) failed on purpose")
     case ("job", "crash"):

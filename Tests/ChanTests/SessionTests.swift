@@ -310,3 +310,24 @@ struct SessionTests {
         try await listener.close()
     }
 }
+
+@Suite("handshake deadlines")
+struct HandshakeDeadlineTests {
+    @Test("a peer that never sends HELLO fails start() with a timeout", arguments: PairKind.allCases)
+    func silentPeer(_ kind: PairKind) async throws {
+        switch kind {
+        case .inMemory:
+            let (a, b) = Session.inMemoryPair(.init(name: "a", handshakeTimeout: .milliseconds(300)), .init(name: "b"), logger: quietLogger)
+            try await withDeadline(10) {
+                await #expect { try await a.start() } throws: { ($0 as? ChanError)?.code == .timeout }
+            }
+            withExtendedLifetime(b) {}
+        case .pipes:
+            let raw = try await RawPeer.make(configuration: .init(name: "a", handshakeTimeout: .milliseconds(300)))
+            try await withDeadline(10) {
+                await #expect { try await raw.session.start() } throws: { ($0 as? ChanError)?.code == .timeout }
+            }
+            raw.closeAll()
+        }
+    }
+}

@@ -161,6 +161,32 @@ struct HubSubprocessTests {
         await peer.stop()
     }
 
+    @Test("a byte stream from a client's session reaches a subprocess job through the hub")
+    func streamArgument() async throws {
+        let hub = Hub(logger: quietLogger)
+        let (participant, peer) = try await PeerProcess.participant("counter")
+        try hub.register(jobs: ["count-bytes"], for: participant)
+        // A client (think: the admin CLI) and the daemon, joined by their own session.
+        let (client, daemon) = Session.inMemoryPair(.init(name: "cli"), .init(name: "daemon"), logger: quietLogger)
+        async let clientStarted = client.start()
+        async let daemonStarted = daemon.start()
+        _ = try await (clientStarted, daemonStarted)
+        let size = 3 * 1024 * 1024 + 17
+        let answer = try await withDeadline(60) { () async throws -> Value in
+            let control = try client.open()
+            let (writer, reader) = try client.makeByteStream()
+            try await control.send(.fields(("stream", .channel(.byteStreamReader(reader)))))
+            let inbox = try #require(try await daemon.accept())
+            let argument = try #require(try await inbox.receive())
+            async let result = hub.call("count-bytes", argument, timeout: .seconds(60))
+            try await writer.write([UInt8](repeating: 9, count: size))
+            writer.close()
+            return try await result
+        }
+        #expect(answer == .int(Int64(size)))
+        await peer.stop()
+    }
+
     @Test("a subprocess that dies fails its in-flight calls at once")
     func subprocessDeath() async throws {
         let hub = Hub(logger: quietLogger)

@@ -148,11 +148,9 @@ public final class Session: @unchecked Sendable {
         let timeout = configuration.handshakeTimeout
         transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
             guard let self else { return }
-            let waiter: Waiter<Hello>? = self.lock.withLock {
-                defer { self.helloWaiter = nil }
-                return self.helloWaiter
-            }
-            if waiter != nil {
+            // fail() wakes the waiter in start(), whether it is parked yet or not.
+            let stillWaiting = self.lock.withLock { self.peerHello == nil && self.failure == nil }
+            if stillWaiting {
                 self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout)"), sendGoAway: true)
             }
         }
