@@ -24,9 +24,12 @@ test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
+# The daemon with the shipped plugins: echo and host-mount built in, and echo again as a
+# subprocess (plugboard-plugin-echo on fds 3/4). Ctrl-C stops it in reverse boot order.
 run: deps
-	$(SWIFT) build $(BUILD_FLAGS) --product plugboardd
-	$(SWIFT) run --skip-build plugboardd
+	$(SWIFT) build $(BUILD_FLAGS)
+	$(SWIFT) run --skip-build plugboardd --plugin echo --plugin host-mount "/data /var/data" \
+		--plugin-exec "echo-exec=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-echo"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

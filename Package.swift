@@ -28,6 +28,8 @@ let package = Package(
         .executable(name: "plugboard", targets: ["plugboard"]),
         .executable(name: "plugboard-sh", targets: ["plugboard-sh"]),
         .executable(name: "plugboard-bench", targets: ["plugboard-bench"]),
+        .executable(name: "plugboard-plugin-echo", targets: ["plugboard-plugin-echo"]),
+        .executable(name: "plugboard-plugin-host-mount", targets: ["plugboard-plugin-host-mount"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -83,17 +85,25 @@ let package = Package(
         .target(
             name: "Engine",
             dependencies: [
-                "Chan", "Hub", "Pipeline", "Hooks", "Spawn",
+                "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "Routing", "PluginKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
-        .target(name: "PluginKit", dependencies: ["Chan", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(
+            name: "PluginKit",
+            dependencies: ["Chan", "Routing", "Hooks", "Pipeline", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "Engine",
+                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -119,6 +129,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The plugins we ship: each links into plugboardd and builds as plugboard-plugin-NAME.
+        .target(name: "EchoPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/echo", exclude: ["main"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-plugin-echo", dependencies: ["EchoPlugin", "PluginKit"], path: "plugins/echo/main", swiftSettings: strict),
+        .target(name: "HostMountPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/host-mount", exclude: ["main"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
+        // A PluginKit plugin the engine tests configure through its options.
+        .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Chan"], swiftSettings: strict),
+        // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
+        .executableTarget(name: "plugboard-exec-shim"),
         // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.
         .executableTarget(
             name: "plugboard-test-peer",
@@ -151,6 +170,7 @@ let package = Package(
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
     ]
 )

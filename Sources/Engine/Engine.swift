@@ -1,6 +1,166 @@
-/// The Engine layer. It exists so the package has its final shape; its contents arrive with
-/// the issue that builds it (see docs and the open issues).
-public enum EngineLayer {
-    /// Whether this layer has been built yet.
-    public static let isBuilt = false
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Hooks
+import Hub
+import Logging
+import NIOConcurrencyHelpers
+import Pipeline
+import PluginKit
+import Routing
+
+/// Something that happened to a plugin.
+public struct EngineEvent: Sendable, Hashable {
+    public var plugin: String
+    public var state: PluginState
+    public var restarts: Int
+    public var detail: String
+}
+
+/// A plugin as `plugboard plugin ls` shows it.
+public struct PluginStatus: Sendable, Hashable {
+    public var name: String
+    public var kind: String
+    public var state: PluginState
+    public var pid: pid_t?
+    public var restarts: Int
+    public var description: PluginDescription?
+}
+
+/// What supervisors share with the engine.
+struct EngineParts: Sendable {
+    let hub: Hub
+    let hooks: Hooks
+    let pipeline: Pipeline
+    let logger: Logger
+    let shimPath: String?
+    let emit: @Sendable (EngineEvent) -> Void
+    let callerFor: @Sendable (String) -> (any EngineCalls)?
+}
+
+/// The engine: the hub, the pipeline and the hooks, and the plugins that serve them.
+///
+/// ``boot(_:)`` starts every plugin, waits for each declaration, orders them by what they
+/// require and activates them in that order; ``shutdown(grace:)`` stops them in reverse.
+public final class Engine: Sendable {
+    public let hub: Hub
+    public let pipeline: Pipeline
+    public let hooks: Hooks
+    private let logger: Logger
+    private let parts: EngineParts
+    private let supervisors = NIOLockedValueBox<[(name: String, supervisor: PluginSupervisor)]>([])
+    private let order = NIOLockedValueBox<[String]>([])
+    private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
+
+    /// - Parameter shimPath: the `plugboard-exec-shim` that ties exec plugins' lives to this
+    ///   process; by default the one next to the running executable, if present.
+    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath()) {
+        let hub = Hub(logger: logger)
+        let pipeline = Pipeline(logger: logger)
+        let hooks = Hooks(logger: logger)
+        self.hub = hub
+        self.pipeline = pipeline
+        self.hooks = hooks
+        self.logger = logger
+        let subscribers = self.subscribers
+        parts = EngineParts(
+            hub: hub, hooks: hooks, pipeline: pipeline, logger: logger, shimPath: shimPath,
+            emit: { event in
+                for c in subscribers.withLockedValue({ Array($0.values) }) { c.yield(event) }
+            },
+            callerFor: { name in InProcessEngineCalls(hub: hub, plugin: name) }
+        )
+    }
+
+    /// `plugboard-exec-shim` next to the running executable, if it exists.
+    public static func defaultShimPath() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var dir = (exe as NSString).deletingLastPathComponent
+        if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
+        let shim = dir + "/plugboard-exec-shim"
+        return access(shim, X_OK) == 0 ? shim : nil
+    }
+
+    /// Every plugin event from now on.
+    public func events() -> AsyncStream<EngineEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: EngineEvent.self)
+        let id = UUID()
+        subscribers.withLockedValue { $0[id] = continuation }
+        continuation.onTermination = { [subscribers] _ in _ = subscribers.withLockedValue { $0.removeValue(forKey: id) } }
+        return stream
+    }
+
+    /// Starts `specs`, waits for their declarations, and activates them in boot order.
+    ///
+    /// A cycle or a missing requirement is an ``EngineError`` naming the plugins; so is a
+    /// plugin that does not start. Then everything started is stopped again.
+    public func boot(_ specs: [PluginSpec], grace: Duration = .seconds(5)) async throws {
+        var started: [(String, PluginSupervisor, PluginDescription)] = []
+        do {
+            // Start them all concurrently: each waits only for its own HELLO.
+            started = try await withThrowingTaskGroup(of: (String, PluginSupervisor, PluginDescription).self) { group in
+                for (i, spec) in specs.enumerated() {
+                    let provisional = spec.name ?? "plugin\(i)"
+                    let supervisor = PluginSupervisor(spec: spec, provisionalName: provisional, engine: parts)
+                    group.addTask {
+                        let description = try await supervisor.launch()
+                        return (await supervisor.name, supervisor, description)
+                    }
+                }
+                var all: [(String, PluginSupervisor, PluginDescription)] = []
+                for try await s in group { all.append(s) }
+                return all
+            }
+            let names = started.map(\.0)
+            if let duplicate = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+                throw EngineError(.duplicateName, "two plugins are named \(duplicate)")
+            }
+            let bootOrder = try BootOrder.sort(started.map(\.2))
+            supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } }
+            order.withLockedValue { $0 = bootOrder }
+            for name in bootOrder {
+                guard let supervisor = started.first(where: { $0.0 == name })?.1 else { continue }
+                try await supervisor.activate()
+                logger.info("plugin active", metadata: ["plugin.name": "\(name)"])
+            }
+        } catch {
+            for (_, supervisor, _) in started.reversed() { await supervisor.stop(grace: .milliseconds(500)) }
+            throw error
+        }
+    }
+
+    /// Stops every plugin, in reverse boot order.
+    public func shutdown(grace: Duration = .seconds(5)) async {
+        let all = supervisors.withLockedValue { $0 }
+        for (name, supervisor) in all.reversed() {
+            logger.info("stopping plugin", metadata: ["plugin.name": "\(name)"])
+            await supervisor.stop(grace: grace)
+        }
+        for c in subscribers.withLockedValue({ Array($0.values) }) { c.finish() }
+    }
+
+    /// The plugins, in boot order.
+    public func status() async -> [PluginStatus] {
+        var result: [PluginStatus] = []
+        for (_, s) in supervisors.withLockedValue({ $0 }) { result.append(await s.status) }
+        return result
+    }
+
+    /// The boot order of the last ``boot(_:)``.
+    public var bootOrder: [String] { order.withLockedValue { $0 } }
+}
+
+/// A built-in plugin's calls to other jobs: straight into the hub, with its grants.
+struct InProcessEngineCalls: EngineCalls {
+    let hub: Hub
+    let plugin: String
+
+    func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        try await hub.call(job, argument, timeout: timeout)
+    }
 }

@@ -51,9 +51,12 @@ public struct Participant: Sendable {
     /// Handles one invocation and returns its answer (see each model for the shape).
     public typealias Handler = @Sendable (Invocation) async throws -> Value
 
+    /// Explains why a remote plugin went away (its exit status, say), when asked after its session died.
+    public typealias DepartureExplainer = @Sendable () async -> String?
+
     private enum Route: Sendable {
         case local(Handler)
-        case remote(Sender)
+        case remote(Sender, DepartureExplainer?)
     }
 
     /// The plugin's name.
@@ -73,8 +76,11 @@ public struct Participant: Sendable {
 
     /// A plugin reached over `calls`, a channel whose receiver the plugin accepted. Each
     /// invocation is a Chan request `{"kind", "name", "payload", "extra"}`; its reply is the answer.
-    public static func remote(_ name: String, calls: Sender) -> Participant {
-        Participant(name: name, route: .remote(calls))
+    ///
+    /// `explainDeparture`, when given, is asked why the plugin went away when its session
+    /// dies mid-call, so that the caller's error names the exit status or signal.
+    public static func remote(_ name: String, calls: Sender, explainDeparture: DepartureExplainer? = nil) -> Participant {
+        Participant(name: name, route: .remote(calls, explainDeparture))
     }
 
     /// Calls the handler with a deadline. A handler that hangs does not hang the caller:
@@ -99,15 +105,16 @@ public struct Participant: Sendable {
                     throw RoutingError(.handlerFailed, "plugin \(name) failed \(invocation.kind.rawValue) \(invocation.name): \(error)", plugin: name)
                 }
             }
-        case .remote(let sender):
+        case .remote(let sender, let explain):
             // The session already bounds the wait and fails it when the peer dies, so the
             // caller awaits the reply directly: no extra task, no thread hop.
-            return try await invokeRemote(sender, invocation, timeout: timeout, timeoutError: timeoutError, tracking: calls)
+            return try await invokeRemote(sender, invocation, timeout: timeout, timeoutError: timeoutError, tracking: calls, explain: explain)
         }
     }
 
     private func invokeRemote(
-        _ sender: Sender, _ invocation: Invocation, timeout: Duration, timeoutError: @Sendable () -> RoutingError, tracking calls: InFlightCalls?
+        _ sender: Sender, _ invocation: Invocation, timeout: Duration, timeoutError: @Sendable () -> RoutingError, tracking calls: InFlightCalls?,
+        explain: DepartureExplainer?
     ) async throws -> Value {
         let name = self.name
         let aborted = NIOLockedValueBox<RoutingError?>(nil)
@@ -136,7 +143,8 @@ public struct Participant: Sendable {
             case .remote:
                 throw RoutingError(.handlerFailed, error.reason, plugin: name, handlerCode: error.remoteCode)
             case .peerGone, .channelClosed, .channelReset, .noReply, .protocolViolation:
-                throw RoutingError(.ownerGone, "plugin \(name) went away: \(error.reason)", plugin: name)
+                let why = await explain?() ?? error.reason
+                throw RoutingError(.ownerGone, "plugin \(name) went away: \(why)", plugin: name)
             default:
                 throw error
             }

@@ -37,6 +37,23 @@ public final class SpawnedProcess: Sendable {
         }
     }
 
+    /// Waits for the child to end, at most `timeout`; nil if it is still running then.
+    public func waitForExit(timeout: Duration) async -> ExitStatus? {
+        if let status = exitStatus { return status }
+        let once = NIOLockedValueBox<CheckedContinuation<ExitStatus?, Never>?>(nil)
+        return await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus?, Never>) in
+            once.withLockedValue { $0 = continuation }
+            Task {
+                let status = await self.waitForExit()
+                once.withLockedValue { c in c.take() }?.resume(returning: status)
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                once.withLockedValue { c in c.take() }?.resume(returning: nil)
+            }
+        }
+    }
+
     /// Sends `signal` to the child (ignored once it has been reaped, so a recycled pid is never hit).
     public func signal(_ signal: Int32) {
         state.withLockedValue { s in

@@ -14,6 +14,7 @@ public let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHa
 /// The deadline passed before the operation finished.
 public struct DeadlineExceeded: Error, CustomStringConvertible {
     public let what: String
+    public init(what: String) { self.what = what }
     public var description: String { "deadline exceeded waiting for \(what)" }
 }
 

@@ -1,0 +1,105 @@
+import Chan
+import Hooks
+import PluginKit
+
+/// What a plugin declared, without its handlers: parsed from HELLO's `meta` for a
+/// subprocess, taken from the declaration for a built-in.
+public struct PluginDescription: Sendable, Hashable {
+    public struct Hook: Sendable, Hashable {
+        public var event: String
+        public var phase: HookPhase
+        public var priority: Int
+        public var timeout: Duration
+        public var policy: HookPolicy
+        public var overrides: Bool
+    }
+
+    public struct MessageType: Sendable, Hashable {
+        public var type: String
+        public var priority: Int
+        public var timeout: Duration
+    }
+
+    public var name: String
+    public var version: String
+    public var jobs: [String]
+    public var hooks: [Hook]
+    public var messageTypes: [MessageType]
+    public var requires: [String]
+    public var calls: [String]
+
+    init(_ d: PluginDeclaration) {
+        name = d.name
+        version = d.version
+        jobs = d.jobs.map(\.name)
+        hooks = d.hooks.map { Hook(event: $0.event, phase: $0.phase, priority: $0.priority, timeout: $0.timeout, policy: $0.policy, overrides: $0.overrides) }
+        messageTypes = d.messageTypes.map { MessageType(type: $0.type, priority: $0.priority, timeout: $0.timeout) }
+        requires = d.requires
+        calls = d.calls
+    }
+
+    /// Parses the declaration a plugin sent in HELLO.
+    init(wire v: Value, fallbackName: String) throws {
+        guard case .map = v else {
+            throw EngineError(.badDeclaration, "plugin \(fallbackName) sent no declaration in its HELLO (meta must be a map)")
+        }
+        func strings(_ key: String) throws -> [String] {
+            guard let items = v[key] else { return [] }
+            guard let array = items.arrayValue else { throw EngineError(.badDeclaration, "plugin \(fallbackName): \"\(key)\" must be a list") }
+            return try array.map { item in
+                guard let s = item.stringValue else { throw EngineError(.badDeclaration, "plugin \(fallbackName): \"\(key)\" must hold strings") }
+                return s
+            }
+        }
+        name = v["name"]?.stringValue ?? fallbackName
+        version = v["version"]?.stringValue ?? "unknown"
+        jobs = try strings("jobs")
+        requires = try strings("requires")
+        calls = try strings("calls")
+        hooks = try (v["hooks"]?.arrayValue ?? []).map { h in
+            guard let event = h["event"]?.stringValue else {
+                throw EngineError(.badDeclaration, "plugin \(fallbackName): a hook lacks \"event\"")
+            }
+            return Hook(
+                event: event,
+                phase: h["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate,
+                priority: Int(h["priority"]?.intValue ?? 0),
+                timeout: .milliseconds(h["timeout_ms"]?.intValue ?? 2000),
+                policy: h["policy"]?.stringValue.flatMap(HookPolicy.init(rawValue:)) ?? .required,
+                overrides: h["overrides"]?.boolValue ?? false
+            )
+        }
+        messageTypes = try (v["pipeline"]?.arrayValue ?? []).map { m in
+            guard let type = m["type"]?.stringValue else {
+                throw EngineError(.badDeclaration, "plugin \(fallbackName): a pipeline entry lacks \"type\"")
+            }
+            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .milliseconds(m["timeout_ms"]?.intValue ?? 10_000))
+        }
+    }
+}
+
+/// Why the engine could not do what was asked.
+public struct EngineError: Error, Hashable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        public static let unknownBuiltin = Code("unknown built-in")
+        public static let badDeclaration = Code("bad declaration")
+        public static let bootOrder = Code("boot order")
+        public static let startFailed = Code("start failed")
+        public static let permissionDenied = Code("permission denied")
+        public static let duplicateName = Code("duplicate plugin name")
+    }
+
+    public var code: Code
+    public var reason: String
+
+    public init(_ code: Code, _ reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+
+    public var description: String { "\(code): \(reason)" }
+}

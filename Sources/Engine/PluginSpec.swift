@@ -1,0 +1,103 @@
+import PluginKit
+
+/// When a plugin that ended is started again.
+public enum RestartPolicy: String, Sendable, Codable, CaseIterable {
+    /// Whatever the exit.
+    case always
+    /// Unless it exited with status 0 (the default).
+    case onFailure = "on-failure"
+    /// Never.
+    case never
+}
+
+/// Exponential backoff with jitter between restarts.
+public struct Backoff: Sendable, Hashable {
+    /// The first delay (default 100 ms).
+    public var initial: Duration
+    /// The largest delay (default 10 s).
+    public var maximum: Duration
+    /// Running this long counts as healthy and resets the delay (default 30 s).
+    public var resetAfter: Duration
+    /// ± this fraction of the delay, at random (default 0.2).
+    public var jitter: Double
+
+    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10), resetAfter: Duration = .seconds(30), jitter: Double = 0.2) {
+        self.initial = initial
+        self.maximum = maximum
+        self.resetAfter = resetAfter
+        self.jitter = jitter
+    }
+
+    /// The delay before restart number `attempt` (1-based), without jitter.
+    public func delay(attempt: Int) -> Duration {
+        var d = initial
+        for _ in 1..<max(1, attempt) {
+            d = d * 2
+            if d >= maximum { return maximum }
+        }
+        return min(d, maximum)
+    }
+
+    /// `delay` with jitter applied.
+    public func jittered(_ delay: Duration) -> Duration {
+        guard jitter > 0 else { return delay }
+        let factor = 1 + Double.random(in: -jitter...jitter)
+        return delay * factor
+    }
+}
+
+/// Too many restarts in a window: the plugin is marked `failed` instead of restarted.
+public struct CrashLoopLimit: Sendable, Hashable {
+    /// Restarts allowed in the window (default 5).
+    public var restarts: Int
+    /// The window (default 60 s).
+    public var window: Duration
+
+    public init(restarts: Int = 5, window: Duration = .seconds(60)) {
+        self.restarts = restarts
+        self.window = window
+    }
+}
+
+/// How to start a plugin and keep it alive.
+public struct PluginSpec: Sendable {
+    public enum Kind: Sendable {
+        /// In process: a PluginKit plugin linked into the daemon.
+        case builtin(any Plugin)
+        /// A subprocess speaking the protocol on fds 3/4.
+        case exec(command: String, arguments: [String])
+    }
+
+    /// The name; nil for an exec plugin means "use the name it declares".
+    public var name: String?
+    public var kind: Kind
+    /// The option string given to the plugin.
+    public var options: String
+    public var restartPolicy: RestartPolicy
+    public var backoff: Backoff
+    public var crashLoop: CrashLoopLimit
+    /// Grant every job the plugin asks to call (plugins on the daemon's command line).
+    public var grantAll: Bool
+    /// How long to wait for its HELLO.
+    public var startTimeout: Duration
+
+    public init(
+        name: String?, kind: Kind, options: String = "", restartPolicy: RestartPolicy = .onFailure,
+        backoff: Backoff = Backoff(), crashLoop: CrashLoopLimit = CrashLoopLimit(), grantAll: Bool = true,
+        startTimeout: Duration = .seconds(10)
+    ) {
+        self.name = name
+        self.kind = kind
+        self.options = options
+        self.restartPolicy = restartPolicy
+        self.backoff = backoff
+        self.crashLoop = crashLoop
+        self.grantAll = grantAll
+        self.startTimeout = startTimeout
+    }
+}
+
+/// A plugin's state, as `plugboard plugin ls` shows it.
+public enum PluginState: String, Sendable, Codable {
+    case starting, active, restarting, failed, disabled, stopped
+}

@@ -1,0 +1,292 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Hooks
+import Hub
+import Logging
+import Pipeline
+import PluginKit
+import Routing
+import Spawn
+
+/// Keeps one plugin alive: starts it, registers what it declared, watches it, and on a
+/// crash withdraws it, waits (exponential backoff with jitter) and starts it again — until
+/// the crash-loop limit marks it `failed`.
+actor PluginSupervisor {
+    let spec: PluginSpec
+    private(set) var name: String
+    private(set) var state: PluginState = .starting
+    private(set) var restarts = 0
+    private(set) var history: [(at: ContinuousClock.Instant, reason: String)] = []
+    private(set) var description: PluginDescription?
+    private(set) var pid: pid_t?
+    private var session: Session?
+    private var process: SpawnedProcess?
+    private var participant: Participant?
+    private var stopping = false
+    private var monitor: Task<Void, Never>?
+    private var activeSince: ContinuousClock.Instant?
+    private let engine: EngineParts
+    private let logger: Logger
+
+    init(spec: PluginSpec, provisionalName: String, engine: EngineParts) {
+        self.spec = spec
+        self.name = provisionalName
+        self.engine = engine
+        var logger = engine.logger
+        logger[metadataKey: "plugin.name"] = "\(provisionalName)"
+        self.logger = logger
+    }
+
+    var status: PluginStatus {
+        PluginStatus(name: name, kind: spec.kindName, state: state, pid: pid, restarts: restarts, description: description)
+    }
+
+    private func set(_ newState: PluginState, _ detail: String = "") {
+        state = newState
+        engine.emit(EngineEvent(plugin: name, state: newState, restarts: restarts, detail: detail))
+    }
+
+    // MARK: Starting
+
+    /// Starts the plugin and waits for its declaration; does not register it yet.
+    func launch() async throws -> PluginDescription {
+        switch spec.kind {
+        case .builtin(let plugin):
+            let context = PluginContext(name: name, options: spec.options, restarts: restarts, engine: engine.callerFor(self.name))
+            let declaration = plugin.declare(context)
+            let description = PluginDescription(declaration)
+            participant = .inProcess(name) { try await declaration.answer($0) }
+            self.description = description
+            return description
+        case .exec(let command, let arguments):
+            return try await launchExec(command: command, arguments: arguments)
+        }
+    }
+
+    private func launchExec(command: String, arguments: [String]) async throws -> PluginDescription {
+        let out = try PipeDescriptors.make()
+        let err = try PipeDescriptors.make()
+        var environment = ProcessInfo.processInfo.environment
+        environment["PLUGBOARD_PLUGIN_NAME"] = name
+        environment["PLUGBOARD_PROTOCOL"] = PluginKit.protocolName
+        environment["PLUGBOARD_RESTARTS"] = String(restarts)
+        environment["PLUGBOARD_OPTIONS"] = spec.options
+        let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, [String(getpid()), command] + arguments) } ?? (command, arguments)
+        let launched: LaunchedSession
+        do {
+            launched = try await Session.launch(
+                executable: executable, arguments: argv, environment: environment,
+                extraDescriptors: [1: out.writeEnd, 2: err.writeEnd],
+                configuration: .init(name: "plugboardd", handshakeTimeout: spec.startTimeout), logger: logger
+            )
+        } catch {
+            for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] { close(fd) }
+            throw EngineError(.startFailed, "plugin \(name): cannot start \(command): \(error)")
+        }
+        close(out.writeEnd)
+        close(err.writeEnd)
+        let logger = self.logger
+        let pluginName = name
+        Task { try? await OutputLines.follow(fd: out.readEnd, plugin: pluginName, stream: "stdout", logger: logger) }
+        Task { try? await OutputLines.follow(fd: err.readEnd, plugin: pluginName, stream: "stderr", logger: logger) }
+        process = launched.process
+        pid = launched.process.pid
+        session = launched.session
+        do {
+            let hello = try await launched.session.start()
+            let description = try PluginDescription(wire: hello.meta, fallbackName: name)
+            if spec.name == nil && restarts == 0 { name = description.name }
+            let calls = try launched.session.open(label: "calls")
+            let process = launched.process
+            participant = .remote(name, calls: calls) {
+                await process.waitForExit(timeout: .seconds(2)).map { "\($0)" }
+            }
+            serveEngineCalls(on: launched.session, description: description)
+            self.description = description
+            return description
+        } catch {
+            launched.session.close(reason: "start failed")
+            launched.process.signal(SIGKILL)
+            let status = await launched.process.waitForExit()
+            throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)")
+        }
+    }
+
+    /// Registers the plugin's jobs, hooks and pipeline types; it is active from then on.
+    func activate() throws {
+        guard let description, let participant else { throw EngineError(.startFailed, "plugin \(name) was not started") }
+        try engine.hub.register(jobs: description.jobs, for: participant)
+        for hook in description.hooks {
+            engine.hooks.register(hook.event, phase: hook.phase, priority: hook.priority, timeout: hook.timeout, policy: hook.policy, overrides: hook.overrides, by: participant)
+        }
+        for m in description.messageTypes {
+            engine.pipeline.register(type: m.type, priority: m.priority, timeout: m.timeout, by: participant)
+        }
+        activeSince = .now
+        set(.active, "registered \(description.jobs.count) jobs, \(description.hooks.count) hooks, \(description.messageTypes.count) pipeline types")
+        if process != nil, monitor == nil {
+            monitor = Task { await self.superviseUntilStopped() }
+        }
+    }
+
+    // MARK: Supervision
+
+    private func waitForEnd() async -> String {
+        guard let process, let session else { return "not running" }
+        let closed = await withTaskGroup(of: String?.self) { group -> String in
+            group.addTask { "\(await process.waitForExit())" }
+            group.addTask {
+                let reason = await session.waitUntilClosed()
+                return reason.code == .protocolViolation ? "broke the protocol (\(reason.reason))" : nil
+            }
+            var why: String?
+            for await r in group {
+                if let r, why == nil {
+                    why = r
+                    // Whichever came first, end the other: a plugin that broke the protocol is stopped.
+                    session.close(reason: "plugin ended")
+                    if process.exitStatus == nil {
+                        process.signal(SIGTERM)
+                        Task {
+                            if await process.waitForExit(timeout: .seconds(2)) == nil { process.signal(SIGKILL) }
+                        }
+                    }
+                }
+            }
+            return why ?? "\(process.exitStatus.map { "\($0)" } ?? "ended")"
+        }
+        if let status = process.exitStatus, !closed.contains("exited"), !closed.contains("killed") {
+            return "\(closed); then \(status)"
+        }
+        return closed
+    }
+
+    private func superviseUntilStopped() async {
+        while true {
+            let reason = await waitForEnd()
+            if stopping { return }
+            let exitedCleanly = process?.exitStatus == .exited(0) && !reason.contains("protocol")
+            let restart: Bool
+            switch spec.restartPolicy {
+            case .always: restart = true
+            case .onFailure: restart = !exitedCleanly
+            case .never: restart = false
+            }
+            history.append((.now, reason))
+            logger.warning("plugin ended", metadata: ["plugin.reason": "\(reason)", "plugin.restart": "\(restart)"])
+            guard restart else {
+                withdraw(reason: reason, expectBack: nil)
+                set(exitedCleanly ? .stopped : .failed, reason)
+                return
+            }
+            let window = ContinuousClock.now - spec.crashLoop.window
+            let recent = history.filter { $0.at > window }.count
+            if recent > spec.crashLoop.restarts {
+                withdraw(reason: reason, expectBack: nil)
+                set(.failed, "crash loop: \(recent) ends in \(spec.crashLoop.window); last: \(reason)")
+                return
+            }
+            if let since = activeSince, ContinuousClock.now - since >= spec.backoff.resetAfter { consecutiveFailures = 0 }
+            consecutiveFailures += 1
+            let delay = spec.backoff.jittered(spec.backoff.delay(attempt: consecutiveFailures))
+            withdraw(reason: reason, expectBack: delay + spec.startTimeout)
+            set(.restarting, "\(reason); restarting in \(delay)")
+            try? await Task.sleep(for: delay)
+            if stopping { return }
+            restarts += 1
+            do {
+                _ = try await launch()
+                try activate()
+            } catch {
+                logger.warning("restart failed", metadata: ["plugin.error": "\(error)"])
+                // A failed start counts as an end; the loop decides again.
+                if process == nil || session == nil { set(.failed, "\(error)"); return }
+            }
+        }
+    }
+
+    private var consecutiveFailures = 0
+
+    private func withdraw(reason: String, expectBack: Duration?) {
+        engine.hub.withdraw(owner: name, reason: reason, expectBackWithin: expectBack)
+        engine.hooks.withdraw(owner: name, reason: reason)
+        engine.pipeline.withdraw(owner: name, reason: reason)
+    }
+
+    // MARK: Stopping
+
+    /// Stops taking calls, lets in-flight calls finish within `grace`, asks the plugin to
+    /// stop (GOAWAY), then SIGTERM, then SIGKILL.
+    func stop(grace: Duration) async {
+        stopping = true
+        engine.hub.withdraw(owner: name, reason: "shutting down", expectBackWithin: grace)
+        engine.hooks.withdraw(owner: name, reason: "shutting down")
+        engine.pipeline.withdraw(owner: name, reason: "shutting down")
+        let deadline = ContinuousClock.now + grace
+        while engine.hub.inFlight.count(owner: name) > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        engine.hub.withdraw(owner: name, reason: "stopped")
+        session?.close(reason: "plugboardd is shutting down")
+        if let process {
+            if await process.waitForExit(timeout: grace) == nil {
+                process.signal(SIGTERM)
+                if await process.waitForExit(timeout: grace) == nil {
+                    process.signal(SIGKILL)
+                    _ = await process.waitForExit()
+                }
+            }
+        }
+        monitor?.cancel()
+        set(.stopped, "shut down")
+    }
+
+    // MARK: Calls from the plugin
+
+    /// Serves the plugin's "engine" channel: job calls it makes, checked against its grants.
+    private nonisolated func serveEngineCalls(on session: Session, description: PluginDescription) {
+        let engine = self.engine
+        let granted = Set(spec.grantAll ? description.calls : [])
+        let asked = Set(description.calls)
+        Task {
+            while let channel = try? await session.accept() {
+                guard channel.label == "engine" else { channel.close(); continue }
+                Task {
+                    while let request = try? await channel.nextRequest() {
+                        Task {
+                            guard let job = request.body["job"]?.stringValue else {
+                                try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
+                                return
+                            }
+                            guard granted.contains(job) else {
+                                let why = asked.contains(job) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
+                                try? await request.fail(code: "permission.denied", message: "plugin \(description.name) may not call job \(job): \(why)")
+                                return
+                            }
+                            do {
+                                let result = try await engine.hub.call(job, request.body["argument"] ?? .nil)
+                                try? await request.respond(result)
+                            } catch let error as RoutingError {
+                                try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+                            } catch {
+                                try? await request.fail(code: "engine.error", message: "\(error)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension PluginSpec {
+    var kindName: String {
+        switch kind {
+        case .builtin: return "builtin"
+        case .exec: return "exec"
+        }
+    }
+}

@@ -1,0 +1,119 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Logging
+import Routing
+
+/// Runs plugins as subprocesses of plugboardd.
+public enum PluginKit {
+    /// The protocol the daemon passes in `PLUGBOARD_PROTOCOL`.
+    public static let protocolName = "plugboard-chan/1"
+
+    /// Serves `plugin` on fds 3 (read) and 4 (write) until the daemon goes away, then exits.
+    ///
+    /// Started by hand (no fds 3 and 4), it says that it is a plugin and how to run one,
+    /// and exits with status 2.
+    public static func serve(_ plugin: some Plugin, logger: Logger = Logger(label: "plugin")) async -> Never {
+        let environment = currentEnvironment()
+        let executableName = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? "plugin"
+        guard descriptorIsOpen(3), descriptorIsOpen(4) else {
+            let message = """
+                \(executableName) is a Plugboard plugin: it talks to plugboardd over file descriptors 3 and 4,
+                so it does nothing when started by hand. Run it under the daemon:
+
+                  plugboardd --plugin-exec "NAME=\(CommandLine.arguments.first ?? executableName)"
+
+                """
+            writeStandardError(message)
+            exit(2)
+        }
+        var context = PluginContext(
+            name: environment["PLUGBOARD_PLUGIN_NAME"] ?? executableName,
+            options: environment["PLUGBOARD_OPTIONS"] ?? "",
+            restarts: Int(environment["PLUGBOARD_RESTARTS"] ?? "") ?? 0
+        )
+        do {
+            let declaration0 = plugin.declare(context)
+            let session = try await Session.overFileDescriptors(
+                read: 3, write: 4, role: .acceptor,
+                configuration: .init(name: context.name, meta: declaration0.wireValue), logger: logger
+            )
+            try await session.start()
+            context.engine = EngineConnection(session: session)
+            // Declare again with the engine connection in the context, so handlers can call out.
+            let declaration = plugin.declare(context)
+            await withTaskExecutorPreference(session.taskExecutor) {
+                await serveCalls(session: session, declaration: declaration, logger: logger)
+            }
+            exit(0)
+        } catch {
+            logger.error("plugin stopping: \(error)")
+            exit(1)
+        }
+    }
+
+    /// Answers invocations on every "calls" channel the daemon opens, until the session ends.
+    static func serveCalls(session: Session, declaration: PluginDeclaration, logger: Logger) async {
+        await withDiscardingTaskGroup { group in
+            while let channel = try? await session.accept() {
+                group.addTask {
+                    while let request = try? await channel.nextRequest() {
+                        Task.immediate { await answer(request, declaration: declaration) }
+                    }
+                }
+            }
+        }
+    }
+
+    static func answer(_ request: Request, declaration: PluginDeclaration) async {
+        do {
+            let invocation = try Invocation(wire: request.body)
+            let result = try await declaration.answer(invocation)
+            try await request.respond(result)
+        } catch let error as RoutingError {
+            try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+        } catch {
+            try? await request.fail(code: "plugin.error", message: "\(error)")
+        }
+    }
+
+    static func descriptorIsOpen(_ fd: CInt) -> Bool {
+        fcntl(fd, F_GETFD) >= 0 && isatty(fd) == 0
+    }
+
+    static func currentEnvironment() -> [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let eq = text.firstIndex(of: "=") {
+                result[String(text[..<eq])] = String(text[text.index(after: eq)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+
+    static func writeStandardError(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = write(2, &bytes, bytes.count)
+    }
+}
+
+/// A plugin's calls to other jobs: requests `{"job": NAME, "argument": VALUE}` on a channel
+/// labelled "engine" that the plugin opens to the daemon.
+final class EngineConnection: EngineCalls, @unchecked Sendable {
+    let session: Session
+    private let channel: Sender?
+
+    init(session: Session) {
+        self.session = session
+        self.channel = try? session.open(label: "engine")
+    }
+
+    func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        return try await channel.request(.fields(("job", .string(job)), ("argument", argument)), timeout: timeout)
+    }
+}

@@ -1,0 +1,49 @@
+// A PluginKit plugin whose declaration the tests choose through its option string:
+//   provides=a,b requires=c calls=d crash-at-start crash-on-restart
+// Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
+// NAME.restarts, NAME.hang and NAME.call.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import PluginKit
+
+struct TestPlugin: Plugin {
+    func declare(_ context: PluginContext) -> PluginDeclaration {
+        var options: [String: String] = [:]
+        for word in context.options.split(separator: " ") {
+            let kv = word.split(separator: "=", maxSplits: 1).map(String.init)
+            options[kv[0]] = kv.count > 1 ? kv[1] : ""
+        }
+        if options["crash-at-start"] != nil { exit(3) }
+        if options["crash-on-restart"] != nil && context.restarts > 0 { exit(4) }
+        func list(_ key: String) -> [String] { options[key].map { $0.split(separator: ",").map(String.init) } ?? [] }
+        var d = PluginDeclaration(name: context.name, version: "test")
+        d.requires = list("requires")
+        d.calls = list("calls")
+        for job in list("provides") { d.job(job) { $0 } }
+        let name = context.name
+        d.job("\(name).crash") { _ in exit(9) }
+        d.job("\(name).garbage") { _ in
+            var junk: [UInt8] = [0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1]
+            _ = write(4, &junk, junk.count)
+            return "garbage sent"
+        }
+        d.job("\(name).restarts") { _ in .int(Int64(context.restarts)) }
+        d.job("\(name).hang") { _ in
+            try await Task.sleep(for: .seconds(3600))
+            return .nil
+        }
+        d.job("\(name).call") { argument in
+            guard let engine = context.engine, let job = argument["job"]?.stringValue else { return "no engine" }
+            return try await engine.call(job, argument["argument"] ?? .nil, timeout: .seconds(10))
+        }
+        d.job("\(name).print") { argument in
+            print("printed on stdout: \(argument)")
+            return "printed"
+        }
+        return d
+    }
+}
+
+await PluginKit.serve(TestPlugin())

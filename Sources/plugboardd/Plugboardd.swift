@@ -1,0 +1,209 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import EchoPlugin
+import Engine
+import Foundation
+import HostMountPlugin
+import Logging
+import PluginKit
+import ServiceLifecycle
+
+/// The built-in plugins, by name.
+let builtins: [String: any Plugin] = [
+    "echo": EchoPlugin(),
+    "host-mount": HostMountPlugin(),
+]
+
+struct Plugboardd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugboardd",
+        abstract: "The Plugboard daemon: hosts the hub, the pipeline and the hooks, and keeps plugins alive.",
+        discussion: """
+            Built-in plugins run in process; exec plugins run as children speaking the Plugboard
+            protocol on fds 3 and 4 (see docs/PROTOCOL.md). Both are supervised: restarted on
+            failure with backoff, marked failed after a crash loop, and stopped in reverse boot
+            order on SIGTERM or SIGINT.
+
+            Examples:
+              plugboardd --plugin echo
+              plugboardd --plugin host-mount "/data /var/data"
+              plugboardd --plugin-exec "audit=/usr/local/bin/audit-plugin --verbose"
+            """
+    )
+
+    @Option(name: .customLong("plugin"), help: ArgumentHelp("A built-in plugin: NAME, NAME OPTION or NAME=OPTION.", valueName: "name"))
+    var plugins: [String] = []
+
+    @Option(name: .customLong("plugin-exec"), help: ArgumentHelp("A subprocess plugin: \"[NAME=]COMMAND [ARGS...]\".", valueName: "command"))
+    var execPlugins: [String] = []
+
+    @Option(help: ArgumentHelp("Where state is kept (default /var/lib/plugboard for root, else $XDG_STATE_HOME/plugboard).", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(help: ArgumentHelp("The admin socket's path (served from the admin issue on).", valueName: "path"))
+    var adminSocket: String?
+
+    @Option(help: "Log format: text or json.")
+    var logFormat: LogFormat = .text
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    @Option(help: "Seconds shutdown waits at each step (in-flight calls, then GOAWAY, then SIGTERM).")
+    var shutdownGrace: Double = 5
+
+    func run() async throws {
+        let level = logLevel
+        let format = logFormat
+        LoggingSystem.bootstrap { label in
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                return JSONLogHandler(label: label, level: level)
+            }
+        }
+        let logger = Logger(label: "plugboardd")
+        let specs = try makeSpecs()
+        let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
+        logger.info("starting", metadata: [
+            "plugboard.plugins": "\(specs.count)", "plugboard.state_dir": "\(stateDirectory)",
+            "plugboard.admin_socket": "\(adminSocket ?? "default") (not served yet: the admin socket arrives with its issue)",
+        ])
+        let engine = Engine(logger: logger)
+        let service = EngineService(engine: engine, specs: specs, grace: .milliseconds(Int64(shutdownGrace * 1000)), logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: service)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+
+    func makeSpecs() throws -> [PluginSpec] {
+        var specs: [PluginSpec] = []
+        for entry in plugins {
+            let (name, option) = Plugboardd.splitNameAndOption(entry)
+            guard let plugin = builtins[name] else {
+                throw ValidationError("unknown built-in plugin \"\(name)\"; the built-ins are: \(builtins.keys.sorted().joined(separator: ", "))")
+            }
+            specs.append(PluginSpec(name: name, kind: .builtin(plugin), options: option))
+        }
+        for entry in execPlugins {
+            let (name, words) = try Plugboardd.parseExec(entry)
+            guard let command = words.first else { throw ValidationError("--plugin-exec \"\(entry)\" names no command") }
+            specs.append(PluginSpec(name: name, kind: .exec(command: command, arguments: Array(words.dropFirst()))))
+        }
+        return specs
+    }
+
+    /// "NAME=OPTION" → (NAME, OPTION); "NAME" → (NAME, "").
+    static func splitNameAndOption(_ entry: String) -> (String, String) {
+        guard let eq = entry.firstIndex(of: "=") else { return (entry, "") }
+        return (String(entry[..<eq]), String(entry[entry.index(after: eq)...]))
+    }
+
+    /// "[NAME=]COMMAND ARGS..." with shell-like quoting → (NAME?, [COMMAND, ARGS...]).
+    static func parseExec(_ entry: String) throws -> (String?, [String]) {
+        var name: String?
+        var rest = Substring(entry)
+        if let eq = rest.firstIndex(of: "="), !rest[..<eq].contains(" "), !rest[..<eq].contains("/") {
+            name = String(rest[..<eq])
+            rest = rest[rest.index(after: eq)...]
+        }
+        return (name, try splitWords(String(rest)))
+    }
+
+    static func splitWords(_ text: String) throws -> [String] {
+        var words: [String] = []
+        var current = ""
+        var quote: Character?
+        var inWord = false
+        for c in text {
+            if let q = quote {
+                if c == q { quote = nil } else { current.append(c) }
+            } else if c == "\"" || c == "'" {
+                quote = c
+                inWord = true
+            } else if c == " " || c == "\t" {
+                if inWord { words.append(current); current = ""; inWord = false }
+            } else {
+                current.append(c)
+                inWord = true
+            }
+        }
+        if quote != nil { throw ValidationError("unbalanced quote in \"\(text)\"") }
+        if inWord { words.append(current) }
+        return words
+    }
+
+    static func defaultStateDirectory() -> String {
+        if getuid() == 0 { return "/var/lib/plugboard" }
+        let env = ProcessInfo.processInfo.environment
+        let base = env["XDG_STATE_HOME"] ?? ((env["HOME"] ?? "/tmp") + "/.local/state")
+        return base + "/plugboard"
+    }
+}
+
+enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Boots the engine, runs until graceful shutdown, then stops the plugins in reverse order.
+struct EngineService: Service {
+    let engine: Engine
+    let specs: [PluginSpec]
+    let grace: Duration
+    let logger: Logger
+
+    func run() async throws {
+        try await engine.boot(specs)
+        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)"])
+        try? await gracefulShutdown()
+        logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
+        await engine.shutdown(grace: grace)
+        logger.info("stopped")
+    }
+}
+
+/// `--plugin NAME OPTION` is rewritten to `--plugin NAME=OPTION` before parsing, so both
+/// spellings of the design's example work.
+func rewritePluginArguments(_ arguments: [String]) -> [String] {
+    var out: [String] = []
+    var i = 0
+    while i < arguments.count {
+        let a = arguments[i]
+        if a == "--plugin", i + 2 < arguments.count, !arguments[i + 1].contains("="), !arguments[i + 2].hasPrefix("-") {
+            out.append(a)
+            out.append(arguments[i + 1] + "=" + arguments[i + 2])
+            i += 3
+            continue
+        }
+        out.append(a)
+        i += 1
+    }
+    return out
+}
+
+@main
+enum Main {
+    static func main() async {
+        let arguments = rewritePluginArguments(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try Plugboardd.parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            Plugboardd.exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+import EchoPlugin
+import PluginKit
+
+await PluginKit.serve(EchoPlugin())

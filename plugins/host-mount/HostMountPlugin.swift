@@ -1,0 +1,40 @@
+import Chan
+import PluginKit
+
+/// `host-mount "HOST_DIR CONTAINER_DIR"`: every container created sees HOST_DIR at
+/// CONTAINER_DIR. A container.create hook appends a bind mount to the spec's `mounts`.
+public struct HostMountPlugin: Plugin {
+    public init() {}
+
+    /// Parses "HOST_DIR CONTAINER_DIR"; nil when it is not two absolute paths.
+    public static func parse(_ options: String) -> (source: String, destination: String)? {
+        let parts = options.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        guard parts.count == 2, parts.allSatisfy({ $0.hasPrefix("/") }) else { return nil }
+        return (parts[0], parts[1])
+    }
+
+    public func declare(_ context: PluginContext) -> PluginDeclaration {
+        var d = PluginDeclaration(name: "host-mount", version: "1.0.0")
+        let mount = HostMountPlugin.parse(context.options)
+        d.hook("container.create", priority: 50) { payload, _ in
+            guard let mount else {
+                throw HostMountError(options: context.options)
+            }
+            var entries = payload.mapValue ?? []
+            var mounts = payload["mounts"]?.arrayValue ?? []
+            mounts.append(.fields(
+                ("source", .string(mount.source)), ("destination", .string(mount.destination)),
+                ("type", "bind"), ("options", ["rbind", "rw"])
+            ))
+            entries.removeAll { $0.key == "mounts" }
+            entries.append((key: "mounts", value: .array(mounts)))
+            return .continue(.map(entries))
+        }
+        return d
+    }
+}
+
+struct HostMountError: Error, CustomStringConvertible {
+    let options: String
+    var description: String { "host-mount needs \"HOST_DIR CONTAINER_DIR\" (two absolute paths), got \"\(options)\"" }
+}

@@ -1,0 +1,4 @@
+import HostMountPlugin
+import PluginKit
+
+await PluginKit.serve(HostMountPlugin())
