@@ -17,7 +17,9 @@ public enum PluginKit {
     public static func serve(_ plugin: some Plugin, logger: Logger = Logger(label: "plugin")) async -> Never {
         let environment = currentEnvironment()
         let executableName = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? "plugin"
-        guard descriptorIsOpen(3), descriptorIsOpen(4) else {
+        // The runtime opens descriptors of its own before main runs (epoll, eventfd), so an
+        // open fd 3 proves nothing: the daemon's environment variable and pipe-or-socket do.
+        guard environment["PLUGBOARD_PROTOCOL"] != nil, isPipeOrSocket(3), isPipeOrSocket(4) else {
             let message = """
                 \(executableName) is a Plugboard plugin: it talks to plugboardd over file descriptors 3 and 4,
                 so it does nothing when started by hand. Run it under the daemon:
@@ -78,8 +80,11 @@ public enum PluginKit {
         }
     }
 
-    static func descriptorIsOpen(_ fd: CInt) -> Bool {
-        fcntl(fd, F_GETFD) >= 0 && isatty(fd) == 0
+    static func isPipeOrSocket(_ fd: CInt) -> Bool {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return false }
+        let type = info.st_mode & S_IFMT
+        return type == S_IFIFO || type == S_IFSOCK
     }
 
     static func currentEnvironment() -> [String: String] {

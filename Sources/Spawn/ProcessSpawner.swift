@@ -101,12 +101,27 @@ public enum ProcessSpawner {
 
         let argv = [path] + options.arguments
         let envp = options.environment.map { "\($0.key)=\($0.value)" }.sorted()
-        var pid: pid_t = 0
-        let rc = withCStrings(argv) { argvPtr in
-            withCStrings(envp) { envPtr in
-                posix_spawn(&pid, path, &actions, &attributes, argvPtr, envPtr)
-            } ?? EINVAL
-        } ?? EINVAL
+        // On the long-lived spawn thread: see SpawnThread for why.
+        let (rc, pid): (Int32, pid_t) = withUnsafePointer(to: &actions) { actionsPtr in
+            withUnsafePointer(to: &attributes) { attributesPtr in
+                let actionsAddress = UInt(bitPattern: actionsPtr)
+                let attributesAddress = UInt(bitPattern: attributesPtr)
+                return SpawnThread.shared.run {
+                    var pid: pid_t = 0
+                    let rc = withCStrings(argv) { argvPtr in
+                        withCStrings(envp) { envPtr in
+                            posix_spawn(
+                                &pid, path,
+                                UnsafePointer(bitPattern: actionsAddress),
+                                UnsafePointer(bitPattern: attributesAddress),
+                                argvPtr, envPtr
+                            )
+                        } ?? EINVAL
+                    } ?? EINVAL
+                    return (rc, pid)
+                }
+            }
+        }
         guard rc == 0 else { throw SystemError("posix_spawn", errno: rc, path) }
         logger?.debug("spawned", metadata: ["process.pid": "\(pid)", "process.path": "\(path)"])
         return SpawnedProcess(pid: pid, executable: path)

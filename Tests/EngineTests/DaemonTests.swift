@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Spawn
+import Testing
+import TestSupport
+
+/// plugboardd as a real process.
+struct Daemon {
+    let process: SpawnedProcess
+    let log: LogLines
+
+    static func start(_ arguments: [String]) async throws -> Daemon {
+        let err = try PipeDescriptors.make()
+        let process = try ProcessSpawner.spawn(SpawnOptions(
+            executable: try builtExecutable("plugboardd"), arguments: arguments,
+            environment: ["PATH": "/usr/bin:/bin", "HOME": "/tmp"], fileDescriptors: [2: err.writeEnd]
+        ))
+        close(err.writeEnd)
+        let log = LogLines(fd: err.readEnd)
+        return Daemon(process: process, log: log)
+    }
+}
+
+/// Reads a process's stderr line by line on its own thread; tests wait for a line.
+final class LogLines: @unchecked Sendable {
+    private let lock = NIOLockCompat()
+    private var lines: [String] = []
+    private var waiters: [(String, CheckedContinuation<String?, Never>)] = []
+    private var ended = false
+
+    init(fd: CInt) {
+        Task.detached { [self] in
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n <= 0 { break }
+                for b in buffer[0..<n] {
+                    if b == 10 { add(String(decoding: pending, as: UTF8.self)); pending = [] } else { pending.append(b) }
+                }
+            }
+            close(fd)
+            finish()
+        }
+    }
+
+    private func add(_ line: String) {
+        let ready: [CheckedContinuation<String?, Never>] = lock.withLock {
+            lines.append(line)
+            let matching = waiters.filter { line.contains($0.0) }
+            waiters.removeAll { line.contains($0.0) }
+            return matching.map(\.1)
+        }
+        for c in ready { c.resume(returning: line) }
+    }
+
+    private func finish() {
+        let all = lock.withLock { () -> [CheckedContinuation<String?, Never>] in
+            ended = true
+            defer { waiters = [] }
+            return waiters.map(\.1)
+        }
+        for c in all { c.resume(returning: nil) }
+    }
+
+    /// The first line containing `text` (already seen or still to come); nil if the stream ends first.
+    func waitFor(_ text: String) async -> String? {
+        await withCheckedContinuation { c in
+            let now: String?? = lock.withLock {
+                if let line = lines.first(where: { $0.contains(text) }) { return .some(line) }
+                if ended { return .some(nil) }
+                waiters.append((text, c))
+                return .none
+            }
+            if let now { c.resume(returning: now) }
+        }
+    }
+
+    var all: [String] { lock.withLock { lines } }
+}
+
+/// A tiny lock, to keep this file free of NIO.
+final class NIOLockCompat: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
+
+@Suite("plugboardd as a process", .serialized)
+struct DaemonTests {
+    func arguments() throws -> [String] {
+        let plugin = try builtExecutable("plugboard-test-plugin")
+        return [
+            "--plugin", "echo", "--plugin", "host-mount", "/data /var/data",
+            "--plugin-exec", "first=\(plugin)", "--plugin-exec", "second=\(plugin)",
+            "--shutdown-grace", "2",
+        ]
+    }
+
+    @Test("SIGTERM stops plugins in reverse boot order and leaves no child process")
+    func sigterm() async throws {
+        let daemon = try await Daemon.start(try arguments())
+        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
+        #expect(ready?.contains(#"["echo", "first", "host-mount", "second"]"#) == true, "\(ready ?? "no line")")
+        let children = ProcessWatch.children(of: daemon.process.pid)
+        #expect(children.count == 2, "two exec plugins: \(children)")
+        daemon.process.signal(SIGTERM)
+        let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
+        #expect(status == .exited(0))
+        let stops = daemon.log.all.filter { $0.contains("stopping plugin") }.compactMap { line in
+            ["second", "host-mount", "first", "echo"].first { line.contains("plugin.name=\($0) ") }
+        }
+        #expect(stops == ["second", "host-mount", "first", "echo"])
+        for child in children { #expect(ProcessWatch.waitUntilGone(child, timeout: .seconds(10)), "child \(child) outlived plugboardd") }
+    }
+
+    @Test("SIGKILL of plugboardd leaves no child process")
+    func sigkill() async throws {
+        let daemon = try await Daemon.start(try arguments())
+        _ = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
+        let children = ProcessWatch.children(of: daemon.process.pid)
+        #expect(children.count == 2)
+        daemon.process.signal(SIGKILL)
+        _ = await daemon.process.waitForExit()
+        for child in children { #expect(ProcessWatch.waitUntilGone(child, timeout: .seconds(10)), "child \(child) outlived plugboardd") }
+    }
+
+    @Test("an unknown built-in is a clear error listing the known ones")
+    func unknownBuiltin() async throws {
+        let daemon = try await Daemon.start(["--plugin", "nope"])
+        let line = try await withDeadline(30) { await daemon.log.waitFor("unknown built-in") }
+        #expect(line?.contains("echo, host-mount") == true)
+        #expect(await daemon.process.waitForExit() != .exited(0))
+    }
+
+    @Test("a PluginKit plugin started by hand says it is a plugin and how to run one")
+    func startedByHand() async throws {
+        let err = try PipeDescriptors.make()
+        let process = try ProcessSpawner.spawn(SpawnOptions(
+            executable: try builtExecutable("plugboard-plugin-echo"), environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [2: err.writeEnd]
+        ))
+        close(err.writeEnd)
+        let log = LogLines(fd: err.readEnd)
+        let line = try await withDeadline(30) { await log.waitFor("is a Plugboard plugin") }
+        #expect(line != nil)
+        #expect(await log.waitFor("plugboardd --plugin-exec") != nil)
+        #expect(await process.waitForExit() == .exited(2))
+    }
+}
