@@ -33,8 +33,11 @@ run: deps
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench
+	$(SWIFT) build -c release --product plugboard-plugin-echo
+	$(SWIFT) build -c release --product plugboard-exec-shim
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
 	$(SWIFT) run -c release --skip-build plugboard-bench routing
+	$(SWIFT) run -c release --skip-build plugboard-bench daemon
 
 clean:
 	rm -rf .build

@@ -29,6 +29,7 @@ let package = Package(
         .executable(name: "plugboard-sh", targets: ["plugboard-sh"]),
         .executable(name: "plugboard-bench", targets: ["plugboard-bench"]),
         .executable(name: "plugboard-plugin-echo", targets: ["plugboard-plugin-echo"]),
+        .executable(name: "plugboard-exec-shim", targets: ["plugboard-exec-shim"]),
         .executable(name: "plugboard-plugin-host-mount", targets: ["plugboard-plugin-host-mount"]),
     ],
     dependencies: [
@@ -122,7 +123,7 @@ let package = Package(
         .executableTarget(
             name: "plugboard-bench",
             dependencies: [
-                "Chan", "Spawn", "Routing", "Hub", "Hooks",
+                "Chan", "Spawn", "Routing", "Hub", "Hooks", "Engine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

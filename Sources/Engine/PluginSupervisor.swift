@@ -70,7 +70,8 @@ actor PluginSupervisor {
         let out = try PipeDescriptors.make()
         let err = try PipeDescriptors.make()
         var environment = ProcessInfo.processInfo.environment
-        environment["PLUGBOARD_PLUGIN_NAME"] = name
+        // Without NAME= the plugin names itself (its declared name); after that it is known.
+        if spec.name != nil || restarts > 0 { environment["PLUGBOARD_PLUGIN_NAME"] = name }
         environment["PLUGBOARD_PROTOCOL"] = PluginKit.protocolName
         environment["PLUGBOARD_RESTARTS"] = String(restarts)
         environment["PLUGBOARD_OPTIONS"] = spec.options

@@ -38,8 +38,13 @@ struct TestPlugin: Plugin {
             guard let engine = context.engine, let job = argument["job"]?.stringValue else { return "no engine" }
             return try await engine.call(job, argument["argument"] ?? .nil, timeout: .seconds(10))
         }
+        d.job("\(name).env") { _ in
+            let keys = ["PLUGBOARD_PLUGIN_NAME", "PLUGBOARD_PROTOCOL", "PLUGBOARD_RESTARTS", "PLUGBOARD_OPTIONS"]
+            return .map(keys.map { key in (key: .string(key), value: getenv(key).map { .string(String(cString: $0)) } ?? .nil) })
+        }
         d.job("\(name).print") { argument in
             print("printed on stdout: \(argument)")
+            fflush(nil)  // stdout to a pipe is block-buffered; a line-oriented plugin flushes
             return "printed"
         }
         return d

@@ -195,3 +195,39 @@ struct EngineTests {
         await engine.shutdown(grace: .seconds(1))
     }
 }
+
+@Suite("exec plugin environment and output", .serialized)
+struct ExecEnvironmentTests {
+    @Test("the child's environment carries its name, the protocol, its restart count and its options")
+    func environment() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([try testPlugin("envy", "provides=x.job")])
+        let env = try await engine.hub.call("envy.env")
+        #expect(env["PLUGBOARD_PLUGIN_NAME"] == "envy")
+        #expect(env["PLUGBOARD_PROTOCOL"] == "plugboard-chan/1")
+        #expect(env["PLUGBOARD_RESTARTS"] == "0")
+        #expect(env["PLUGBOARD_OPTIONS"] == "provides=x.job")
+        await engine.shutdown(grace: .seconds(1))
+    }
+
+    @Test("without NAME= the plugin's declared name is used")
+    func declaredName() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([PluginSpec(name: nil, kind: .exec(command: try builtExecutable("plugboard-plugin-echo"), arguments: []))])
+        #expect(await engine.status().map(\.name) == ["echo"])
+        #expect(try await engine.hub.call("echo", 5) == 5)
+        await engine.shutdown(grace: .seconds(1))
+    }
+
+    @Test("a plugin that prints on stdout cannot break the protocol; its lines reach the log tagged with its name")
+    func printing() async throws {
+        let log = CapturedLog()
+        let engine = Engine(logger: log.logger)
+        try await engine.boot([try testPlugin("chatty")])
+        for i in 0..<20 { #expect(try await engine.hub.call("chatty.print", .int(Int64(i))) == "printed") }
+        let line = try await withDeadline(10, "the printed line in the log") { await log.waitFor("printed on stdout: 19") }
+        #expect(line.metadata["plugin.name"] == "chatty")
+        #expect(line.metadata["plugin.stream"] == "stdout")
+        await engine.shutdown(grace: .seconds(1))
+    }
+}

@@ -115,3 +115,57 @@ public final class Signal: Sendable {
 
     public var fired: Bool { state.withLockedValue { $0.fired } }
 }
+
+/// A logger whose lines tests can wait for, instead of printing them.
+public final class CapturedLog: Sendable {
+    public struct Line: Sendable {
+        public let message: String
+        public let metadata: [String: String]
+    }
+
+    private let state = NIOLockedValueBox<(lines: [Line], waiters: [(String, CheckedContinuation<Line, Never>)])>(([], []))
+
+    public init() {}
+
+    public var logger: Logger {
+        Logger(label: "captured") { _ in CapturingHandler(log: self) }
+    }
+
+    func add(_ line: Line) {
+        let ready = state.withLockedValue { s -> [CheckedContinuation<Line, Never>] in
+            s.lines.append(line)
+            let matching = s.waiters.filter { line.message.contains($0.0) }.map(\.1)
+            s.waiters.removeAll { line.message.contains($0.0) }
+            return matching
+        }
+        for c in ready { c.resume(returning: line) }
+    }
+
+    /// The first line whose message contains `text`, seen or still to come.
+    public func waitFor(_ text: String) async -> Line {
+        await withCheckedContinuation { c in
+            let now: Line? = state.withLockedValue { s in
+                if let l = s.lines.first(where: { $0.message.contains(text) }) { return l }
+                s.waiters.append((text, c))
+                return nil
+            }
+            if let now { c.resume(returning: now) }
+        }
+    }
+}
+
+struct CapturingHandler: LogHandler {
+    let log: CapturedLog
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        log.add(.init(message: "\(event.message)", metadata: merged.mapValues { "\($0)" }))
+    }
+}
