@@ -171,7 +171,7 @@ let package = Package(
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin"], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
     ]
 )

@@ -108,8 +108,10 @@ public final class Engine: Sendable {
                     let provisional = spec.name ?? "plugin\(i)"
                     let supervisor = PluginSupervisor(spec: spec, provisionalName: provisional, engine: parts)
                     group.addTask {
-                        let description = try await supervisor.launch()
-                        return (await supervisor.name, supervisor, description)
+                        // The name it runs under (NAME= on the command line) wins over the declared one.
+                        var description = try await supervisor.launch()
+                        description.name = await supervisor.name
+                        return (description.name, supervisor, description)
                     }
                 }
                 var all: [(String, PluginSupervisor, PluginDescription)] = []
@@ -121,10 +123,16 @@ public final class Engine: Sendable {
                 throw EngineError(.duplicateName, "two plugins are named \(duplicate)")
             }
             let bootOrder = try BootOrder.sort(started.map(\.2))
+            // Until each is active, calls to its jobs wait for it instead of failing.
+            for (name, supervisor, description) in started {
+                try hub.reserve(jobs: description.jobs, for: name, within: supervisor.spec.startTimeout + grace, remote: supervisor.spec.kindName == "exec")
+            }
             supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } }
             order.withLockedValue { $0 = bootOrder }
             for name in bootOrder {
-                guard let supervisor = started.first(where: { $0.0 == name })?.1 else { continue }
+                guard let supervisor = started.first(where: { $0.0 == name })?.1 else {
+                    throw EngineError(.startFailed, "plugin \(name) is in the boot order but was not started")
+                }
                 try await supervisor.activate()
                 logger.info("plugin active", metadata: ["plugin.name": "\(name)"])
             }

@@ -192,6 +192,22 @@ public final class Hub: Sendable {
         }
     }
 
+    /// Reserves `jobs` for `owner` before it is active: calls made meanwhile wait for it to
+    /// register (up to `within` and their own deadline); other plugins cannot take the names.
+    public func reserve(jobs: [String], for owner: String, within: Duration, remote: Bool) throws {
+        try state.withLockedValue { s in
+            for job in jobs {
+                if let slot = s.slots[job], slot.owner != owner {
+                    throw RoutingError(.nameConflict, "job \(job) is already registered by plugin \(slot.owner); \(owner) cannot register it too", plugin: slot.owner)
+                }
+            }
+            let deadline = NIODeadline.now() + within.timeAmount
+            for job in jobs where s.slots[job] == nil {
+                s.slots[job] = .restarting(owner: owner, deadline: deadline, wasRemote: remote)
+            }
+        }
+    }
+
     // MARK: Departure
 
     /// Withdraws everything `owner` registered and fails its in-flight calls at once.

@@ -231,3 +231,37 @@ struct ExecEnvironmentTests {
         await engine.shutdown(grace: .seconds(1))
     }
 }
+
+@Suite("the shipped plugins")
+struct ShippedPluginTests {
+    static let spec: Value = .fields(("image", "busybox"), ("mounts", .array([])))
+
+    @Test("host-mount adds its bind mount to every container.create, built in or as a subprocess")
+    func hostMount() async throws {
+        let builtin = Engine(logger: quietLogger)
+        try await builtin.boot([PluginSpec(name: "host-mount", kind: .builtin(HostMountPluginForTests.plugin), options: "/data /var/data")])
+        let outcome = try await builtin.hooks.run("container.create", payload: Self.spec, object: "c1")
+        #expect(outcome.payload["mounts"]?.arrayValue?.first?["destination"] == "/var/data")
+        #expect(outcome.attribution["mounts[0]"] == "host-mount")
+        await builtin.shutdown(grace: .seconds(1))
+
+        let exec = Engine(logger: quietLogger)
+        try await exec.boot([PluginSpec(name: "hm", kind: .exec(command: try builtExecutable("plugboard-plugin-host-mount"), arguments: []), options: "/srv /mnt/srv")])
+        let remote = try await exec.hooks.run("container.create", payload: Self.spec, object: "c1")
+        #expect(remote.payload["mounts"]?.arrayValue?.first?["source"] == "/srv")
+        #expect(remote.attribution["mounts[0]"] == "hm")
+        await exec.shutdown(grace: .seconds(1))
+    }
+
+    @Test("host-mount with a bad option fails the hook with a message saying what it needs")
+    func hostMountBadOption() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([PluginSpec(name: "host-mount", kind: .builtin(HostMountPluginForTests.plugin), options: "data")])
+        await #expect {
+            try await engine.hooks.run("container.create", payload: Self.spec, object: "c1")
+        } throws: { error in
+            "\(error)".contains("HOST_DIR CONTAINER_DIR")
+        }
+        await engine.shutdown(grace: .seconds(1))
+    }
+}

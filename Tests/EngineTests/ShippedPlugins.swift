@@ -1,0 +1,6 @@
+import HostMountPlugin
+import PluginKit
+
+enum HostMountPluginForTests {
+    static let plugin: any Plugin = HostMountPlugin()
+}
