@@ -24,12 +24,12 @@ test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
-# The daemon with the shipped plugins: echo and host-mount built in, and echo again as a
-# subprocess (plugboard-plugin-echo on fds 3/4). Ctrl-C stops it in reverse boot order.
+# The daemon with the shipped plugins: echo and host-mount built in, and host-mount again
+# as a subprocess (plugboard-plugin-host-mount on fds 3/4). Ctrl-C stops them in reverse order.
 run: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 	$(SWIFT) run --skip-build plugboardd --plugin echo --plugin host-mount "/data /var/data" \
-		--plugin-exec "echo-exec=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-echo"
+		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

@@ -32,7 +32,9 @@ public enum PluginKit {
         }
         var context = PluginContext(
             name: environment["PLUGBOARD_PLUGIN_NAME"] ?? executableName,
-            options: environment["PLUGBOARD_OPTIONS"] ?? "",
+            // An exec plugin's options are its arguments when the daemon passes none.
+            options: environment["PLUGBOARD_OPTIONS"].flatMap { $0.isEmpty ? nil : $0 }
+                ?? CommandLine.arguments.dropFirst().joined(separator: " "),
             restarts: Int(environment["PLUGBOARD_RESTARTS"] ?? "") ?? 0
         )
         do {
