@@ -5,15 +5,6 @@ import PluginKit
 /// What a plugin declared, without its handlers: parsed from HELLO's `meta` for a
 /// subprocess, taken from the declaration for a built-in.
 public struct PluginDescription: Sendable, Hashable {
-    public struct Hook: Sendable, Hashable {
-        public var event: String
-        public var phase: HookPhase
-        public var priority: Int
-        public var timeout: Duration
-        public var policy: HookPolicy
-        public var overrides: Bool
-    }
-
     public struct MessageType: Sendable, Hashable {
         public var type: String
         public var priority: Int
@@ -23,7 +14,7 @@ public struct PluginDescription: Sendable, Hashable {
     public var name: String
     public var version: String
     public var jobs: [String]
-    public var hooks: [Hook]
+    public var hooks: [HookOptions]
     public var messageTypes: [MessageType]
     public var requires: [String]
     public var calls: [String]
@@ -32,7 +23,7 @@ public struct PluginDescription: Sendable, Hashable {
         name = d.name
         version = d.version
         jobs = d.jobs.map(\.name)
-        hooks = d.hooks.map { Hook(event: $0.event, phase: $0.phase, priority: $0.priority, timeout: $0.timeout, policy: $0.policy, overrides: $0.overrides) }
+        hooks = d.hooks.map(\.options)
         messageTypes = d.messageTypes.map { MessageType(type: $0.type, priority: $0.priority, timeout: $0.timeout) }
         requires = d.requires
         calls = d.calls
@@ -57,17 +48,11 @@ public struct PluginDescription: Sendable, Hashable {
         requires = try strings("requires")
         calls = try strings("calls")
         hooks = try (v["hooks"]?.arrayValue ?? []).map { h in
-            guard let event = h["event"]?.stringValue else {
-                throw EngineError(.badDeclaration, "plugin \(fallbackName): a hook lacks \"event\"")
+            do {
+                return try HookOptions(wire: h)
+            } catch {
+                throw EngineError(.badDeclaration, "plugin \(fallbackName): \(error)")
             }
-            return Hook(
-                event: event,
-                phase: h["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate,
-                priority: Int(h["priority"]?.intValue ?? 0),
-                timeout: .milliseconds(h["timeout_ms"]?.intValue ?? 2000),
-                policy: h["policy"]?.stringValue.flatMap(HookPolicy.init(rawValue:)) ?? .required,
-                overrides: h["overrides"]?.boolValue ?? false
-            )
         }
         messageTypes = try (v["pipeline"]?.arrayValue ?? []).map { m in
             guard let type = m["type"]?.stringValue else {

@@ -30,12 +30,7 @@ public struct PluginDeclaration: Sendable {
     }
 
     public struct Hook: Sendable {
-        public var event: String
-        public var phase: HookPhase
-        public var priority: Int
-        public var timeout: Duration
-        public var policy: HookPolicy
-        public var overrides: Bool
+        public var options: HookOptions
         public var handler: HookHandler
     }
 
@@ -71,7 +66,7 @@ public struct PluginDeclaration: Sendable {
         _ event: String, phase: HookPhase = .mutate, priority: Int = 0, timeout: Duration = .seconds(2),
         policy: HookPolicy = .required, overrides: Bool = false, _ handler: @escaping HookHandler
     ) {
-        hooks.append(Hook(event: event, phase: phase, priority: priority, timeout: timeout, policy: policy, overrides: overrides, handler: handler))
+        hooks.append(Hook(options: HookOptions(event: event, phase: phase, priority: priority, timeout: timeout, policy: policy, overrides: overrides), handler: handler))
     }
 
     /// Handles pipeline messages of `type`.
@@ -89,7 +84,7 @@ public struct PluginDeclaration: Sendable {
             return try await job.handler(invocation.payload)
         case .hook:
             let phase = invocation.extra["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate
-            guard let hook = hooks.first(where: { $0.event == invocation.name && $0.phase == phase }) else {
+            guard let hook = hooks.first(where: { $0.options.event == invocation.name && $0.options.phase == phase }) else {
                 throw RoutingError(.unknownJob, "plugin \(name) has no \(phase.rawValue) hook for \(invocation.name)", plugin: name)
             }
             switch try await hook.handler(invocation.payload, invocation.extra) {
@@ -111,13 +106,7 @@ public struct PluginDeclaration: Sendable {
             ("name", .string(name)),
             ("version", .string(version)),
             ("jobs", .array(jobs.map { .string($0.name) })),
-            ("hooks", .array(hooks.map { hook in
-                .fields(
-                    ("event", .string(hook.event)), ("phase", .string(hook.phase.rawValue)),
-                    ("priority", .int(Int64(hook.priority))), ("timeout_ms", .int(Self.milliseconds(hook.timeout))),
-                    ("policy", .string(hook.policy.rawValue)), ("overrides", .bool(hook.overrides))
-                )
-            })),
+            ("hooks", .array(hooks.map { $0.options.wireValue })),
             ("pipeline", .array(messageTypes.map { m in
                 .fields(("type", .string(m.type)), ("priority", .int(Int64(m.priority))), ("timeout_ms", .int(Self.milliseconds(m.timeout))))
             })),
@@ -129,6 +118,50 @@ public struct PluginDeclaration: Sendable {
     static func milliseconds(_ d: Duration) -> Int64 {
         let (s, a) = d.components
         return s * 1000 + a / 1_000_000_000_000_000
+    }
+}
+
+/// How a hook is registered: which event, when it runs, and what a failure means.
+/// The declaration sends these in HELLO; the engine registers them as received.
+public struct HookOptions: Sendable, Hashable {
+    public var event: String
+    public var phase: HookPhase
+    public var priority: Int
+    public var timeout: Duration
+    public var policy: HookPolicy
+    public var overrides: Bool
+
+    public init(event: String, phase: HookPhase = .mutate, priority: Int = 0, timeout: Duration = .seconds(2), policy: HookPolicy = .required, overrides: Bool = false) {
+        self.event = event
+        self.phase = phase
+        self.priority = priority
+        self.timeout = timeout
+        self.policy = policy
+        self.overrides = overrides
+    }
+
+    /// `{"event", "phase", "priority", "timeout_ms", "policy", "overrides"}`.
+    public var wireValue: Value {
+        .fields(
+            ("event", .string(event)), ("phase", .string(phase.rawValue)),
+            ("priority", .int(Int64(priority))), ("timeout_ms", .int(PluginDeclaration.milliseconds(timeout))),
+            ("policy", .string(policy.rawValue)), ("overrides", .bool(overrides))
+        )
+    }
+
+    /// Parses the wire form; missing fields take their defaults.
+    public init(wire h: Value) throws {
+        guard let event = h["event"]?.stringValue else {
+            throw RoutingError(.badAnswer, "a hook declaration lacks \"event\"")
+        }
+        self.init(
+            event: event,
+            phase: h["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate,
+            priority: Int(h["priority"]?.intValue ?? 0),
+            timeout: .milliseconds(h["timeout_ms"]?.intValue ?? 2000),
+            policy: h["policy"]?.stringValue.flatMap(HookPolicy.init(rawValue:)) ?? .required,
+            overrides: h["overrides"]?.boolValue ?? false
+        )
     }
 }
 

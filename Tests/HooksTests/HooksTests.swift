@@ -151,12 +151,14 @@ struct HooksTests {
         let seen = NIOLockedValueBox<Value>(.nil)
         let bStarted = Signal()
         // a waits for b to have started: if validators ran one after another, a would wait forever.
-        hooks.register("container.create", phase: .validate, priority: 10, by: .inProcess("a") { i in
+        // Generous timeouts: the deadline is not what this test is about, and a loaded
+        // machine can be slow to schedule the second validator.
+        hooks.register("container.create", phase: .validate, priority: 10, timeout: .seconds(60), by: .inProcess("a") { i in
             seen.withLockedValue { $0 = i.extra["attribution"] ?? .nil }
             await bStarted.wait()
             return .fields(("ok", true))
         })
-        hooks.register("container.create", phase: .validate, priority: 5, by: .inProcess("b") { i in
+        hooks.register("container.create", phase: .validate, priority: 5, timeout: .seconds(60), by: .inProcess("b") { i in
             bStarted.fire()
             return i.payload["mounts"]?.arrayValue?.count == 1 ? .fields(("veto", "no host mounts here")) : .fields(("ok", true))
         })
@@ -197,7 +199,7 @@ struct HooksTests {
         let startedFor = NIOLockedValueBox<[String: Signal]>(["a": Signal(), "b": Signal()])
         let active = NIOLockedValueBox<[String: Int]>([:])
         let maxActive = NIOLockedValueBox<[String: Int]>([:])
-        hooks.register("container.create", by: .inProcess("slow") { i in
+        hooks.register("container.create", timeout: .seconds(60), by: .inProcess("slow") { i in
             let object = i.extra["object"]?.stringValue ?? ""
             active.withLockedValue { a in
                 a[object, default: 0] += 1
@@ -242,8 +244,8 @@ struct HooksSubprocessTests {
     func subprocessHook() async throws {
         let hooks = Hooks(logger: quietLogger)
         let (sub, peer) = try await PeerProcess.participant("sub")
-        hooks.register("container.create", priority: 50, by: sub)
-        hooks.register("container.create", priority: 10, by: appender("local", "env", "LOCAL=1"))
+        hooks.register("container.create", priority: 50, timeout: .seconds(60), by: sub)
+        hooks.register("container.create", priority: 10, timeout: .seconds(60), by: appender("local", "env", "LOCAL=1"))
         let outcome = try await withDeadline(60) { try await hooks.run("container.create", payload: spec, object: "c1") }
         #expect(outcome.payload["env"] == ["SUB=1", "LOCAL=1"])
         #expect(outcome.attribution == ["env[0]": "sub", "env[1]": "local"])
@@ -257,7 +259,7 @@ struct HooksSubprocessTests {
     func subprocessDeath() async throws {
         let hooks = Hooks(logger: quietLogger)
         let (optionalSub, peerA) = try await PeerProcess.participant("flaky")
-        hooks.register("container.create", policy: .optional, by: optionalSub)
+        hooks.register("container.create", timeout: .seconds(60), policy: .optional, by: optionalSub)
         let running = Task { try await hooks.run("container.create", payload: .fields(("hang", true)), object: "c1") }
         peerA.process.signal(9)
         let outcome = try await withDeadline(20) { try await running.value }
@@ -265,7 +267,7 @@ struct HooksSubprocessTests {
 
         let hooks2 = Hooks(logger: quietLogger)
         let (requiredSub, peerB) = try await PeerProcess.participant("vital")
-        hooks2.register("container.create", policy: .required, by: requiredSub)
+        hooks2.register("container.create", timeout: .seconds(60), policy: .required, by: requiredSub)
         let running2 = Task { try await hooks2.run("container.create", payload: .fields(("hang", true)), object: "c1") }
         peerB.process.signal(9)
         try await withDeadline(20) {
