@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chan
+import Foundation
 import NIOConcurrencyHelpers
 import PluginKit
 import Routing
@@ -263,5 +264,31 @@ struct ShippedPluginTests {
             "\(error)".contains("HOST_DIR CONTAINER_DIR")
         }
         await engine.shutdown(grace: .seconds(1))
+    }
+}
+
+@Suite("docs/PROTOCOL.md is true")
+struct ProtocolDocumentTests {
+    /// The Python plugin printed in docs/PROTOCOL.md, as a file.
+    static func pythonPlugin() throws -> String {
+        let doc = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/EngineTests/EngineTests.swift", with: "docs/PROTOCOL.md"), encoding: .utf8)
+        guard let section = doc.range(of: "## Writing a plugin in Python"),
+              let start = doc.range(of: "```python\n", range: section.upperBound..<doc.endIndex),
+              let end = doc.range(of: "\n```", range: start.upperBound..<doc.endIndex)
+        else { throw EngineError(.badDeclaration, "no python block in docs/PROTOCOL.md") }
+        let path = "/tmp/plugboard-doc-plugin-\(getpid()).py"
+        try String(doc[start.upperBound..<end.lowerBound]).write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test("the Python plugin in the protocol document runs under the engine and answers its job")
+    func pythonPluginFromTheDocument() async throws {
+        let script = try Self.pythonPlugin()
+        defer { unlink(script) }
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([PluginSpec(name: "py", kind: .exec(command: "python3", arguments: [script]))])
+        #expect(try await engine.hub.call("py.echo", .fields(("hello", "from swift"), ("n", 42))) == .fields(("hello", "from swift"), ("n", 42)))
+        #expect(try await engine.hub.call("py.echo", .binary([UInt8](repeating: 7, count: 100_000))) == .binary([UInt8](repeating: 7, count: 100_000)))
+        await engine.shutdown(grace: .seconds(2))
     }
 }
