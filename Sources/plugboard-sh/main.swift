@@ -1,9 +1,14 @@
-// plugboard-sh is built in a later issue; until then it says so plainly.
+// The shell adapter is built in issue #7 (shell-script plugins); until then it says so
+// plainly instead of pretending to work.
 #if canImport(Glibc)
 import Glibc
 #endif
 
-writeToStandardError("plugboard-sh: not built yet (see the open issues); this build has the Chan foundation only.\n")
+writeToStandardError("""
+    plugboard-sh: the shell-plugin adapter is not built yet (issue #7).
+    Plugins can be written with PluginKit in Swift, or in any language from docs/PROTOCOL.md.
+
+    """)
 exit(2)
 
 /// Writes to fd 2 directly (the C `stderr` global is not concurrency-safe in Swift 6).

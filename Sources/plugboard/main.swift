@@ -1,9 +1,14 @@
-// plugboard is built in a later issue; until then it says so plainly.
+// The admin CLI is built in issue #5 (admin socket and the plugboard CLI); until then it
+// says so plainly instead of pretending to work.
 #if canImport(Glibc)
 import Glibc
 #endif
 
-writeToStandardError("plugboard: not built yet (see the open issues); this build has the Chan foundation only.\n")
+writeToStandardError("""
+    plugboard: the admin CLI is not built yet (it arrives with the admin socket, issue #5).
+    plugboardd itself runs: see `plugboardd --help` and the README.
+
+    """)
 exit(2)
 
 /// Writes to fd 2 directly (the C `stderr` global is not concurrency-safe in Swift 6).

@@ -21,10 +21,7 @@ struct Plugboardd: AsyncParsableCommand {
         commandName: "plugboardd",
         abstract: "The Plugboard daemon: hosts the hub, the pipeline and the hooks, and keeps plugins alive.",
         discussion: """
-            Built-in plugins run in process; exec plugins run as children speaking the Plugboard
-            protocol on fds 3 and 4 (see docs/PROTOCOL.md). Both are supervised: restarted on
-            failure with backoff, marked failed after a crash loop, and stopped in reverse boot
-            order on SIGTERM or SIGINT.
+            Built-in plugins run in process; exec plugins run as children speaking the Plugboard protocol on fds 3 and 4 (see docs/PROTOCOL.md). Both are supervised: restarted on failure with backoff, marked failed after a crash loop, and stopped in reverse boot order on SIGTERM or SIGINT.
 
             Examples:
               plugboardd --plugin echo
