@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "Chan",
             dependencies: [
-                "CMsgpack", "Spawn",
+                "CMsgpack", "Spawn", "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -112,7 +112,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "plugboard",
-            dependencies: ["Chan", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Chan", "Engine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(

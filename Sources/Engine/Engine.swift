@@ -49,7 +49,7 @@ public final class Engine: Sendable {
     public let pipeline: Pipeline
     public let hooks: Hooks
     private let logger: Logger
-    private let parts: EngineParts
+    let parts: EngineParts
     private let supervisors = NIOLockedValueBox<[(name: String, supervisor: PluginSupervisor)]>([])
     private let order = NIOLockedValueBox<[String]>([])
     private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
@@ -157,6 +157,16 @@ public final class Engine: Sendable {
         var result: [PluginStatus] = []
         for (_, s) in supervisors.withLockedValue({ $0 }) { result.append(await s.status) }
         return result
+    }
+
+    var supervisorList: [(name: String, supervisor: PluginSupervisor)] { supervisors.withLockedValue { $0 } }
+
+    func appendSupervisor(_ name: String, _ supervisor: PluginSupervisor) {
+        supervisors.withLockedValue { $0.append((name, supervisor)) }
+    }
+
+    func removeSupervisor(_ name: String) {
+        supervisors.withLockedValue { $0.removeAll { $0.name == name } }
     }
 
     /// The boot order of the last ``boot(_:)``.

@@ -76,6 +76,9 @@ public struct EngineError: Error, Hashable, CustomStringConvertible {
         public static let startFailed = Code("start failed")
         public static let permissionDenied = Code("permission denied")
         public static let duplicateName = Code("duplicate plugin name")
+        public static let unknownPlugin = Code("unknown plugin")
+        public static let inUse = Code("in use")
+        public static let adminSocket = Code("admin socket")
     }
 
     public var code: Code

@@ -210,6 +210,50 @@ actor PluginSupervisor {
     }
 
     private var consecutiveFailures = 0
+    /// Jobs granted beyond the launch-time grant (`plugboard plugin grant`).
+    private(set) var extraGrants: Set<String> = []
+
+    func grant(_ jobs: [String]) {
+        extraGrants.formUnion(jobs)
+    }
+
+    func isGranted(_ job: String) -> Bool {
+        (spec.grantAll && (description?.calls.contains(job) ?? false)) || extraGrants.contains(job)
+    }
+
+    /// Starts the plugin again now, whatever its state; clears a crash loop (`plugboard plugin restart`).
+    func restartNow(grace: Duration) async throws {
+        if state == .active || state == .starting || state == .restarting {
+            await stop(grace: grace)
+        }
+        monitor?.cancel()
+        monitor = nil
+        stopping = false
+        history = []
+        consecutiveFailures = 0
+        restarts += 1
+        set(.starting, "restart requested")
+        _ = try await launch()
+        try activate()
+    }
+
+    /// Stops the plugin and marks it disabled (`plugboard plugin disable`).
+    func disable(grace: Duration) async {
+        await stop(grace: grace)
+        set(.disabled, "disabled by an operator")
+    }
+
+    /// Starts a disabled or stopped plugin again (`plugboard plugin enable`).
+    func enable() async throws {
+        guard state == .disabled || state == .stopped || state == .failed else { return }
+        monitor?.cancel()
+        monitor = nil
+        stopping = false
+        history = []
+        set(.starting, "enabled by an operator")
+        _ = try await launch()
+        try activate()
+    }
 
     private func withdraw(reason: String, expectBack: Duration?) {
         engine.hub.withdraw(owner: name, reason: reason, expectBackWithin: expectBack)
@@ -241,7 +285,13 @@ actor PluginSupervisor {
                 }
             }
         }
-        monitor?.cancel()
+        // The monitor sees `stopping` and returns; wait for it, so that whatever comes next
+        // (a restart, an enable) cannot be mistaken by it for a crash.
+        if let monitor {
+            monitor.cancel()
+            await monitor.value
+            self.monitor = nil
+        }
         set(.stopped, "shut down")
     }
 
@@ -250,9 +300,8 @@ actor PluginSupervisor {
     /// Serves the plugin's "engine" channel: job calls it makes, checked against its grants.
     private nonisolated func serveEngineCalls(on session: Session, description: PluginDescription) {
         let engine = self.engine
-        let granted = Set(spec.grantAll ? description.calls : [])
         let asked = Set(description.calls)
-        Task {
+        Task { [weak self] in
             while let channel = try? await session.accept() {
                 guard channel.label == "engine" else { channel.close(); continue }
                 Task {
@@ -262,7 +311,7 @@ actor PluginSupervisor {
                                 try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
                                 return
                             }
-                            guard granted.contains(job) else {
+                            guard await self?.isGranted(job) == true else {
                                 let why = asked.contains(job) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
                                 try? await request.fail(code: "permission.denied", message: "plugin \(description.name) may not call job \(job): \(why)")
                                 return

@@ -39,8 +39,11 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where state is kept (default /var/lib/plugboard for root, else $XDG_STATE_HOME/plugboard).", valueName: "dir"))
     var stateDir: String?
 
-    @Option(help: ArgumentHelp("The admin socket's path (served from the admin issue on).", valueName: "path"))
+    @Option(help: ArgumentHelp("The admin socket (default /run/plugboard/admin.sock for root, else $XDG_RUNTIME_DIR/plugboard/admin.sock).", valueName: "path"))
     var adminSocket: String?
+
+    @Option(help: ArgumentHelp("A group whose members may also use the admin socket.", valueName: "group"))
+    var adminGroup: String?
 
     @Option(help: "Log format: text or json.")
     var logFormat: LogFormat = .text
@@ -67,12 +70,22 @@ struct Plugboardd: AsyncParsableCommand {
         let logger = Logger(label: "plugboardd")
         let specs = try makeSpecs()
         let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
+        let socketPath = adminSocket ?? AdminServer.defaultPath()
+        var groupID: gid_t?
+        if let adminGroup {
+            guard let group = getgrnam(adminGroup) else { throw ValidationError("no group named \(adminGroup)") }
+            groupID = group.pointee.gr_gid
+        }
         logger.info("starting", metadata: [
-            "plugboard.plugins": "\(specs.count)", "plugboard.state_dir": "\(stateDirectory)",
-            "plugboard.admin_socket": "\(adminSocket ?? "default") (not served yet: the admin socket arrives with its issue)",
+            "plugboard.plugins": "\(specs.count)", "plugboard.state_dir": "\(stateDirectory)", "plugboard.admin_socket": "\(socketPath)",
         ])
+        // Refuse early, before starting any plugin, when another daemon serves the socket.
+        try AdminServer.prepareForDaemon(path: socketPath)
         let engine = Engine(logger: logger)
-        let service = EngineService(engine: engine, specs: specs, grace: .milliseconds(Int64(shutdownGrace * 1000)), logger: logger)
+        let service = EngineService(
+            engine: engine, specs: specs, grace: .milliseconds(Int64(shutdownGrace * 1000)),
+            socketPath: socketPath, adminGroup: groupID, logger: logger
+        )
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service)],
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -157,12 +170,17 @@ struct EngineService: Service {
     let engine: Engine
     let specs: [PluginSpec]
     let grace: Duration
+    let socketPath: String
+    let adminGroup: gid_t?
     let logger: Logger
 
     func run() async throws {
         try await engine.boot(specs)
-        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)"])
+        let admin = try await AdminServer.start(path: socketPath, engine: engine, adminGroup: adminGroup, builtins: { builtins[$0] }, logger: logger)
+        defer { Task { await admin.close() } }
+        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
         try? await gracefulShutdown()
+        await admin.close()
         logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
         await engine.shutdown(grace: grace)
         logger.info("stopped")

@@ -45,22 +45,26 @@ struct RawPeer {
     /// Reads one frame the session wrote (blocking on a pipe that the session fills promptly).
     func readFrame() async throws -> Value? {
         let fd = readFD
-        return try await Task.detached {
-            func readExactly(_ n: Int) -> [UInt8]? {
-                var out = [UInt8](repeating: 0, count: n)
-                var got = 0
-                while got < n {
-                    let r = out[got...].withUnsafeMutableBytes { read(fd, $0.baseAddress, n - got) }
-                    if r <= 0 { return nil }
-                    got += r
+        // A real thread: a blocking read must not hold one of Swift's cooperative threads.
+        let body: [UInt8]? = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                func readExactly(_ n: Int) -> [UInt8]? {
+                    var out = [UInt8](repeating: 0, count: n)
+                    var got = 0
+                    while got < n {
+                        let r = out[got...].withUnsafeMutableBytes { read(fd, $0.baseAddress, n - got) }
+                        if r <= 0 { return nil }
+                        got += r
+                    }
+                    return out
                 }
-                return out
+                guard let header = readExactly(4) else { return continuation.resume(returning: nil) }
+                let length = header.reduce(0) { $0 << 8 | Int($1) }
+                continuation.resume(returning: readExactly(length))
             }
-            guard let header = readExactly(4) else { return nil }
-            let length = header.reduce(0) { $0 << 8 | Int($1) }
-            guard let body = readExactly(length) else { return nil }
-            return try Msgpack.decode(body)
-        }.value
+        }
+        guard let body else { return nil }
+        return try Msgpack.decode(body)
     }
 
     func closeAll() {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chan
+import Foundation
 import Spawn
 import Testing
 import TestSupport
@@ -31,7 +32,8 @@ final class LogLines: @unchecked Sendable {
     private var ended = false
 
     init(fd: CInt) {
-        Task.detached { [self] in
+        // A real thread: a blocking read must not occupy one of Swift's few cooperative threads.
+        Thread.detachNewThread { [self] in
             var pending: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {

@@ -91,6 +91,8 @@ final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
 
     // Only touched on the channel's event loop.
     var delegate: (any FrameTransportDelegate)?
+    /// Called once when the channel becomes active (the listener makes its session then).
+    var onActive: (() -> Void)?
     private var backlog: [ByteBuffer] = []
     private var endError: (any Error)??
     private var reported = false
@@ -114,6 +116,13 @@ final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
         let attached = delegate != nil
         report(error)
         if !attached { context.close(promise: nil) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let action = onActive
+        onActive = nil
+        action?()
+        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import CSpawn
 import Spawn
 
 /// Installs the frame decoder and the inbound handler on a new channel.
@@ -108,6 +109,17 @@ extension Session {
     }
 }
 
+/// Who is at the other end of a unix socket connection (SO_PEERCRED).
+public struct PeerCredentials: Sendable, Hashable, CustomStringConvertible {
+    public var pid: pid_t
+    public var uid: uid_t
+    public var gid: gid_t
+
+    public var description: String { "pid \(pid), uid \(uid), gid \(gid)" }
+}
+
+extension cspawn_peer_credentials: @retroactive @unchecked Sendable {}
+
 /// Accepts sessions on a unix stream socket.
 public final class SessionListener: Sendable {
     private let channel: any Channel
@@ -127,23 +139,40 @@ public final class SessionListener: Sendable {
         configuration: Session.Configuration,
         logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        authorize: (@Sendable (PeerCredentials) -> Bool)? = nil,
         onSession: @escaping @Sendable (Session) -> Void
     ) async throws -> SessionListener {
         let maxFrame = configuration.maxFrameSize
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .childChannelOption(ChannelOptions.autoRead, value: false)
+            // Children read from the start: the inbound handler keeps frames until the
+            // session attaches. (Turning autoRead off here raced with start() turning it on.)
             .childChannelInitializer { child in
+                // Asked for now, checked before the session starts: a refused peer gets no
+                // HELLO, only the end of the connection.
+                let credentials: EventLoopFuture<cspawn_peer_credentials>? = authorize == nil ? nil :
+                    (child as? any SocketOptionProvider)?.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
                 let handler = InboundFrameHandler()
-                return installFrameHandlers(child, maxFrameSize: maxFrame, handler: handler).map {
+                // The session is made once the channel is active: starting it earlier raced
+                // with the channel's registration on another event loop (reads never began).
+                handler.onActive = {
                     let session = Session(
                         transport: NIOFrameTransport(channel: child, handler: handler),
                         role: .acceptor,
                         configuration: configuration,
                         logger: logger
                     )
-                    onSession(session)
+                    guard let authorize else {
+                        onSession(session)
+                        return
+                    }
+                    Task {
+                        let peer = try? await credentials?.get()
+                        let allowed = peer.map { authorize(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) } ?? false
+                        if allowed { onSession(session) } else { session.close(reason: "refused") }
+                    }
                 }
+                return installFrameHandlers(child, maxFrameSize: maxFrame, handler: handler)
             }
             .bind(unixDomainSocketPath: path)
             .get()

@@ -1,0 +1,137 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Hub
+import Logging
+import NIOConcurrencyHelpers
+import PluginKit
+import Routing
+
+/// The admin socket: a unix stream socket speaking the same Chan protocol as plugins.
+///
+/// The socket is created mode 0600, in a directory made 0700 when we create it; a stale
+/// socket left by a dead daemon is replaced and a live one refused. Every connection's
+/// peer credentials (SO_PEERCRED) are checked: only root, the daemon's own uid and, if
+/// given, members of the admin group are served; others are closed and logged.
+public final class AdminServer: Sendable {
+    private let listener: SessionListener
+    /// The socket's path.
+    public let path: String
+
+    private init(listener: SessionListener, path: String) {
+        self.listener = listener
+        self.path = path
+    }
+
+    /// /run/plugboard/admin.sock for root, else $XDG_RUNTIME_DIR/plugboard/admin.sock, or
+    /// /tmp/plugboard-UID/admin.sock without XDG_RUNTIME_DIR.
+    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if getuid() == 0 { return "/run/plugboard/admin.sock" }
+        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/plugboard/admin.sock" }
+        return "/tmp/plugboard-\(getuid())/admin.sock"
+    }
+
+    /// Looks up a built-in plugin by name (the daemon's table), for `plugin add --builtin`.
+    public typealias BuiltinLookup = @Sendable (String) -> (any Plugin)?
+
+    /// Binds `path` and serves the engine's admin commands on it.
+    public static func start(
+        path: String, engine: Engine, adminGroup: gid_t? = nil, builtins: @escaping BuiltinLookup, logger: Logger
+    ) async throws -> AdminServer {
+        try prepare(path: path)
+        let me = getuid()
+        let listener = try await SessionListener.bind(
+            unixSocketPath: path, configuration: .init(name: "plugboardd"), logger: logger,
+            authorize: { peer in
+                let allowed = peer.uid == 0 || peer.uid == me || (adminGroup.map { $0 == peer.gid || isMember(uid: peer.uid, of: $0) } ?? false)
+                if !allowed {
+                    logger.warning("admin connection refused", metadata: ["admin.peer": "\(peer)", "admin.socket": "\(path)"])
+                }
+                return allowed
+            },
+            onSession: { session in
+                Task { await serve(session, engine: engine, builtins: builtins, logger: logger) }
+            }
+        )
+        guard chmod(path, 0o600) == 0 else {
+            throw EngineError(.adminSocket, "cannot make \(path) mode 0600: \(String(cString: strerror(errno)))")
+        }
+        logger.info("admin socket ready", metadata: ["admin.socket": "\(path)"])
+        return AdminServer(listener: listener, path: path)
+    }
+
+    /// Stops accepting and removes the socket file.
+    public func close() async {
+        try? await listener.close()
+        unlink(path)
+    }
+
+    /// Checks the socket path before a daemon starts anything: a live socket is refused.
+    public static func prepareForDaemon(path: String) throws {
+        try prepare(path: path)
+    }
+
+    /// Makes the directory (0700 when we create it) and clears a stale socket; refuses a live one.
+    static func prepare(path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        var info = stat()
+        if stat(dir, &info) != 0 {
+            guard mkdir(dir, 0o700) == 0 || errno == EEXIST else {
+                throw EngineError(.adminSocket, "cannot create \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+        guard lstat(path, &info) == 0 else { return }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw EngineError(.adminSocket, "\(path) exists and is not a socket; remove it or choose another --admin-socket")
+        }
+        if socketAcceptsConnections(path) {
+            throw EngineError(.adminSocket, "another plugboardd is serving \(path)")
+        }
+        unlink(path)
+    }
+
+    static func socketAcceptsConnections(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
+    }
+
+    static func isMember(uid: uid_t, of group: gid_t) -> Bool {
+        guard let pw = getpwuid(uid), let gr = getgrgid(group) else { return false }
+        let user = String(cString: pw.pointee.pw_name)
+        var member = gr.pointee.gr_mem
+        while let name = member?.pointee {
+            if String(cString: name) == user { return true }
+            member = member?.advanced(by: 1)
+        }
+        return false
+    }
+
+    static func serve(_ session: Session, engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger) async {
+        do {
+            try await session.start()
+            while let channel = try await session.accept() {
+                Task {
+                    while let request = try? await channel.nextRequest() {
+                        Task { await AdminCommands.answer(request, engine: engine, builtins: builtins) }
+                    }
+                }
+            }
+        } catch {
+            logger.debug("admin session ended", metadata: ["admin.error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,127 @@
+import Chan
+import Hooks
+import Pipeline
+import Routing
+
+/// What an operator can do to a running engine (the admin socket calls these).
+extension Engine {
+    private func supervisor(_ name: String) throws -> PluginSupervisor {
+        guard let s = supervisorList.first(where: { $0.name == name })?.supervisor else {
+            throw EngineError(.unknownPlugin, "no plugin named \(name); the plugins are: \(supervisorList.map(\.name).joined(separator: ", "))")
+        }
+        return s
+    }
+
+    /// Adds and starts a plugin while the engine runs. Its requirements must already be met.
+    public func add(_ spec: PluginSpec, grace: Duration = .seconds(5)) async throws -> PluginStatus {
+        if let name = spec.name, supervisorList.contains(where: { $0.name == name }) {
+            throw EngineError(.duplicateName, "a plugin named \(name) already exists")
+        }
+        let supervisor = PluginSupervisor(spec: spec, provisionalName: spec.name ?? "plugin\(supervisorList.count)", engine: parts)
+        let description = try await supervisor.launch()
+        let name = await supervisor.name
+        if supervisorList.contains(where: { $0.name == name }) {
+            await supervisor.stop(grace: grace)
+            throw EngineError(.duplicateName, "a plugin named \(name) already exists")
+        }
+        let provided = Set(hub.endpoints.map(\.name))
+        if let missing = description.requires.first(where: { !provided.contains($0) }) {
+            await supervisor.stop(grace: grace)
+            throw EngineError(.bootOrder, "plugin \(name) requires job \(missing), which no plugin provides")
+        }
+        do {
+            try await supervisor.activate()
+        } catch {
+            await supervisor.stop(grace: grace)
+            throw error
+        }
+        appendSupervisor(name, supervisor)
+        return await supervisor.status
+    }
+
+    /// Plugins whose `requires` name one of `name`'s jobs, and that are not themselves off.
+    public func dependents(of name: String) async -> [String] {
+        guard let jobs = try? await supervisor(name).description?.jobs else { return [] }
+        var result: [String] = []
+        for (other, s) in supervisorList where other != name {
+            let status = await s.status
+            guard status.state != .disabled, status.state != .stopped, status.state != .failed else { continue }
+            if let requires = status.description?.requires, requires.contains(where: jobs.contains) { result.append(other) }
+        }
+        return result
+    }
+
+    /// Stops `name` and marks it disabled; refused while an active plugin requires it, unless `force`.
+    public func disable(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
+        let s = try supervisor(name)
+        let needing = await dependents(of: name)
+        if !needing.isEmpty && !force {
+            throw EngineError(.inUse, "plugin \(name) is required by \(needing.joined(separator: ", ")); use --force to disable it anyway")
+        }
+        await s.disable(grace: grace)
+    }
+
+    /// Starts a disabled plugin again.
+    public func enable(_ name: String) async throws {
+        try await supervisor(name).enable()
+    }
+
+    /// Restarts `name` now, clearing a crash loop.
+    public func restart(_ name: String, grace: Duration = .seconds(5)) async throws {
+        try await supervisor(name).restartNow(grace: grace)
+    }
+
+    /// Stops and forgets `name`; refused while an active plugin requires it, unless `force`.
+    public func remove(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
+        let s = try supervisor(name)
+        let needing = await dependents(of: name)
+        if !needing.isEmpty && !force {
+            throw EngineError(.inUse, "plugin \(name) is required by \(needing.joined(separator: ", ")); use --force to remove it anyway")
+        }
+        await s.stop(grace: grace)
+        removeSupervisor(name)
+    }
+
+    /// Lets `name` call `jobs` through the engine.
+    public func grant(_ name: String, jobs: [String]) async throws {
+        try await supervisor(name).grant(jobs)
+    }
+
+    /// Everything known about one plugin, for `plugboard plugin inspect`.
+    public func inspect(_ name: String) async throws -> Value {
+        let s = try supervisor(name)
+        let status = await s.status
+        let history = await s.history
+        let grants = await s.extraGrants
+        let spec = s.spec
+        let hooks = self.hooks.allRegistrations.filter { $0.owner == name }
+        let pipeline = self.pipeline.allRegistrations.filter { $0.owner == name }
+        let command: Value
+        switch spec.kind {
+        case .builtin: command = .fields(("builtin", .string(name)), ("options", .string(spec.options)))
+        case .exec(let c, let args): command = .fields(("exec", .string(c)), ("arguments", .array(args.map { .string($0) })), ("options", .string(spec.options)))
+        }
+        return .fields(
+            ("name", .string(name)),
+            ("kind", .string(status.kind)),
+            ("state", .string(status.state.rawValue)),
+            ("pid", status.pid.map { .int(Int64($0)) } ?? .nil),
+            ("restarts", .int(Int64(status.restarts))),
+            ("version", .string(status.description?.version ?? "")),
+            ("command", command),
+            ("restart_policy", .string(spec.restartPolicy.rawValue)),
+            ("registrations", .fields(
+                ("jobs", .array((status.description?.jobs ?? []).map { .string($0) })),
+                ("hooks", .array(hooks.map { .fields(("event", .string($0.event)), ("phase", .string($0.phase.rawValue)), ("priority", .int(Int64($0.priority))), ("policy", .string($0.policy.rawValue)), ("timeout", .string("\($0.timeout)"))) })),
+                ("pipeline", .array(pipeline.map { .fields(("type", .string($0.type)), ("priority", .int(Int64($0.priority)))) }))
+            )),
+            ("requires", .array((status.description?.requires ?? []).map { .string($0) })),
+            ("permissions", .fields(
+                ("asked", .array((status.description?.calls ?? []).map { .string($0) })),
+                ("granted_all_asked", .bool(spec.grantAll)),
+                ("granted", .array(grants.sorted().map { .string($0) }))
+            )),
+            ("history", .array(history.map { .fields(("reason", .string($0.reason))) }))
+        )
+    }
+}

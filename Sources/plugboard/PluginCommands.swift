@@ -1,0 +1,109 @@
+import ArgumentParser
+import Chan
+
+struct PluginGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugin",
+        abstract: "List, inspect, add, remove, enable, disable, restart and grant plugins.",
+        subcommands: [List.self, Inspect.self, Add.self, Remove.self, Enable.self, Disable.self, Restart.self, Grant.self, Set.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List plugins, like `docker plugin ls`.", discussion: "Example: plugboard plugin ls --format json")
+        @OptionGroup var connection: Connection
+        @Option(help: "table or json.") var format: OutputFormat = .table
+
+        func run() async throws {
+            let rows = try await connection.request(.fields(("command", "plugin.ls")))
+            if format == .json { return try printJSON(rows) }
+            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "REGISTRATIONS"], (rows.arrayValue ?? []).map { r in
+                [text(r["name"]), text(r["kind"]), text(r["state"]), text(r["pid"]), text(r["restarts"]), text(r["registrations"])]
+            })
+        }
+    }
+
+    struct Inspect: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a plugin: registrations, restart history, permissions, command.", discussion: "Example: plugboard plugin inspect host-mount")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The plugin.") var name: String
+
+        func run() async throws {
+            try printJSON(try await connection.request(.fields(("command", "plugin.inspect"), ("name", .string(name)))))
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a new plugin in the running daemon.",
+            discussion: "Examples:\n  plugboard plugin add audit --exec \"/usr/local/bin/audit-plugin --verbose\"\n  plugboard plugin add data --builtin host-mount \"/data /var/data\""
+        )
+        @OptionGroup var connection: Connection
+        @Argument(help: "Its name.") var name: String
+        @Option(help: ArgumentHelp("A subprocess: \"COMMAND ARGS\".", valueName: "command")) var exec: String?
+        @Option(help: ArgumentHelp("A built-in plugin by name.", valueName: "builtin")) var builtin: String?
+        @Argument(help: "The option string for a built-in.") var options: String?
+        @Option(help: ArgumentHelp("Container plugins arrive with their issue.", valueName: "bundle")) var container: String?
+        @Flag(help: "Grant every job the plugin asks to call.") var grantAllPermissions = false
+
+        func run() async throws {
+            if container != nil { throw CLIError("container plugins are not built yet (they arrive with the containers issue)") }
+            guard (exec == nil) != (builtin == nil) else { throw ValidationError("give exactly one of --exec or --builtin") }
+            var body: [(String, Value)] = [("command", "plugin.add"), ("name", .string(name)), ("grant_all_permissions", .bool(grantAllPermissions))]
+            if let exec { body.append(("exec", .string(exec))) }
+            if let builtin { body.append(("builtin", .string(builtin))) }
+            if let options { body.append(("options", .string(options))) }
+            let result = try await connection.request(.map(body.map { (key: .string($0.0), value: $0.1) }))
+            print("\(text(result["name"])) \(text(result["state"]))")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Stop and remove a plugin (refused while another requires it, unless --force).")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        @Flag var force = false
+        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.rm"), ("name", .string(name)), ("force", .bool(force)))))) }
+    }
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a disabled plugin.")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.enable"), ("name", .string(name)))))) }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop a plugin and keep it stopped (refused while another requires it, unless --force).")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        @Flag var force = false
+        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.disable"), ("name", .string(name)), ("force", .bool(force)))))) }
+    }
+
+    struct Restart: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Restart a plugin now; clears a crash loop.")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.restart"), ("name", .string(name)))))) }
+    }
+
+    struct Grant: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let a plugin call these jobs.", discussion: "Example: plugboard plugin grant audit state.get state.put")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        @Argument var jobs: [String]
+        func run() async throws {
+            print(text(try await connection.request(.fields(("command", "plugin.grant"), ("name", .string(name)), ("jobs", .array(jobs.map { .string($0) }))))))
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a plugin's restart policy, backoff, timeouts or priorities (not built yet).")
+        @OptionGroup var connection: Connection
+        @Argument var name: String
+        @Argument var settings: [String]
+        func run() async throws {
+            throw CLIError("plugin set is not built yet; restart policy and backoff are fixed at start for now")
+        }
+    }
+}
