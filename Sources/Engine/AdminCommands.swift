@@ -38,6 +38,7 @@ enum AdminCommands {
                 rows.append(.fields(
                     ("name", .string(s.name)), ("kind", .string(s.kind)), ("state", .string(s.state.rawValue)),
                     ("pid", s.pid.map { .int(Int64($0)) } ?? .nil), ("restarts", .int(Int64(s.restarts))),
+                    ("uptime_s", s.uptime.map { .float(($0 * 10).rounded() / 10) } ?? .nil),
                     ("registrations", .int(Int64(registrations)))
                 ))
             }
@@ -56,6 +57,13 @@ enum AdminCommands {
         case "plugin.rm":
             try await engine.remove(try string(body, "name"), force: force)
             return "removed"
+        case "plugin.set":
+            var settings: [String: String] = [:]
+            for entry in body["settings"]?.mapValue ?? [] {
+                if let k = entry.key.stringValue, let v = entry.value.stringValue { settings[k] = v }
+            }
+            try await engine.set(try string(body, "name"), settings)
+            return "set"
         case "plugin.grant":
             let jobs = (body["jobs"]?.arrayValue ?? []).compactMap(\.stringValue)
             try await engine.grant(try string(body, "name"), jobs: jobs)

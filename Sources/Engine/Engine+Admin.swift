@@ -82,6 +82,11 @@ extension Engine {
         removeSupervisor(name)
     }
 
+    /// Changes how `name` is supervised (restart policy, backoff, start timeout, crash-loop limit).
+    public func set(_ name: String, _ settings: [String: String]) async throws {
+        try await supervisor(name).apply(settings)
+    }
+
     /// Lets `name` call `jobs` through the engine.
     public func grant(_ name: String, jobs: [String]) async throws {
         try await supervisor(name).grant(jobs)
@@ -93,7 +98,7 @@ extension Engine {
         let status = await s.status
         let history = await s.history
         let grants = await s.extraGrants
-        let spec = s.spec
+        let spec = await s.spec
         let hooks = self.hooks.allRegistrations.filter { $0.owner == name }
         let pipeline = self.pipeline.allRegistrations.filter { $0.owner == name }
         let command: Value
@@ -110,6 +115,7 @@ extension Engine {
             ("version", .string(status.description?.version ?? "")),
             ("command", command),
             ("restart_policy", .string(spec.restartPolicy.rawValue)),
+            ("backoff", .fields(("initial", .string("\(spec.backoff.initial)")), ("maximum", .string("\(spec.backoff.maximum)")), ("reset_after", .string("\(spec.backoff.resetAfter)")))),
             ("registrations", .fields(
                 ("jobs", .array((status.description?.jobs ?? []).map { .string($0) })),
                 ("hooks", .array(hooks.map { .fields(("event", .string($0.event)), ("phase", .string($0.phase.rawValue)), ("priority", .int(Int64($0.priority))), ("policy", .string($0.policy.rawValue)), ("timeout", .string("\($0.timeout)"))) })),

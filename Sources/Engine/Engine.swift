@@ -27,6 +27,8 @@ public struct PluginStatus: Sendable, Hashable {
     public var pid: pid_t?
     public var restarts: Int
     public var description: PluginDescription?
+    /// Seconds since it became active this time; nil when it is not active.
+    public var uptime: Double?
 }
 
 /// What supervisors share with the engine.
@@ -125,7 +127,8 @@ public final class Engine: Sendable {
             let bootOrder = try BootOrder.sort(started.map(\.2))
             // Until each is active, calls to its jobs wait for it instead of failing.
             for (name, supervisor, description) in started {
-                try hub.reserve(jobs: description.jobs, for: name, within: supervisor.spec.startTimeout + grace, remote: supervisor.spec.kindName == "exec")
+                let spec = await supervisor.spec
+                try hub.reserve(jobs: description.jobs, for: name, within: spec.startTimeout + grace, remote: spec.kindName == "exec")
             }
             supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } }
             order.withLockedValue { $0 = bootOrder }

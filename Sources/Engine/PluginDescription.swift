@@ -79,6 +79,7 @@ public struct EngineError: Error, Hashable, CustomStringConvertible {
         public static let unknownPlugin = Code("unknown plugin")
         public static let inUse = Code("in use")
         public static let adminSocket = Code("admin socket")
+        public static let badSetting = Code("bad setting")
     }
 
     public var code: Code

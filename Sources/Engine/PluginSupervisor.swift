@@ -15,7 +15,7 @@ import Spawn
 /// crash withdraws it, waits (exponential backoff with jitter) and starts it again — until
 /// the crash-loop limit marks it `failed`.
 actor PluginSupervisor {
-    let spec: PluginSpec
+    private(set) var spec: PluginSpec
     private(set) var name: String
     private(set) var state: PluginState = .starting
     private(set) var restarts = 0
@@ -41,7 +41,11 @@ actor PluginSupervisor {
     }
 
     var status: PluginStatus {
-        PluginStatus(name: name, kind: spec.kindName, state: state, pid: pid, restarts: restarts, description: description)
+        let uptime: Double? = (state == .active ? activeSince : nil).map { since in
+            let d = ContinuousClock.now - since
+            return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        }
+        return PluginStatus(name: name, kind: spec.kindName, state: state, pid: pid, restarts: restarts, description: description, uptime: uptime)
     }
 
     private func set(_ newState: PluginState, _ detail: String = "") {
@@ -212,6 +216,40 @@ actor PluginSupervisor {
     private var consecutiveFailures = 0
     /// Jobs granted beyond the launch-time grant (`plugboard plugin grant`).
     private(set) var extraGrants: Set<String> = []
+
+    /// Changes how the plugin is supervised from now on (`plugboard plugin set`).
+    func apply(_ settings: [String: String]) throws {
+        var next = spec
+        for (key, value) in settings.sorted(by: { $0.key < $1.key }) {
+            switch key {
+            case "restart-policy":
+                guard let policy = RestartPolicy(rawValue: value) else {
+                    throw EngineError(.badSetting, "restart-policy is always, on-failure or never, not \(value)")
+                }
+                next.restartPolicy = policy
+            case "backoff-initial": next.backoff.initial = try Self.duration(key, value)
+            case "backoff-max": next.backoff.maximum = try Self.duration(key, value)
+            case "backoff-reset": next.backoff.resetAfter = try Self.duration(key, value)
+            case "start-timeout": next.startTimeout = try Self.duration(key, value)
+            case "crash-loop-restarts":
+                guard let n = Int(value), n >= 0 else { throw EngineError(.badSetting, "crash-loop-restarts is a count, not \(value)") }
+                next.crashLoop.restarts = n
+            case "crash-loop-window": next.crashLoop.window = try Self.duration(key, value)
+            default:
+                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window (hook priorities and timeouts come from the plugin's declaration)")
+            }
+        }
+        spec = next
+    }
+
+    /// "250ms", "2s", "1m".
+    static func duration(_ key: String, _ text: String) throws -> Duration {
+        let units: [(String, (Int64) -> Duration)] = [("ms", { .milliseconds($0) }), ("s", { .seconds($0) }), ("m", { .seconds($0 * 60) })]
+        for (suffix, make) in units where text.hasSuffix(suffix) {
+            if let n = Int64(text.dropLast(suffix.count)), n >= 0 { return make(n) }
+        }
+        throw EngineError(.badSetting, "\(key) is a duration like 250ms, 2s or 1m, not \(text)")
+    }
 
     func grant(_ jobs: [String]) {
         extraGrants.formUnion(jobs)

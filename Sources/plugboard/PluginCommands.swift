@@ -16,8 +16,8 @@ struct PluginGroup: AsyncParsableCommand {
         func run() async throws {
             let rows = try await connection.request(.fields(("command", "plugin.ls")))
             if format == .json { return try printJSON(rows) }
-            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "REGISTRATIONS"], (rows.arrayValue ?? []).map { r in
-                [text(r["name"]), text(r["kind"]), text(r["state"]), text(r["pid"]), text(r["restarts"]), text(r["registrations"])]
+            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], (rows.arrayValue ?? []).map { r in
+                [text(r["name"]), text(r["kind"]), text(r["state"]), text(r["pid"]), text(r["restarts"]), uptime(r["uptime_s"]), text(r["registrations"])]
             })
         }
     }
@@ -98,12 +98,32 @@ struct PluginGroup: AsyncParsableCommand {
     }
 
     struct Set: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change a plugin's restart policy, backoff, timeouts or priorities (not built yet).")
+        static let configuration = CommandConfiguration(
+            abstract: "Change how a plugin is supervised.",
+            discussion: "Keys: restart-policy (always|on-failure|never), backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window. Durations: 250ms, 2s, 1m.\nExample: plugboard plugin set audit restart-policy=always backoff-max=30s"
+        )
         @OptionGroup var connection: Connection
         @Argument var name: String
-        @Argument var settings: [String]
+        @Argument(help: "KEY=VALUE pairs.") var settings: [String]
         func run() async throws {
-            throw CLIError("plugin set is not built yet; restart policy and backoff are fixed at start for now")
+            var pairs: [(key: Value, value: Value)] = []
+            for s in settings {
+                let kv = s.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw ValidationError("settings are KEY=VALUE, got \(s)") }
+                pairs.append((key: .string(kv[0]), value: .string(kv[1])))
+            }
+            print(text(try await connection.request(.fields(("command", "plugin.set"), ("name", .string(name)), ("settings", .map(pairs))))))
         }
+    }
+}
+
+/// "4s", "12m", "3h", "2d", like `docker ps`.
+func uptime(_ v: Value?) -> String {
+    guard case .float(let seconds)? = v else { return "-" }
+    switch seconds {
+    case ..<60: return "\(Int(seconds))s"
+    case ..<3600: return "\(Int(seconds / 60))m"
+    case ..<86400: return "\(Int(seconds / 3600))h"
+    default: return "\(Int(seconds / 86400))d"
     }
 }
