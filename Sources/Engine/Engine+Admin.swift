@@ -51,13 +51,18 @@ extension Engine {
         return result
     }
 
+    /// Throws ``EngineError/Code/inUse`` when an active plugin requires `name`, unless `force`.
+    private func refuseIfRequired(_ name: String, force: Bool, to verb: String) async throws {
+        let needing = await dependents(of: name)
+        if !needing.isEmpty && !force {
+            throw EngineError(.inUse, "plugin \(name) is required by \(needing.joined(separator: ", ")); use --force to \(verb) it anyway")
+        }
+    }
+
     /// Stops `name` and marks it disabled; refused while an active plugin requires it, unless `force`.
     public func disable(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
         let s = try supervisor(name)
-        let needing = await dependents(of: name)
-        if !needing.isEmpty && !force {
-            throw EngineError(.inUse, "plugin \(name) is required by \(needing.joined(separator: ", ")); use --force to disable it anyway")
-        }
+        try await refuseIfRequired(name, force: force, to: "disable")
         await s.disable(grace: grace)
     }
 
@@ -74,10 +79,7 @@ extension Engine {
     /// Stops and forgets `name`; refused while an active plugin requires it, unless `force`.
     public func remove(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
         let s = try supervisor(name)
-        let needing = await dependents(of: name)
-        if !needing.isEmpty && !force {
-            throw EngineError(.inUse, "plugin \(name) is required by \(needing.joined(separator: ", ")); use --force to remove it anyway")
-        }
+        try await refuseIfRequired(name, force: force, to: "remove")
         await s.stop(grace: grace)
         removeSupervisor(name)
     }

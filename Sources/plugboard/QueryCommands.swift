@@ -24,42 +24,48 @@ struct Call: AsyncParsableCommand {
     }
 }
 
-struct Endpoints: AsyncParsableCommand {
+/// A registry listing: one admin command, printed as a table or JSON.
+protocol RegistryListing: AsyncParsableCommand {
+    var connection: Connection { get }
+    var format: OutputFormat { get }
+    static var command: String { get }
+    static var header: [String] { get }
+    static func row(_ v: Value) -> [String]
+}
+
+extension RegistryListing {
+    func run() async throws {
+        let rows = try await connection.request(.fields(("command", .string(Self.command))))
+        if format == .json { return try printJSON(rows) }
+        printTable(Self.header, (rows.arrayValue ?? []).map(Self.row))
+    }
+}
+
+struct Endpoints: RegistryListing {
     static let configuration = CommandConfiguration(abstract: "List the jobs and who serves them.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-
-    func run() async throws {
-        let rows = try await connection.request(.fields(("command", "endpoints")))
-        if format == .json { return try printJSON(rows) }
-        printTable(["JOB", "OWNER", "STATE"], (rows.arrayValue ?? []).map { [text($0["job"]), text($0["owner"]), $0["restarting"] == true ? "waiting for owner" : "active"] })
-    }
+    static let command = "endpoints"
+    static let header = ["JOB", "OWNER", "STATE"]
+    static func row(_ v: Value) -> [String] { [text(v["job"]), text(v["owner"]), v["restarting"] == true ? "waiting for owner" : "active"] }
 }
 
-struct HooksList: AsyncParsableCommand {
+struct HooksList: RegistryListing {
     static let configuration = CommandConfiguration(commandName: "hooks", abstract: "List the hooks, in the order they run.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-
-    func run() async throws {
-        let rows = try await connection.request(.fields(("command", "hooks")))
-        if format == .json { return try printJSON(rows) }
-        printTable(["EVENT", "PHASE", "PLUGIN", "PRIORITY", "POLICY", "TIMEOUT"], (rows.arrayValue ?? []).map {
-            [text($0["event"]), text($0["phase"]), text($0["owner"]), text($0["priority"]), text($0["policy"]), text($0["timeout"])]
-        })
-    }
+    static let command = "hooks"
+    static let header = ["EVENT", "PHASE", "PLUGIN", "PRIORITY", "POLICY", "TIMEOUT"]
+    static func row(_ v: Value) -> [String] { [text(v["event"]), text(v["phase"]), text(v["owner"]), text(v["priority"]), text(v["policy"]), text(v["timeout"])] }
 }
 
-struct PipelineList: AsyncParsableCommand {
+struct PipelineList: RegistryListing {
     static let configuration = CommandConfiguration(commandName: "pipeline", abstract: "List the pipeline registrations, in routing order.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-
-    func run() async throws {
-        let rows = try await connection.request(.fields(("command", "pipeline")))
-        if format == .json { return try printJSON(rows) }
-        printTable(["TYPE", "PLUGIN", "PRIORITY"], (rows.arrayValue ?? []).map { [text($0["type"]), text($0["owner"]), text($0["priority"])] })
-    }
+    static let command = "pipeline"
+    static let header = ["TYPE", "PLUGIN", "PRIORITY"]
+    static func row(_ v: Value) -> [String] { [text(v["type"]), text(v["owner"]), text(v["priority"])] }
 }
 
 struct Events: AsyncParsableCommand {
