@@ -124,16 +124,26 @@ actor PluginSupervisor {
     func activate() throws {
         guard let description, let participant else { throw EngineError(.startFailed, "plugin \(name) was not started") }
         try engine.hub.register(jobs: description.jobs, for: participant)
-        for hook in description.hooks {
-            engine.hooks.register(hook.event, phase: hook.phase, priority: hook.priority, timeout: hook.timeout, policy: hook.policy, overrides: hook.overrides, by: participant)
-        }
-        for m in description.messageTypes {
-            engine.pipeline.register(type: m.type, priority: m.priority, timeout: m.timeout, by: participant)
-        }
+        registerHooksAndPipeline()
         activeSince = .now
         set(.active, "registered \(description.jobs.count) jobs, \(description.hooks.count) hooks, \(description.messageTypes.count) pipeline types")
         if process != nil, monitor == nil {
             monitor = Task { await self.superviseUntilStopped() }
+        }
+    }
+
+    /// Registers the declared hooks and pipeline types, with the operator's overrides.
+    private func registerHooksAndPipeline() {
+        guard let description, let participant else { return }
+        for hook in description.hooks {
+            let o = hookOverrides[hook.event]
+            engine.hooks.register(
+                hook.event, phase: hook.phase, priority: o?.priority ?? hook.priority, timeout: o?.timeout ?? hook.timeout,
+                policy: hook.policy, overrides: hook.overrides, by: participant
+            )
+        }
+        for m in description.messageTypes {
+            engine.pipeline.register(type: m.type, priority: pipelineOverrides[m.type] ?? m.priority, timeout: m.timeout, by: participant)
         }
     }
 
@@ -214,6 +224,11 @@ actor PluginSupervisor {
     }
 
     private var consecutiveFailures = 0
+    /// Operator overrides of hook priorities and timeouts, by event (`plugboard plugin set`).
+    private(set) var hookOverrides: [String: (priority: Int?, timeout: Duration?)] = [:]
+    /// Operator overrides of pipeline priorities, by message type.
+    private(set) var pipelineOverrides: [String: Int] = [:]
+
     /// Jobs granted beyond the launch-time grant (`plugboard plugin grant`).
     private(set) var extraGrants: Set<String> = []
 
@@ -235,11 +250,35 @@ actor PluginSupervisor {
                 guard let n = Int(value), n >= 0 else { throw EngineError(.badSetting, "crash-loop-restarts is a count, not \(value)") }
                 next.crashLoop.restarts = n
             case "crash-loop-window": next.crashLoop.window = try Self.duration(key, value)
+            case _ where key.hasPrefix("priority:"):
+                guard let n = Int(value) else { throw EngineError(.badSetting, "\(key) is a whole number, not \(value)") }
+                let event = String(key.dropFirst("priority:".count))
+                try requireHook(event, key)
+                hookOverrides[event, default: (nil, nil)].priority = n
+            case _ where key.hasPrefix("timeout:"):
+                let event = String(key.dropFirst("timeout:".count))
+                try requireHook(event, key)
+                hookOverrides[event, default: (nil, nil)].timeout = try Self.duration(key, value)
+            case _ where key.hasPrefix("pipeline-priority:"):
+                guard let n = Int(value) else { throw EngineError(.badSetting, "\(key) is a whole number, not \(value)") }
+                let type = String(key.dropFirst("pipeline-priority:".count))
+                guard description?.messageTypes.contains(where: { $0.type == type }) == true else {
+                    throw EngineError(.badSetting, "plugin \(name) handles no pipeline type \(type)")
+                }
+                pipelineOverrides[type] = n
             default:
-                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window (hook priorities and timeouts come from the plugin's declaration)")
+                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
             }
         }
         spec = next
+        // A running plugin's hooks and pipeline types take the new priorities at once.
+        if state == .active { registerHooksAndPipeline() }
+    }
+
+    private func requireHook(_ event: String, _ key: String) throws {
+        guard description?.hooks.contains(where: { $0.event == event }) == true else {
+            throw EngineError(.badSetting, "plugin \(name) has no hook for \(event) (\(key))")
+        }
     }
 
     /// "250ms", "2s", "1m".

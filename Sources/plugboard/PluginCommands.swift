@@ -100,7 +100,7 @@ struct PluginGroup: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Change how a plugin is supervised.",
-            discussion: "Keys: restart-policy (always|on-failure|never), backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window. Durations: 250ms, 2s, 1m.\nExample: plugboard plugin set audit restart-policy=always backoff-max=30s"
+            discussion: "Keys: restart-policy (always|on-failure|never), backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE. Durations: 250ms, 2s, 1m.\nExample: plugboard plugin set audit restart-policy=always priority:container.create=90"
         )
         @OptionGroup var connection: Connection
         @Argument var name: String

@@ -79,6 +79,11 @@ struct AdminTests {
         #expect(bad.err.contains("no job named nope"))
         #expect(try await cli(["endpoints"]).out.contains("echo"))
         #expect(try await cli(["hooks"]).out.contains("container.create"))
+        #expect(try await cli(["plugin", "set", "host-mount", "priority:container.create=99", "timeout:container.create=5s"]).status == .exited(0))
+        let hooks = try await cli(["hooks", "--format", "json"])
+        #expect(hooks.out.contains(#""priority" : 99"#) && hooks.out.contains("5.0 seconds"), "\(hooks.out)")
+        let noHook = try await cli(["plugin", "set", "host-mount", "priority:container.start=1"])
+        #expect(noHook.err.contains("has no hook for container.start"))
         await stop(daemon)
     }
 
@@ -100,7 +105,7 @@ struct AdminTests {
         #expect(inspect.out.contains(#""restarts" : 1"#), "\(inspect.out)")
         #expect(try await cli(["plugin", "set", "base", "restart-policy=always", "backoff-max=30s"]).status == .exited(0))
         #expect(try await cli(["plugin", "inspect", "base"]).out.contains(#""restart_policy" : "always""#))
-        let badSet = try await cli(["plugin", "set", "base", "priority=5"])
+        let badSet = try await cli(["plugin", "set", "base", "colour=blue"])
         #expect(badSet.status != .exited(0) && badSet.err.contains("cannot be set at run time"))
         #expect(try await cli(["plugin", "ls"]).out.contains("UPTIME"))
         #expect(try await cli(["plugin", "rm", "base", "--force"]).status == .exited(0))
