@@ -347,9 +347,14 @@ actor PluginSupervisor {
         engine.hub.withdraw(owner: name, reason: "shutting down", expectBackWithin: grace)
         engine.hooks.withdraw(owner: name, reason: "shutting down")
         engine.pipeline.withdraw(owner: name, reason: "shutting down")
-        let deadline = ContinuousClock.now + grace
-        while engine.hub.inFlight.count(owner: name) > 0, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(10))
+        // Wait for the last in-flight call to end (the event itself), but no longer than the grace.
+        let calls = engine.hub.inFlight
+        let owner = name
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await calls.waitUntilDrained(owner: owner) }
+            group.addTask { try? await Task.sleep(for: grace) }
+            await group.next()
+            group.cancelAll()
         }
         engine.hub.withdraw(owner: name, reason: "stopped")
         session?.close(reason: "plugboardd is shutting down")

@@ -9,12 +9,14 @@ final class ObserverQueue: Sendable {
     private let stream: AsyncStream<(Value, String)>
     private let continuation: AsyncStream<(Value, String)>.Continuation
     private let task: Task<Void, Never>
+    private let logger: Logger
 
     /// Past this many undelivered events the oldest are kept and new ones dropped, with a log line.
     static let capacity = 4096
 
     init(registration: HookRegistration, logger: Logger) {
         self.registration = registration
+        self.logger = logger
         (stream, continuation) = AsyncStream.makeStream(of: (Value, String).self, bufferingPolicy: .bufferingOldest(ObserverQueue.capacity))
         let stream = self.stream
         task = Task {
@@ -31,13 +33,12 @@ final class ObserverQueue: Sendable {
                 }
             }
         }
-        _ = logger
     }
 
     func enqueue(payload: Value, object: String) {
         if case .dropped = continuation.yield((payload, object)) {
             // The events issue brings per-subscriber loss records; here we say so in the log.
-            Logger(label: "plugboard.hooks").warning("observer queue full, event dropped", metadata: [
+            logger.warning("observer queue full, event dropped", metadata: [
                 "plugin.name": "\(registration.owner)", "hook.event": "\(registration.event)",
             ])
         }

@@ -8,7 +8,7 @@ public final class InFlightCalls: Sendable {
         let abort: @Sendable (RoutingError) -> Void
     }
 
-    private let state = NIOLockedValueBox<(next: UInt64, entries: [UInt64: Entry])>((1, [:]))
+    private let state = NIOLockedValueBox<(next: UInt64, entries: [UInt64: Entry], drainWaiters: [(id: UInt64, owner: String, continuation: CheckedContinuation<Void, Never>)])>((1, [:], []))
 
     public init() {}
 
@@ -22,15 +22,56 @@ public final class InFlightCalls: Sendable {
     }
 
     func remove(_ id: UInt64) {
-        _ = state.withLockedValue { $0.entries.removeValue(forKey: id) }
+        let drained: [CheckedContinuation<Void, Never>] = state.withLockedValue { s in
+            guard let entry = s.entries.removeValue(forKey: id) else { return [] }
+            return Self.takeDrained(&s, owner: entry.owner)
+        }
+        for c in drained { c.resume() }
+    }
+
+    private static func takeDrained(
+        _ s: inout (next: UInt64, entries: [UInt64: Entry], drainWaiters: [(id: UInt64, owner: String, continuation: CheckedContinuation<Void, Never>)]),
+        owner: String
+    ) -> [CheckedContinuation<Void, Never>] {
+        guard !s.entries.values.contains(where: { $0.owner == owner }) else { return [] }
+        let ready = s.drainWaiters.filter { $0.owner == owner }.map(\.continuation)
+        s.drainWaiters.removeAll { $0.owner == owner }
+        return ready
+    }
+
+    /// Returns once no call to `owner` is in flight (at once if none is), or when the
+    /// calling task is cancelled: bound it with a timeout of your own.
+    public func waitUntilDrained(owner: String) async {
+        let id = state.withLockedValue { s -> UInt64 in
+            defer { s.next += 1 }
+            return s.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now: Bool = state.withLockedValue { s in
+                    if Task.isCancelled || !s.entries.values.contains(where: { $0.owner == owner }) { return true }
+                    s.drainWaiters.append((id, owner, continuation))
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+                guard let i = s.drainWaiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.drainWaiters.remove(at: i).continuation
+            }
+            waiter?.resume()
+        }
     }
 
     /// Fails every in-flight call to `owner` with ``RoutingError/Code/ownerGone``.
     public func abort(owner: String, reason: String) {
-        let victims: [Entry] = state.withLockedValue { s in
+        let (victims, drained): ([Entry], [CheckedContinuation<Void, Never>]) = state.withLockedValue { s in
             let ids = s.entries.filter { $0.value.owner == owner }.map(\.key)
-            return ids.compactMap { s.entries.removeValue(forKey: $0) }
+            let removed = ids.compactMap { s.entries.removeValue(forKey: $0) }
+            return (removed, Self.takeDrained(&s, owner: owner))
         }
+        for c in drained { c.resume() }
         for v in victims {
             v.abort(RoutingError(.ownerGone, "plugin \(owner) went away: \(reason)", plugin: owner))
         }
@@ -84,24 +125,27 @@ func raceDeadline<T: Sendable>(
         try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
             let once = Once(continuation)
             holder.withLockedValue { $0 = once }
+            // Tracked before the handler starts, so an abort reaches it even while it runs.
+            let workBox = NIOLockedValueBox<Task<Void, Never>?>(nil)
+            if let calls {
+                let id = calls.register(owner: owner) { error in
+                    once.finish(.failure(error))
+                    workBox.withLockedValue { $0 }?.cancel()
+                }
+                once.onFinish { calls.remove(id) }
+            }
             // Task.immediate runs `body` on this thread until it first suspends: a handler that
             // answers at once costs no thread hop, and one that hangs is still its own task,
             // which the deadline can abandon.
             let work = Task.immediate {
                 do { once.finish(.success(try await body())) } catch { once.finish(.failure(error)) }
             }
+            workBox.withLockedValue { $0 = work }
             let timer = DeadlineSweeper.shared.schedule(in: timeout) {
                 once.finish(.failure(timeoutError()))
                 work.cancel()
             }
             once.onFinish { DeadlineSweeper.shared.cancel(timer) }
-            if let calls {
-                let id = calls.register(owner: owner) { error in
-                    once.finish(.failure(error))
-                    work.cancel()
-                }
-                once.onFinish { calls.remove(id) }
-            }
         }
     } onCancel: {
         holder.withLockedValue { $0 }?.finish(.failure(CancellationError()))

@@ -31,7 +31,10 @@ struct TestPlugin: Plugin {
         }
         d.job("\(name).restarts") { _ in .int(Int64(context.restarts)) }
         d.job("\(name).hang") { _ in
-            try await Task.sleep(for: .seconds(3600))
+            // Never answers: a hung plugin, for tests of deadlines and crashes.
+            let (stream, continuation) = AsyncStream.makeStream(of: Never.self)
+            for await _ in stream {}
+            withExtendedLifetime(continuation) {}  // releasing it would end the stream
             return .nil
         }
         d.job("\(name).call") { argument in

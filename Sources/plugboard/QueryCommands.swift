@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Chan
 import Foundation
@@ -83,6 +86,9 @@ struct Events: AsyncParsableCommand {
         defer { session.close(reason: "done") }
         let (sink, events) = try session.makePipe()
         _ = try await channel.request(.fields(("command", "events"), ("sink", .channel(.sender(sink)))))
+        // The daemon subscribed before answering: from here on no event is missed.
+        var notice = Array("plugboard: following events at \(connection.path) (Ctrl-C to stop)\n".utf8)
+        _ = write(2, &notice, notice.count)
         for try await event in events {
             guard filters.allSatisfy({ $0.count == 2 && text(event[$0[0]]) == $0[1] }) else { continue }
             if format == .json {

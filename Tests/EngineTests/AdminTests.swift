@@ -119,20 +119,20 @@ struct AdminTests {
     func events() async throws {
         let daemon = try await startDaemon()
         let out = try PipeDescriptors.make()
+        let err = try PipeDescriptors.make()
         let follower = try ProcessSpawner.spawn(SpawnOptions(
             executable: try builtExecutable("plugboard"), arguments: ["events", "--format", "json", "--filter", "plugin=watched", "--socket", socket],
-            environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [1: out.writeEnd]
+            environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]
         ))
         close(out.writeEnd)
+        close(err.writeEnd)
         let lines = LogLines(fd: out.readEnd)
-        // The follower is connected once a command that comes after it succeeds; retry the add until its event is seen.
-        let plugin = try builtExecutable("plugboard-test-plugin")
-        _ = try await cli(["plugin", "add", "watched", "--exec", plugin])
-        var line = try await withDeadline(10, "the first event") { await lines.waitFor(#""state":"active""#) }
-        if line == nil {
-            _ = try await cli(["plugin", "restart", "watched"])
-            line = try await withDeadline(10, "an event") { await lines.waitFor(#""state":"active""#) }
-        }
+        let notices = LogLines(fd: err.readEnd)
+        // Wait until the follower is subscribed: it says so once the daemon has answered.
+        let following = try await withDeadline(30, "the follower to subscribe") { await notices.waitFor("following events") }
+        #expect(following != nil)
+        _ = try await cli(["plugin", "add", "watched", "--exec", try builtExecutable("plugboard-test-plugin")])
+        let line = try await withDeadline(30, "the plugin's event") { await lines.waitFor(#""state":"active""#) }
         #expect(line?.contains(#""plugin":"watched""#) == true)
         follower.signal(SIGTERM)
         _ = await follower.waitForExit()

@@ -82,9 +82,11 @@ struct HubTests {
         let hub = Hub(logger: quietLogger)
         let started = NIOLockedValueBox(0)
         let allStarted = Signal()
+        let never = Signal()  // the handler hangs until the test ends
+        defer { never.fire() }
         try hub.register(jobs: ["stuck"], for: .inProcess("stuck-plugin") { _ in
             if started.withLockedValue({ $0 += 1; return $0 }) == 5 { allStarted.fire() }
-            try await Task.sleep(for: .seconds(3600))
+            await never.wait()
             return "never"
         })
         let calls = (0..<5).map { _ in Task { try await hub.call("stuck", timeout: .seconds(3600)) } }
@@ -101,6 +103,41 @@ struct HubTests {
             }
         }
         await #expect { try await hub.call("stuck") } throws: { ($0 as? RoutingError)?.code == .unknownJob }
+    }
+
+    @Test("waiting for an owner's calls to drain ends when the last call ends, or when cancelled")
+    func drain() async throws {
+        let hub = Hub(logger: quietLogger)
+        let release = Signal()
+        let started = Signal()
+        try hub.register(jobs: ["slow"], for: .inProcess("p") { _ in
+            started.fire()
+            await release.wait()
+            return "done"
+        })
+        await hub.inFlight.waitUntilDrained(owner: "p")  // nothing in flight: returns at once
+        let call = Task { try await hub.call("slow", timeout: .seconds(60)) }
+        try await withDeadline { await started.wait() }
+        let drained = Task { await hub.inFlight.waitUntilDrained(owner: "p") }
+        release.fire()
+        try await withDeadline(30, "the drain after the last call") { await drained.value }
+        #expect(try await call.value == "done")
+
+        let again = Signal()
+        let inFlight = Signal()
+        try hub.register(jobs: ["slow2"], for: .inProcess("p") { _ in
+            inFlight.fire()  // the call is tracked before its handler starts
+            await again.wait()
+            return "late"
+        })
+        let pending = Task { try await hub.call("slow2", timeout: .seconds(60)) }
+        try await withDeadline { await inFlight.wait() }
+        #expect(hub.inFlight.count(owner: "p") == 1)
+        let waiter = Task { await hub.inFlight.waitUntilDrained(owner: "p") }
+        waiter.cancel()
+        try await withDeadline(30, "a cancelled drain wait to return") { await waiter.value }
+        again.fire()
+        _ = try await pending.value
     }
 
     @Test("a call to a restarting owner waits for it to come back")

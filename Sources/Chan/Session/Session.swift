@@ -73,7 +73,6 @@ public final class Session: @unchecked Sendable {
     var acceptWaiters = CircularBuffer<Waiter<Receiver?>>()
     var helloWaiter: Waiter<Hello>?
     var peerHello: Hello?
-    var helloSent = false
     var failure: ChanError?
     /// The session ended by a local close or the peer's GOAWAY, not by a crash.
     var orderlyClose = false
@@ -125,7 +124,6 @@ public final class Session: @unchecked Sendable {
     public func start() async throws -> Hello {
         let hello = Hello(name: configuration.name, maxFrameSize: configuration.maxFrameSize, window: configuration.window, meta: configuration.meta)
         let waiterID = lock.withLock { () -> UInt64 in
-            helloSent = true
             defer { nextWaiterID += 1 }
             return nextWaiterID
         }
