@@ -31,6 +31,7 @@ let package = Package(
         .executable(name: "plugboard-plugin-echo", targets: ["plugboard-plugin-echo"]),
         .executable(name: "plugboard-exec-shim", targets: ["plugboard-exec-shim"]),
         .executable(name: "plugboard-plugin-host-mount", targets: ["plugboard-plugin-host-mount"]),
+        .executable(name: "plugboard-plugin-label", targets: ["plugboard-plugin-label"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -83,10 +84,23 @@ let package = Package(
         .target(name: "Hub", dependencies: routingDeps, swiftSettings: strict),
         .target(name: "Pipeline", dependencies: routingDeps, swiftSettings: strict),
         .target(name: "Hooks", dependencies: routingDeps, swiftSettings: strict),
+        // Containers on runc: plugin manifests and privileges, the OCI spec we write, runc
+        // itself, and the container lifecycle the built-in containers plugin serves.
+        .target(
+            name: "Containers",
+            dependencies: [
+                "Chan", "Spawn",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "Engine",
             dependencies: [
-                "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "Routing", "PluginKit",
+                "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "Routing", "PluginKit", "Containers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -103,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin",
+                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "Containers",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "plugboard",
             dependencies: [
-                "Chan", "Engine",
+                "Chan", "Engine", "Containers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -139,6 +153,10 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-echo", dependencies: ["EchoPlugin", "PluginKit"], path: "plugins/echo/main", swiftSettings: strict),
         .target(name: "HostMountPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/host-mount", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
+        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", .product(name: "Logging", package: "swift-log")], path: "plugins/containers", swiftSettings: strict),
+        // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
+        .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-plugin-label", dependencies: ["LabelPlugin", "PluginKit"], path: "plugins/label/main", swiftSettings: strict),
         // A PluginKit plugin the engine tests configure through its options.
         .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Chan"], swiftSettings: strict),
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
@@ -175,7 +193,7 @@ let package = Package(
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin"], swiftSettings: strict),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin", "Containers", "LabelPlugin"], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
     ]
 )

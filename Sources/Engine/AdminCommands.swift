@@ -1,4 +1,5 @@
 import Chan
+import Containers
 import Foundation
 import Hooks
 import Hub
@@ -65,8 +66,11 @@ enum AdminCommands {
             try await engine.set(try string(body, "name"), settings)
             return "set"
         case "plugin.grant":
-            let jobs = (body["jobs"]?.arrayValue ?? []).compactMap(\.stringValue)
-            try await engine.grant(try string(body, "name"), jobs: jobs)
+            // Privileges (network=host, mount=..., capability=..., device=...) and jobs share the list.
+            let items = (body["jobs"]?.arrayValue ?? []).compactMap(\.stringValue)
+            let privileges = items.compactMap(Privilege.init)
+            let jobs = items.filter { Privilege($0) == nil }
+            try await engine.grant(try string(body, "name"), jobs: jobs, privileges: privileges)
             return "granted"
         case "plugin.add":
             let name = try string(body, "name")
@@ -81,10 +85,20 @@ enum AdminCommands {
                 guard let plugin = builtins(builtin) else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin)") }
                 kind = .builtin(plugin)
                 options = body["options"]?.stringValue ?? ""
+            } else if let bundle = body["container"]?.stringValue {
+                guard bundle.hasPrefix("/") else { throw EngineError(.startFailed, "--container needs an absolute bundle path, not \(bundle)") }
+                kind = .container(bundle: bundle)
             } else {
-                throw EngineError(.startFailed, "plugin add needs --exec or --builtin (container plugins arrive with their issue)")
+                throw EngineError(.startFailed, "plugin add needs --exec, --builtin or --container")
             }
-            let status = try await engine.add(PluginSpec(name: name, kind: kind, options: options, grantAll: grantAll))
+            var privileges: Set<Privilege> = []
+            for text in (body["privileges"]?.arrayValue ?? []).compactMap(\.stringValue) {
+                guard let p = Privilege(text) else {
+                    throw EngineError(.badSetting, "\(text) is not a privilege; write network=host, mount=SOURCE:DESTINATION[:ro], capability=CAP_NAME or device=/dev/NAME")
+                }
+                privileges.insert(p)
+            }
+            let status = try await engine.add(PluginSpec(name: name, kind: kind, options: options, grantAll: grantAll, privileges: privileges, grantAllPrivileges: grantAll))
             return .fields(("name", .string(status.name)), ("state", .string(status.state.rawValue)))
         case "call":
             return try await engine.hub.call(try string(body, "job"), body["argument"] ?? .nil, timeout: .milliseconds(body["timeout_ms"]?.intValue ?? 10_000))

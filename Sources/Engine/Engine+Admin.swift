@@ -1,4 +1,5 @@
 import Chan
+import Containers
 import Hooks
 import Pipeline
 import Routing
@@ -89,9 +90,10 @@ extension Engine {
         try await supervisor(name).apply(settings)
     }
 
-    /// Lets `name` call `jobs` through the engine.
-    public func grant(_ name: String, jobs: [String]) async throws {
-        try await supervisor(name).grant(jobs)
+    /// Lets `name` call `jobs` through the engine, and grants a container plugin
+    /// `privileges` (they apply from its next start).
+    public func grant(_ name: String, jobs: [String], privileges: [Privilege] = []) async throws {
+        try await supervisor(name).grant(jobs, privileges: privileges)
     }
 
     /// Everything known about one plugin, for `plugboard plugin inspect`.
@@ -100,6 +102,8 @@ extension Engine {
         let status = await s.status
         let history = await s.history
         let grants = await s.extraGrants
+        let privileges = await s.extraPrivileges
+        let containerID = await s.containerID
         let spec = await s.spec
         let hooks = self.hooks.allRegistrations.filter { $0.owner == name }
         let pipeline = self.pipeline.allRegistrations.filter { $0.owner == name }
@@ -107,6 +111,15 @@ extension Engine {
         switch spec.kind {
         case .builtin: command = .fields(("builtin", .string(name)), ("options", .string(spec.options)))
         case .exec(let c, let args): command = .fields(("exec", .string(c)), ("arguments", .array(args.map { .string($0) })), ("options", .string(spec.options)))
+        case .container(let bundle):
+            let manifest = try? PluginManifest.load(bundle: bundle)
+            command = .fields(
+                ("container", .string(bundle)), ("runc_id", containerID.map { .string($0) } ?? .nil),
+                ("entrypoint", .array((manifest?.entrypoint ?? []).map { .string($0) })),
+                ("privileges_asked", .array((manifest?.requestedPrivileges ?? []).map { .string($0.description) })),
+                ("privileges_granted", spec.grantAllPrivileges ? "all" : .array(spec.privileges.union(privileges).sorted().map { .string($0.description) })),
+                ("options", .string(spec.options))
+            )
         }
         return .fields(
             ("name", .string(name)),

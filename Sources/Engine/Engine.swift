@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chan
+import Containers
 import Foundation
 import Hooks
 import Hub
@@ -38,6 +39,7 @@ struct EngineParts: Sendable {
     let pipeline: Pipeline
     let logger: Logger
     let shimPath: String?
+    let containers: ContainerRuntime?
     let emit: @Sendable (EngineEvent) -> Void
     let callerFor: @Sendable (String) -> (any EngineCalls)?
 }
@@ -56,9 +58,15 @@ public final class Engine: Sendable {
     private let order = NIOLockedValueBox<[String]>([])
     private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
 
-    /// - Parameter shimPath: the `plugboard-exec-shim` that ties exec plugins' lives to this
-    ///   process; by default the one next to the running executable, if present.
-    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath()) {
+    /// The container runtime container plugins run on; nil when containers are not available.
+    public let containers: ContainerRuntime?
+
+    /// - Parameters:
+    ///   - shimPath: the `plugboard-exec-shim` that ties exec plugins' lives to this
+    ///     process; by default the one next to the running executable, if present.
+    ///   - containers: runc and its state, for container plugins; without it they are refused.
+    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath(), containers: ContainerRuntime? = nil) {
+        self.containers = containers
         let hub = Hub(logger: logger)
         let pipeline = Pipeline(logger: logger)
         let hooks = Hooks(logger: logger)
@@ -68,7 +76,7 @@ public final class Engine: Sendable {
         self.logger = logger
         let subscribers = self.subscribers
         parts = EngineParts(
-            hub: hub, hooks: hooks, pipeline: pipeline, logger: logger, shimPath: shimPath,
+            hub: hub, hooks: hooks, pipeline: pipeline, logger: logger, shimPath: shimPath, containers: containers,
             emit: { event in
                 for c in subscribers.withLockedValue({ Array($0.values) }) { c.yield(event) }
             },
@@ -103,6 +111,8 @@ public final class Engine: Sendable {
     /// plugin that does not start. Then everything started is stopped again.
     public func boot(_ specs: [PluginSpec], grace: Duration = .seconds(5)) async throws {
         var started: [(String, PluginSupervisor, PluginDescription)] = []
+        // Containers an earlier plugboardd left in our runc root (it was killed) go first.
+        if let containers { await containers.runc.removeAll(logger: logger) }
         do {
             // Start them all concurrently: each waits only for its own HELLO.
             started = try await withThrowingTaskGroup(of: (String, PluginSupervisor, PluginDescription).self) { group in
@@ -128,7 +138,7 @@ public final class Engine: Sendable {
             // Until each is active, calls to its jobs wait for it instead of failing.
             for (name, supervisor, description) in started {
                 let spec = await supervisor.spec
-                try hub.reserve(jobs: description.jobs, for: name, within: spec.startTimeout + grace, remote: spec.kindName == "exec")
+                try hub.reserve(jobs: description.jobs, for: name, within: spec.startTimeout + grace, remote: spec.kindName != "builtin")
             }
             supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } }
             order.withLockedValue { $0 = bootOrder }

@@ -1,3 +1,4 @@
+import Containers
 import PluginKit
 
 /// When a plugin that ended is started again.
@@ -66,6 +67,9 @@ public struct PluginSpec: Sendable {
         case builtin(any Plugin)
         /// A subprocess speaking the protocol on fds 3/4.
         case exec(command: String, arguments: [String])
+        /// The same protocol from inside an OCI container run by runc: a bundle directory
+        /// with `rootfs/` and `plugin.json` (an absolute path).
+        case container(bundle: String)
     }
 
     /// The name; nil for an exec plugin means "use the name it declares".
@@ -80,12 +84,18 @@ public struct PluginSpec: Sendable {
     public var grantAll: Bool
     /// How long to wait for its HELLO.
     public var startTimeout: Duration
+    /// Container privileges granted one by one (`--grant network=host`).
+    public var privileges: Set<Privilege>
+    /// Grant a container plugin every privilege its manifest asks for (`--grant-all-permissions`).
+    public var grantAllPrivileges: Bool
 
     public init(
         name: String?, kind: Kind, options: String = "", restartPolicy: RestartPolicy = .onFailure,
         backoff: Backoff = Backoff(), crashLoop: CrashLoopLimit = CrashLoopLimit(), grantAll: Bool = true,
-        startTimeout: Duration = .seconds(10)
+        startTimeout: Duration = .seconds(10), privileges: Set<Privilege> = [], grantAllPrivileges: Bool = false
     ) {
+        self.privileges = privileges
+        self.grantAllPrivileges = grantAllPrivileges
         self.name = name
         self.kind = kind
         self.options = options

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chan
+import Containers
 import Foundation
 import Hooks
 import Hub
@@ -28,6 +29,12 @@ actor PluginSupervisor {
     private var stopping = false
     private var monitor: Task<Void, Never>?
     private var activeSince: ContinuousClock.Instant?
+    /// A built-in's `onStop`.
+    private var builtinStop: (@Sendable () async -> Void)?
+    /// A container plugin's runc id, while it may exist.
+    private(set) var containerID: String?
+    /// Container privileges granted after launch (`plugboard plugin grant NAME network=host`).
+    private(set) var extraPrivileges: Set<Privilege> = []
     private let engine: EngineParts
     private let logger: Logger
 
@@ -63,23 +70,74 @@ actor PluginSupervisor {
             let declaration = plugin.declare(context)
             let description = PluginDescription(declaration)
             participant = .inProcess(name) { try await declaration.answer($0) }
+            builtinStop = declaration.onStop
             self.description = description
             return description
         case .exec(let command, let arguments):
-            return try await launchExec(command: command, arguments: arguments)
+            var environment = ProcessInfo.processInfo.environment
+            environment.merge(pluginEnvironment) { _, ours in ours }
+            let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, [String(getpid()), command] + arguments) } ?? (command, arguments)
+            return try await launchProcess(executable: executable, arguments: argv, environment: environment, what: command)
+        case .container(let bundle):
+            return try await launchContainer(bundle: bundle)
         }
     }
 
-    private func launchExec(command: String, arguments: [String]) async throws -> PluginDescription {
-        let out = try PipeDescriptors.make()
-        let err = try PipeDescriptors.make()
-        var environment = ProcessInfo.processInfo.environment
+    /// The PLUGBOARD_* variables every subprocess and container plugin gets.
+    private var pluginEnvironment: [String: String] {
+        var environment: [String: String] = [:]
         // Without NAME= the plugin names itself (its declared name); after that it is known.
         if spec.name != nil || restarts > 0 { environment["PLUGBOARD_PLUGIN_NAME"] = name }
         environment["PLUGBOARD_PROTOCOL"] = PluginKit.protocolName
         environment["PLUGBOARD_RESTARTS"] = String(restarts)
         environment["PLUGBOARD_OPTIONS"] = spec.options
-        let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, [String(getpid()), command] + arguments) } ?? (command, arguments)
+        return environment
+    }
+
+    /// Checks the manifest's privileges against the grants, writes the OCI spec and starts
+    /// `runc run --preserve-fds 2`, which hands fds 3 and 4 to the plugin in the container.
+    private func launchContainer(bundle: String) async throws -> PluginDescription {
+        guard let runtime = engine.containers else {
+            throw EngineError(.startFailed, "plugin \(name): container plugins need runc, and this plugboardd has none (install Debian's runc package)")
+        }
+        let manifest: PluginManifest
+        do {
+            manifest = try PluginManifest.load(bundle: bundle)
+        } catch {
+            throw EngineError(.startFailed, "plugin \(name): \(error)")
+        }
+        let requested = manifest.requestedPrivileges
+        let missing = Privilege.missing(requested, granted: spec.privileges.union(extraPrivileges), all: spec.grantAllPrivileges)
+        guard missing.isEmpty else { throw EngineError(.permissionDenied, Privilege.refusal(plugin: name, missing: missing)) }
+        let id = ContainerRuntime.pluginContainerID(name)
+        let directory = runtime.bundles + "/plugins/" + name
+        do {
+            try OCISpec.forPlugin(name: name, bundle: bundle, manifest: manifest, granted: requested, environment: pluginEnvironment)
+                .write(toBundle: directory)
+        } catch {
+            throw EngineError(.startFailed, "plugin \(name): cannot write its OCI spec: \(error)")
+        }
+        await runtime.runc.delete(id)
+        containerID = id
+        let (executable, arguments) = runtime.runc.runCommand(id: id, bundle: directory, preserveFDs: 2)
+        do {
+            return try await launchProcess(executable: executable, arguments: arguments, environment: ProcessInfo.processInfo.environment, what: "runc for \(bundle)")
+        } catch {
+            await removeContainer()
+            throw error
+        }
+    }
+
+    /// Removes the plugin's container from runc's state, if it is a container plugin.
+    private func removeContainer() async {
+        guard let id = containerID, let runtime = engine.containers else { return }
+        await runtime.runc.delete(id)
+        containerID = nil
+    }
+
+    private func launchProcess(executable: String, arguments argv: [String], environment: [String: String], what command: String) async throws -> PluginDescription {
+        let out = try PipeDescriptors.make()
+        let err = try PipeDescriptors.make()
         let launched: LaunchedSession
         do {
             launched = try await Session.launch(
@@ -183,6 +241,7 @@ actor PluginSupervisor {
         while true {
             let reason = await waitForEnd()
             if stopping { return }
+            await removeContainer()
             let exitedCleanly = process?.exitStatus == .exited(0) && !reason.contains("protocol")
             let restart: Bool
             switch spec.restartPolicy {
@@ -290,8 +349,9 @@ actor PluginSupervisor {
         throw EngineError(.badSetting, "\(key) is a duration like 250ms, 2s or 1m, not \(text)")
     }
 
-    func grant(_ jobs: [String]) {
+    func grant(_ jobs: [String], privileges: [Privilege] = []) {
         extraGrants.formUnion(jobs)
+        extraPrivileges.formUnion(privileges)
     }
 
     func isGranted(_ job: String) -> Bool {
@@ -367,6 +427,8 @@ actor PluginSupervisor {
                 }
             }
         }
+        await removeContainer()
+        if let builtinStop { await builtinStop() }
         // The monitor sees `stopping` and returns; wait for it, so that whatever comes next
         // (a restart, an enable) cannot be mistaken by it for a crash.
         if let monitor {
@@ -419,6 +481,7 @@ extension PluginSpec {
         switch kind {
         case .builtin: return "builtin"
         case .exec: return "exec"
+        case .container: return "container"
         }
     }
 }

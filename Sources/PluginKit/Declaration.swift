@@ -50,6 +50,10 @@ public struct PluginDeclaration: Sendable {
     public var requires: [String] = []
     /// Jobs this plugin wants to call through the engine (it needs a grant for each).
     public var calls: [String] = []
+    /// Runs when the engine stops the plugin (shutdown, disable, rm), after its
+    /// registrations are withdrawn: a built-in releases what it holds here (the containers
+    /// plugin stops its containers). A subprocess plugin is told by GOAWAY instead.
+    public var onStop: (@Sendable () async -> Void)?
 
     public init(name: String, version: String = "0.0.0") {
         self.name = name

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Chan
 
 struct PluginGroup: AsyncParsableCommand {
@@ -35,20 +36,22 @@ struct PluginGroup: AsyncParsableCommand {
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start a new plugin in the running daemon.",
-            discussion: "Examples:\n  plugboard plugin add audit --exec \"/usr/local/bin/audit-plugin --verbose\"\n  plugboard plugin add data --builtin host-mount \"/data /var/data\""
+            discussion: "Examples:\n  plugboard plugin add audit --exec \"/usr/local/bin/audit-plugin --verbose\"\n  plugboard plugin add data --builtin host-mount \"/data /var/data\"\n  plugboard plugin add label --container ./label-bundle\n  plugboard plugin add netmon --container /opt/netmon --grant network=host --grant capability=CAP_NET_ADMIN"
         )
         @OptionGroup var connection: Connection
         @Argument(help: "Its name.") var name: String
         @Option(help: ArgumentHelp("A subprocess: \"COMMAND ARGS\".", valueName: "command")) var exec: String?
         @Option(help: ArgumentHelp("A built-in plugin by name.", valueName: "builtin")) var builtin: String?
         @Argument(help: "The option string for a built-in.") var options: String?
-        @Option(help: ArgumentHelp("Container plugins arrive with their issue.", valueName: "bundle")) var container: String?
-        @Flag(help: "Grant every job the plugin asks to call.") var grantAllPermissions = false
+        @Option(help: ArgumentHelp("A container plugin: a bundle directory with rootfs/ and plugin.json, run by runc.", valueName: "bundle")) var container: String?
+        @Flag(help: "Grant every job the plugin asks to call and, for a container plugin, every privilege its manifest asks for.") var grantAllPermissions = false
+        @Option(help: ArgumentHelp("Grant one container privilege: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME (repeatable).", valueName: "privilege")) var grant: [String] = []
 
         func run() async throws {
-            if container != nil { throw CLIError("container plugins are not built yet (they arrive with the containers issue)") }
-            guard (exec == nil) != (builtin == nil) else { throw ValidationError("give exactly one of --exec or --builtin") }
+            guard [exec != nil, builtin != nil, container != nil].filter({ $0 }).count == 1 else { throw ValidationError("give exactly one of --exec, --builtin or --container") }
             var body: [(String, Value)] = [("command", "plugin.add"), ("name", .string(name)), ("grant_all_permissions", .bool(grantAllPermissions))]
+            if let container { body.append(("container", .string(URL(fileURLWithPath: container).standardizedFileURL.path))) }
+            if !grant.isEmpty { body.append(("privileges", .array(grant.map { .string($0) }))) }
             if let exec { body.append(("exec", .string(exec))) }
             if let builtin { body.append(("builtin", .string(builtin))) }
             if let options { body.append(("options", .string(options))) }
@@ -88,10 +91,13 @@ struct PluginGroup: AsyncParsableCommand {
     }
 
     struct Grant: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Let a plugin call these jobs.", discussion: "Example: plugboard plugin grant audit state.get state.put")
+        static let configuration = CommandConfiguration(
+            abstract: "Let a plugin call these jobs, or give a container plugin these privileges (from its next start).",
+            discussion: "Examples:\n  plugboard plugin grant audit state.get state.put\n  plugboard plugin grant netmon network=host capability=CAP_NET_ADMIN && plugboard plugin restart netmon"
+        )
         @OptionGroup var connection: Connection
         @Argument var name: String
-        @Argument var jobs: [String]
+        @Argument(help: ArgumentHelp("Jobs, or privileges: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME.", valueName: "job-or-privilege")) var jobs: [String]
         func run() async throws {
             print(text(try await connection.request(.fields(("command", "plugin.grant"), ("name", .string(name)), ("jobs", .array(jobs.map { .string($0) }))))))
         }

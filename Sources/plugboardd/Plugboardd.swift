@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import ArgumentParser
+import Containers
+import ContainersPlugin
 import EchoPlugin
 import Engine
 import Foundation
@@ -10,11 +12,20 @@ import Logging
 import PluginKit
 import ServiceLifecycle
 
-/// The built-in plugins, by name.
-let builtins: [String: any Plugin] = [
-    "echo": EchoPlugin(),
-    "host-mount": HostMountPlugin(),
-]
+/// The built-in plugins, by name. `containers` needs the engine's hooks and runc.
+func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
+    var builtins: [String: any Plugin] = [
+        "echo": EchoPlugin(),
+        "host-mount": HostMountPlugin(),
+    ]
+    if let runtime = engine.containers {
+        builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: logger)
+    }
+    return builtins
+}
+
+/// Every built-in's name, whether or not it can run here.
+let builtinNames = ["containers", "echo", "host-mount"]
 
 struct Plugboardd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +38,7 @@ struct Plugboardd: AsyncParsableCommand {
               plugboardd --plugin echo
               plugboardd --plugin host-mount "/data /var/data"
               plugboardd --plugin-exec "audit=/usr/local/bin/audit-plugin --verbose"
+              plugboardd --plugin containers --plugin-container "label=/opt/plugboard/label-bundle"
             """
     )
 
@@ -35,6 +47,12 @@ struct Plugboardd: AsyncParsableCommand {
 
     @Option(name: .customLong("plugin-exec"), help: ArgumentHelp("A subprocess plugin: \"[NAME=]COMMAND [ARGS...]\".", valueName: "command"))
     var execPlugins: [String] = []
+
+    @Option(name: .customLong("plugin-container"), help: ArgumentHelp("A container plugin: \"NAME=BUNDLE\", a directory with rootfs/ and plugin.json, run by runc.", valueName: "name=bundle"))
+    var containerPlugins: [String] = []
+
+    @Flag(help: "Grant container plugins on the command line every privilege their manifests ask for (host network, host mounts, capabilities, devices).")
+    var grantAllPermissions = false
 
     @Option(help: ArgumentHelp("Where state is kept (default /var/lib/plugboard for root, else $XDG_STATE_HOME/plugboard).", valueName: "dir"))
     var stateDir: String?
@@ -68,8 +86,18 @@ struct Plugboardd: AsyncParsableCommand {
             }
         }
         let logger = Logger(label: "plugboardd")
-        let specs = try makeSpecs()
         let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
+        // Containers need runc; without it the daemon runs and says so when one is asked for.
+        var runtime: ContainerRuntime?
+        var noRuntime = ""
+        do {
+            runtime = try ContainerRuntime(stateDirectory: stateDirectory, shim: Engine.defaultShimPath())
+        } catch {
+            noRuntime = "\(error)"
+        }
+        let engine = Engine(logger: logger, containers: runtime)
+        let builtins = makeBuiltins(engine: engine, logger: logger)
+        let specs = try makeSpecs(builtins: builtins, noRuntime: noRuntime)
         let socketPath = adminSocket ?? AdminServer.defaultPath()
         var groupID: gid_t?
         if let adminGroup {
@@ -81,9 +109,8 @@ struct Plugboardd: AsyncParsableCommand {
         ])
         // Refuse early, before starting any plugin, when another daemon serves the socket.
         try AdminServer.prepareForDaemon(path: socketPath)
-        let engine = Engine(logger: logger)
         let service = EngineService(
-            engine: engine, specs: specs, grace: .milliseconds(Int64(shutdownGrace * 1000)),
+            engine: engine, specs: specs, builtins: builtins, grace: .milliseconds(Int64(shutdownGrace * 1000)),
             socketPath: socketPath, adminGroup: groupID, logger: logger
         )
         let group = ServiceGroup(configuration: .init(
@@ -94,12 +121,13 @@ struct Plugboardd: AsyncParsableCommand {
         try await group.run()
     }
 
-    func makeSpecs() throws -> [PluginSpec] {
+    func makeSpecs(builtins: [String: any Plugin], noRuntime: String) throws -> [PluginSpec] {
         var specs: [PluginSpec] = []
         for entry in plugins {
             let (name, option) = Plugboardd.splitNameAndOption(entry)
             guard let plugin = builtins[name] else {
-                throw ValidationError("unknown built-in plugin \"\(name)\"; the built-ins are: \(builtins.keys.sorted().joined(separator: ", "))")
+                if builtinNames.contains(name) { throw ValidationError("built-in plugin \"\(name)\" cannot run here: \(noRuntime)") }
+                throw ValidationError("unknown built-in plugin \"\(name)\"; the built-ins are: \(builtinNames.joined(separator: ", "))")
             }
             specs.append(PluginSpec(name: name, kind: .builtin(plugin), options: option))
         }
@@ -107,6 +135,13 @@ struct Plugboardd: AsyncParsableCommand {
             let (name, words) = try Plugboardd.parseExec(entry)
             guard let command = words.first else { throw ValidationError("--plugin-exec \"\(entry)\" names no command") }
             specs.append(PluginSpec(name: name, kind: .exec(command: command, arguments: Array(words.dropFirst()))))
+        }
+        for entry in containerPlugins {
+            let (name, bundle) = Plugboardd.splitNameAndOption(entry)
+            guard !bundle.isEmpty, !name.isEmpty else { throw ValidationError("--plugin-container takes \"NAME=BUNDLE\", not \"\(entry)\"") }
+            guard noRuntime.isEmpty else { throw ValidationError("container plugin \(name) cannot run here: \(noRuntime)") }
+            let absolute = URL(fileURLWithPath: bundle).standardizedFileURL.path
+            specs.append(PluginSpec(name: name, kind: .container(bundle: absolute), grantAllPrivileges: grantAllPermissions))
         }
         return specs
     }
@@ -169,6 +204,7 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 struct EngineService: Service {
     let engine: Engine
     let specs: [PluginSpec]
+    let builtins: [String: any Plugin]
     let grace: Duration
     let socketPath: String
     let adminGroup: gid_t?
@@ -176,7 +212,7 @@ struct EngineService: Service {
 
     func run() async throws {
         try await engine.boot(specs)
-        let admin = try await AdminServer.start(path: socketPath, engine: engine, adminGroup: adminGroup, builtins: { builtins[$0] }, logger: logger)
+        let admin = try await AdminServer.start(path: socketPath, engine: engine, adminGroup: adminGroup, builtins: { [builtins] in builtins[$0] }, logger: logger)
         defer { Task { await admin.close() } }
         logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
         try? await gracefulShutdown()

@@ -1,0 +1,33 @@
+/// Why a container operation failed.
+public struct ContainerError: Error, Hashable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// A plugin bundle without a readable, valid plugin.json or rootfs/.
+        public static let badBundle = Code("bad-bundle")
+        /// A container spec that cannot be run (after the hooks, if any changed it).
+        public static let badSpec = Code("bad-spec")
+        /// Privileges asked for and not granted.
+        public static let notGranted = Code("not-granted")
+        /// No container with that id or name.
+        public static let unknownContainer = Code("unknown-container")
+        /// The operation does not fit the container's state (start a running one, rm a running one).
+        public static let wrongState = Code("wrong-state")
+        /// A name already in use.
+        public static let nameInUse = Code("name-in-use")
+        /// runc failed or is missing.
+        public static let runtime = Code("runtime")
+    }
+
+    public var code: Code
+    public var reason: String
+
+    public init(_ code: Code, _ reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+
+    public var description: String { reason }
+}

@@ -1,0 +1,22 @@
+/// Where Plugboard keeps its containers: runc's state (`--root`) and the generated bundles,
+/// both under the daemon's state directory, so nothing mixes with the user's containers.
+public struct ContainerRuntime: Sendable {
+    public var runc: Runc
+    /// Generated OCI bundles: `plugins/NAME/config.json` for container plugins,
+    /// `containers/ID/config.json` for the lifecycle's containers.
+    public var bundles: String
+
+    /// runc found in `PATH`, with root `STATE/runc` and bundles under `STATE/bundles`.
+    public init(stateDirectory: String, shim: String?) throws {
+        runc = try Runc.find(root: stateDirectory + "/runc", shim: shim)
+        bundles = stateDirectory + "/bundles"
+    }
+
+    public init(runc: Runc, bundles: String) {
+        self.runc = runc
+        self.bundles = bundles
+    }
+
+    /// The runc id of a container plugin.
+    public static func pluginContainerID(_ plugin: String) -> String { "plugin-" + plugin }
+}

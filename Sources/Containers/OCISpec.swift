@@ -1,0 +1,178 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// The part of the OCI runtime spec (config.json, spec 1.0) that Plugboard writes.
+///
+/// Plugboard writes the spec itself, from a plugin's manifest or a container spec, so the
+/// defaults are ours and safe: a read-only rootfs, a private network namespace, no
+/// capabilities beyond those granted, no host mounts beyond those granted.
+public struct OCISpec: Codable, Sendable, Hashable {
+    public struct User: Codable, Sendable, Hashable { public var uid: UInt32; public var gid: UInt32 }
+    public struct Capabilities: Codable, Sendable, Hashable {
+        public var bounding: [String]
+        public var effective: [String]
+        public var permitted: [String]
+        public var ambient: [String]
+    }
+    public struct RLimit: Codable, Sendable, Hashable { public var type: String; public var hard: UInt64; public var soft: UInt64 }
+    public struct Process: Codable, Sendable, Hashable {
+        public var terminal: Bool
+        public var user: User
+        public var args: [String]
+        public var env: [String]
+        public var cwd: String
+        public var capabilities: Capabilities
+        public var rlimits: [RLimit]
+        public var noNewPrivileges: Bool
+    }
+    public struct Root: Codable, Sendable, Hashable { public var path: String; public var readonly: Bool }
+    public struct Mount: Codable, Sendable, Hashable {
+        public var destination: String
+        public var type: String
+        public var source: String
+        public var options: [String]?
+    }
+    public struct Namespace: Codable, Sendable, Hashable { public var type: String }
+    public struct DeviceRule: Codable, Sendable, Hashable {
+        public var allow: Bool
+        public var type: String?
+        public var major: Int64?
+        public var minor: Int64?
+        public var access: String
+    }
+    public struct Resources: Codable, Sendable, Hashable { public var devices: [DeviceRule] }
+    public struct Device: Codable, Sendable, Hashable {
+        public var path: String
+        public var type: String
+        public var major: Int64
+        public var minor: Int64
+        public var fileMode: UInt32
+        public var uid: UInt32
+        public var gid: UInt32
+    }
+    public struct Linux: Codable, Sendable, Hashable {
+        public var namespaces: [Namespace]
+        public var resources: Resources
+        public var devices: [Device]?
+        public var maskedPaths: [String]
+        public var readonlyPaths: [String]
+    }
+
+    public var ociVersion = "1.0.2"
+    public var process: Process
+    public var root: Root
+    public var hostname: String
+    public var mounts: [Mount]
+    public var linux: Linux
+    public var annotations: [String: String]?
+
+    /// The capabilities runc's own default spec keeps; ordinary containers get these.
+    public static let defaultCapabilities = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    /// A spec with Plugboard's defaults.
+    ///
+    /// - Parameters:
+    ///   - rootfs: an absolute path; mounted read-only.
+    ///   - hostNetwork: share the host's network namespace instead of a private one.
+    ///   - binds: host directories to bind in, as granted.
+    ///   - devices: host device nodes to make available, as granted.
+    public static func make(
+        rootfs: String, args: [String], env: [String], cwd: String, hostname: String,
+        capabilities: [String], hostNetwork: Bool = false,
+        binds: [(source: String, destination: String, readonly: Bool)] = [],
+        devices: [String] = [], annotations: [String: String] = [:]
+    ) throws -> OCISpec {
+        var environment = env
+        if !environment.contains(where: { $0.hasPrefix("PATH=") }) { environment.insert(defaultPath, at: 0) }
+        let caps = capabilities
+        var namespaces = ["pid", "ipc", "uts", "mount", "cgroup"].map(Namespace.init(type:))
+        if !hostNetwork { namespaces.append(Namespace(type: "network")) }
+        var mounts = [
+            Mount(destination: "/proc", type: "proc", source: "proc", options: nil),
+            Mount(destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+            Mount(destination: "/dev/pts", type: "devpts", source: "devpts", options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+            Mount(destination: "/dev/shm", type: "tmpfs", source: "shm", options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+            Mount(destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"]),
+            Mount(destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"]),
+            // The rootfs is read-only; a private /tmp gives programs somewhere to write.
+            Mount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=1777", "size=65536k"]),
+        ]
+        for b in binds {
+            mounts.append(Mount(destination: b.destination, type: "bind", source: b.source, options: ["rbind", "nosuid", "nodev", b.readonly ? "ro" : "rw"]))
+        }
+        var rules = [DeviceRule(allow: false, type: nil, major: nil, minor: nil, access: "rwm")]
+        var nodes: [Device] = []
+        for path in devices {
+            var info = stat()
+            guard stat(path, &info) == 0 else { throw ContainerError(.badSpec, "device \(path) does not exist on this host") }
+            let kind: String
+            switch info.st_mode & S_IFMT {
+            case S_IFCHR: kind = "c"
+            case S_IFBLK: kind = "b"
+            default: throw ContainerError(.badSpec, "\(path) is not a device node")
+            }
+            // glibc's gnu_dev_major/minor are macros Swift does not import; this is their definition.
+            let dev = UInt64(info.st_rdev)
+            let major = Int64(((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff)))
+            let minor = Int64((dev & 0xff) | ((dev >> 12) & ~UInt64(0xff)))
+            nodes.append(Device(path: path, type: kind, major: major, minor: minor, fileMode: info.st_mode & 0o777, uid: 0, gid: 0))
+            rules.append(DeviceRule(allow: true, type: kind, major: major, minor: minor, access: "rwm"))
+        }
+        return OCISpec(
+            process: Process(
+                terminal: false, user: User(uid: 0, gid: 0), args: args, env: environment, cwd: cwd,
+                capabilities: Capabilities(bounding: caps, effective: caps, permitted: caps, ambient: caps),
+                rlimits: [RLimit(type: "RLIMIT_NOFILE", hard: 1024, soft: 1024)], noNewPrivileges: true
+            ),
+            root: Root(path: rootfs, readonly: true),
+            hostname: hostname,
+            mounts: mounts,
+            linux: Linux(
+                namespaces: namespaces, resources: Resources(devices: rules), devices: nodes.isEmpty ? nil : nodes,
+                maskedPaths: [
+                    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+                ],
+                readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            ),
+            annotations: annotations.isEmpty ? nil : annotations
+        )
+    }
+
+    /// The spec for a container plugin, from its manifest and what was granted to it.
+    public static func forPlugin(
+        name: String, bundle: String, manifest: PluginManifest, granted: [Privilege], environment: [String: String]
+    ) throws -> OCISpec {
+        var env = manifest.env ?? []
+        for (k, v) in environment.sorted(by: { $0.key < $1.key }) { env.append("\(k)=\(v)") }
+        var binds: [(String, String, Bool)] = []
+        var caps: [String] = []
+        var devices: [String] = []
+        var hostNetwork = false
+        for p in granted {
+            switch p {
+            case .hostNetwork: hostNetwork = true
+            case .mount(let s, let d, let ro): binds.append((s, d, ro))
+            case .capability(let c): caps.append(c)
+            case .device(let d): devices.append(d)
+            }
+        }
+        let rootfs = URL(fileURLWithPath: bundle).standardizedFileURL.path + "/rootfs"
+        return try make(
+            rootfs: rootfs, args: manifest.entrypoint, env: env, cwd: manifest.workdir ?? "/", hostname: name,
+            capabilities: caps, hostNetwork: hostNetwork, binds: binds, devices: devices,
+            annotations: ["io.plugboard.plugin": name]
+        )
+    }
+
+    /// Writes the spec as `DIRECTORY/config.json` (creating the directory), for `runc --bundle`.
+    public func write(toBundle directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: directory + "/config.json"), options: .atomic)
+    }
+}

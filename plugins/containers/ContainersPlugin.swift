@@ -1,0 +1,175 @@
+import Chan
+import Containers
+import Foundation
+import Hooks
+import Logging
+import PluginKit
+
+/// `containers`: the container lifecycle on runc, as a built-in plugin.
+///
+/// Jobs container.create, .start, .stop, .rm, .ls, .inspect, .logs, .wait. A create runs
+/// the `container.create` hook chain over the spec (mounts, env, args, hostname, labels),
+/// with attribution and conflict detection; a start runs the `container.start` hooks (they
+/// may veto). Observers hear container.started, container.exited (with the exit code) and
+/// container.removed. See docs/CONTAINERS.md.
+public struct ContainersPlugin: Plugin {
+    /// The lifecycle this plugin serves.
+    public let manager: ContainerManager
+    private let hooks: Hooks
+
+    /// - Parameters:
+    ///   - runc: the runtime, with Plugboard's own `--root`.
+    ///   - bundles: where the generated OCI bundles go.
+    ///   - hooks: the engine's hooks, which create and start run through.
+    public init(runc: Runc, bundles: String, hooks: Hooks, logger: Logger) {
+        self.hooks = hooks
+        manager = ContainerManager(runc: runc, bundles: bundles, logger: logger) { event in
+            switch event {
+            case .started(let id, let name):
+                hooks.notify("container.started", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id)
+            case .exited(let id, let name, let code):
+                hooks.notify("container.exited", payload: .fields(("id", .string(id)), ("name", .string(name)), ("exit_code", .int(Int64(code)))), object: id)
+            case .removed(let id, let name):
+                hooks.notify("container.removed", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id)
+            }
+        }
+    }
+
+    public func declare(_ context: PluginContext) -> PluginDeclaration {
+        var d = PluginDeclaration(name: "containers", version: "1.0.0")
+        let manager = self.manager
+        let hooks = self.hooks
+        d.job("container.create") { try await Self.create($0, manager: manager, hooks: hooks) }
+        d.job("container.start") { argument in
+            let r = try await manager.inspect(try Self.ref(argument))
+            var payload = r.spec.value
+            if case .map(var entries) = payload {
+                entries.insert((key: "id", value: .string(r.id)), at: 0)
+                payload = .map(entries)
+            }
+            // The start hooks may veto; the spec itself was settled at create.
+            _ = try await hooks.run("container.start", payload: payload, object: r.id)
+            let started = try await manager.start(r.id)
+            return .fields(("id", .string(started.id)), ("name", .string(started.name)), ("state", .string(started.state.rawValue)))
+        }
+        d.job("container.stop") { argument in
+            let grace = Duration.milliseconds(argument["timeout_ms"]?.intValue ?? 10_000)
+            let ref = try Self.ref(argument)
+            let code = try await manager.stop(ref, grace: grace)
+            let r = try await manager.inspect(ref)
+            return .fields(("id", .string(r.id)), ("name", .string(r.name)), ("exit_code", code.map { .int(Int64($0)) } ?? .nil))
+        }
+        d.job("container.rm") { argument in
+            let ref = try Self.ref(argument)
+            let r = try await manager.inspect(ref)
+            try await manager.remove(ref, force: argument["force"]?.boolValue ?? false)
+            return .fields(("id", .string(r.id)), ("name", .string(r.name)), ("removed", true))
+        }
+        d.job("container.ls") { _ in
+            .array(await manager.list().map(Self.summary))
+        }
+        d.job("container.inspect") { argument in
+            let ref = try Self.ref(argument)
+            let r = try await manager.inspect(ref)
+            let pid = try await manager.pid(ref)
+            return Self.details(r, pid: pid)
+        }
+        d.job("container.logs") { argument in
+            let log = try await manager.log(try Self.ref(argument))
+            guard argument["follow"]?.boolValue == true else {
+                return .fields(("chunks", .array(log.kept.map { .fields(("stream", .string($0.stream.rawValue)), ("data", .binary($0.bytes))) })))
+            }
+            guard case .channel(.byteStreamWriter(let stdout))? = argument["stdout"] else {
+                throw ContainerError(.badSpec, "container.logs with follow needs a byte stream in \"stdout\" (and optionally \"stderr\")")
+            }
+            var stderr: ByteStreamWriter?
+            if case .channel(.byteStreamWriter(let w))? = argument["stderr"] { stderr = w }
+            Self.pump(log, stdout: stdout, stderr: stderr)
+            return "following"
+        }
+        d.job("container.wait") { argument in
+            let ref = try Self.ref(argument)
+            let timeout = Duration.milliseconds(argument["timeout_ms"]?.intValue ?? 3_600_000)
+            guard let code = try await manager.wait(ref, timeout: timeout) else {
+                throw ContainerError(.wrongState, "container \(ref) was still running after \(timeout)")
+            }
+            return .fields(("id", .string(ref)), ("exit_code", .int(Int64(code))))
+        }
+        d.onStop = { await manager.shutdown(grace: .seconds(2)) }
+        return d
+    }
+
+    static func ref(_ argument: Value) throws -> String {
+        guard let s = argument["id"]?.stringValue ?? argument.stringValue else {
+            throw ContainerError(.badSpec, "name the container: {\"id\": ID or NAME}")
+        }
+        return s
+    }
+
+    static func create(_ argument: Value, manager: ContainerManager, hooks: Hooks) async throws -> Value {
+        let id = ContainerManager.newID()
+        guard case .map(var entries) = argument else { throw ContainerError(.badSpec, "container.create takes a spec map (see docs/CONTAINERS.md)") }
+        if argument["name"] == nil || argument["name"] == .nil {
+            entries.removeAll { $0.key == "name" }
+            entries.append((key: "name", value: .string(id)))
+        }
+        let requested = try ContainerSpec(value: .map(entries), context: "the request")
+        guard await manager.isNameFree(requested.name) else { throw ContainerError(.nameInUse, "a container named \(requested.name) already exists") }
+        let outcome = try await hooks.run("container.create", payload: requested.value, object: id)
+        let byWhom = outcome.steps.map(\.plugin).joined(separator: ", ")
+        let spec = try ContainerSpec(value: outcome.payload, context: "after the container.create hooks" + (byWhom.isEmpty ? "" : " of \(byWhom)"))
+        let r = try await manager.create(
+            id: id, spec: spec, attribution: outcome.attribution,
+            changes: outcome.steps.map { ($0.plugin, $0.changed) }, skipped: outcome.skipped
+        )
+        return .fields(("id", .string(r.id)), ("name", .string(r.name)), ("attribution", outcome.attributionValue))
+    }
+
+    static func summary(_ r: ContainerRecord) -> Value {
+        .fields(
+            ("id", .string(r.id)), ("name", .string(r.name)), ("state", .string(r.state.rawValue)),
+            ("exit_code", r.exitCode.map { .int(Int64($0)) } ?? .nil),
+            ("command", .string(r.spec.args.joined(separator: " "))), ("rootfs", .string(r.spec.rootfs)),
+            ("created", .string(ISO8601DateFormatter().string(from: r.created)))
+        )
+    }
+
+    static func details(_ r: ContainerRecord, pid: pid_t?) -> Value {
+        let formatter = ISO8601DateFormatter()
+        return .fields(
+            ("id", .string(r.id)), ("name", .string(r.name)), ("state", .string(r.state.rawValue)),
+            ("pid", pid.map { .int(Int64($0)) } ?? .nil),
+            ("exit_code", r.exitCode.map { .int(Int64($0)) } ?? .nil),
+            ("created", .string(formatter.string(from: r.created))),
+            ("started", r.started.map { .string(formatter.string(from: $0)) } ?? .nil),
+            ("finished", r.finished.map { .string(formatter.string(from: $0)) } ?? .nil),
+            ("spec", r.spec.value),
+            ("changed_by", .map(r.attribution.keys.sorted().map { (key: .string($0), value: .string(r.attribution[$0] ?? "")) })),
+            ("hooks", .array(r.changes.map { .fields(("plugin", .string($0.plugin)), ("changed", .array($0.fields.map { .string($0) }))) })),
+            ("skipped_hooks", .array(r.skipped.map { .fields(("plugin", .string($0.plugin)), ("reason", .string($0.reason))) }))
+        )
+    }
+
+    /// Copies a log to byte streams until the container exits; a follower that fell behind
+    /// has its streams reset with a reason instead of an ordinary end.
+    static func pump(_ log: ContainerLog, stdout: ByteStreamWriter, stderr: ByteStreamWriter?) {
+        let (chunks, lagged) = log.follow()
+        Task {
+            for await chunk in chunks {
+                do {
+                    try await (chunk.stream == .stderr ? (stderr ?? stdout) : stdout).write(chunk.bytes)
+                } catch {
+                    return  // the reader went away
+                }
+            }
+            if lagged() {
+                let reason = "the reader fell more than \(ContainerLog.followerBacklog) chunks behind; what it missed is in container logs"
+                stdout.reset(reason: reason)
+                stderr?.reset(reason: reason)
+            } else {
+                stdout.close()
+                stderr?.close()
+            }
+        }
+    }
+}

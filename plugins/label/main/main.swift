@@ -1,0 +1,4 @@
+import LabelPlugin
+import PluginKit
+
+await PluginKit.serve(LabelPlugin())
