@@ -3,11 +3,14 @@
 # Each target installs the Debian packages it needs first.
 
 SWIFT        ?= swift
-APT_PACKAGES := libmsgpack-dev pkg-config
+# runc runs container plugins and the containers plugin's containers; busybox-static
+# gives the example rootfs and the label bundle a shell.
+APT_PACKAGES := libmsgpack-dev pkg-config runc busybox-static
+LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
-.PHONY: deps build test run bench clean
+.PHONY: deps build test run bench clean bundles
 
 deps:
 	@missing=""; \
@@ -24,12 +27,22 @@ test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
-# The daemon with the shipped plugins: echo and host-mount built in, and host-mount again
-# as a subprocess (plugboard-plugin-host-mount on fds 3/4). Ctrl-C stops them in reverse order.
-run: deps
+# The label container plugin's bundle (plugins/label/build-bundle.sh), from the built binary.
+bundles: deps
+	$(SWIFT) build $(BUILD_FLAGS) --product plugboard-plugin-label
+	plugins/label/build-bundle.sh "$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-label" $(LABEL_BUNDLE)
+
+# The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
+# again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
+# plugin under runc (containers need root). Every container created sees .build/run-data
+# at /data. Ctrl-C stops them in reverse order.
+run: deps bundles
 	$(SWIFT) build $(BUILD_FLAGS)
-	$(SWIFT) run --skip-build plugboardd --plugin echo --plugin host-mount "/data /var/data" \
-		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log"
+	mkdir -p .build/run-data
+	$(SWIFT) run --skip-build plugboardd \
+		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data" \
+		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log" \
+		--plugin-container "label=$(LABEL_BUNDLE)"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

@@ -141,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "plugboard-bench",
             dependencies: [
-                "Chan", "Spawn", "Routing", "Hub", "Hooks", "Engine",
+                "Chan", "Spawn", "Routing", "Hub", "Hooks", "Engine", "Containers", "PluginKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -151,7 +151,14 @@ public actor ContainerManager {
             _ = try? await (o, e)
             await self.exited(id, status: status)
         }
-        return r
+        // Return once runc has the container (or it already ended), as `docker start` does:
+        // from then on stop, inspect and runc's list see it. Each check is a runc call, so
+        // this waits on runc, not on a timer.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while process.exitStatus == nil, ContinuousClock.now < deadline {
+            if await runc.pid(id) != nil { break }
+        }
+        return records[id] ?? r
     }
 
     private func exited(_ id: String, status: ExitStatus) async {

@@ -1,4 +1,5 @@
 import Chan
+import Foundation
 
 /// What a container is made from: the payload of the `container.create` hook chain.
 ///
@@ -111,7 +112,8 @@ public struct ContainerSpec: Sendable, Hashable {
     /// The OCI spec runc is given for this container.
     func ociSpec(id: String) throws -> OCISpec {
         var spec = try OCISpec.make(
-            rootfs: rootfs, args: args, env: env, cwd: workdir, hostname: hostname,
+            // runc refuses a rootfs path that is a symlink: give it the real directory.
+            rootfs: URL(fileURLWithPath: rootfs).resolvingSymlinksInPath().path, args: args, env: env, cwd: workdir, hostname: hostname,
             capabilities: OCISpec.defaultCapabilities,
             annotations: labels.merging(["io.plugboard.container": id]) { a, _ in a }
         )

@@ -160,7 +160,8 @@ public struct OCISpec: Codable, Sendable, Hashable {
             case .device(let d): devices.append(d)
             }
         }
-        let rootfs = URL(fileURLWithPath: bundle).standardizedFileURL.path + "/rootfs"
+        // runc refuses a rootfs path that is a symlink: give it the real directory.
+        let rootfs = URL(fileURLWithPath: bundle + "/rootfs").resolvingSymlinksInPath().path
         return try make(
             rootfs: rootfs, args: manifest.entrypoint, env: env, cwd: manifest.workdir ?? "/", hostname: name,
             capabilities: caps, hostNetwork: hostNetwork, binds: binds, devices: devices,

@@ -42,6 +42,14 @@ public struct PluginManifest: Sendable, Hashable, Codable {
     public var workdir: String?
     public var privileges: Requested?
 
+    public init(description: String? = nil, entrypoint: [String], env: [String]? = nil, workdir: String? = nil, privileges: Requested? = nil) {
+        self.description = description
+        self.entrypoint = entrypoint
+        self.env = env
+        self.workdir = workdir
+        self.privileges = privileges
+    }
+
     /// The privileges asked for, one per item, in a stable order.
     public var requestedPrivileges: [Privilege] {
         guard let p = privileges else { return [] }

@@ -7,6 +7,7 @@ import Foundation
 import Hooks
 import Hub
 import Logging
+import NIOConcurrencyHelpers
 import Pipeline
 import PluginKit
 import Routing
@@ -153,8 +154,9 @@ actor PluginSupervisor {
         close(err.writeEnd)
         let logger = self.logger
         let pluginName = name
+        let lastErrors = NIOLockedValueBox<[String]>([])
         Task { try? await OutputLines.follow(fd: out.readEnd, plugin: pluginName, stream: "stdout", logger: logger) }
-        Task { try? await OutputLines.follow(fd: err.readEnd, plugin: pluginName, stream: "stderr", logger: logger) }
+        let errors = Task { try? await OutputLines.follow(fd: err.readEnd, plugin: pluginName, stream: "stderr", logger: logger, recent: lastErrors) }
         process = launched.process
         pid = launched.process.pid
         session = launched.session
@@ -174,7 +176,16 @@ actor PluginSupervisor {
             launched.session.close(reason: "start failed")
             launched.process.signal(SIGKILL)
             let status = await launched.process.waitForExit()
-            throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)")
+            // What it said on stderr as it died (runc's reason, a missing library) is the
+            // useful part: wait, briefly, for the pipe to drain.
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await errors.value }
+                group.addTask { try? await Task.sleep(for: .seconds(1)) }
+                await group.next()
+                group.cancelAll()
+            }
+            let said = lastErrors.withLockedValue { $0 }
+            throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)" + (said.isEmpty ? "" : "; its last words on stderr: \(said.joined(separator: " | "))"))
         }
     }
 

@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Containers
+import ContainersPlugin
+import Foundation
+import HostMountPlugin
+import PluginKit
+import Spawn
+import Testing
+import TestSupport
+@testable import Engine
+
+/// What every container test needs: root, runc, busybox-static. Missing any, the test
+/// fails and says what to install — it does not pass quietly.
+func requireContainerHost() throws {
+    try #require(getuid() == 0, "container tests need root (runc runs containers as root here); run make test as root, as CI does")
+    try #require(access("/usr/sbin/runc", X_OK) == 0 || access("/usr/bin/runc", X_OK) == 0, "runc is not installed: make deps installs Debian's runc")
+    try #require(access("/bin/busybox", X_OK) == 0, "busybox-static is not installed: make deps installs it")
+}
+
+/// A fresh directory for one test: runc root, bundles, rootfs.
+func containerTestDirectory(_ what: String) throws -> String {
+    let dir = "/tmp/plugboard-\(what)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// A busybox root file system: /bin/busybox from Debian's busybox-static and its applets.
+func busyboxRootfs(in dir: String) throws -> String {
+    let rootfs = dir + "/rootfs"
+    try FileManager.default.createDirectory(atPath: rootfs + "/bin", withIntermediateDirectories: true)
+    for d in ["proc", "sys", "dev", "tmp", "mnt"] { try FileManager.default.createDirectory(atPath: rootfs + "/" + d, withIntermediateDirectories: true) }
+    try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+    for applet in ["sh", "cat", "echo", "ls", "hostname", "sleep"] {
+        try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
+    }
+    return rootfs
+}
+
+/// The shipped label plugin's bundle, built by plugins/label/build-bundle.sh (once per test run).
+func labelBundle() async throws -> String {
+    try await LabelBundle.shared.path()
+}
+
+actor LabelBundle {
+    static let shared = LabelBundle()
+    private var built: String?
+
+    func path() async throws -> String {
+        if let built { return built }
+        let out = "/tmp/plugboard-label-bundle-\(getpid())"
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("plugins/label/build-bundle.sh").path
+        let r = try await runCommand("/bin/sh", [script, try builtExecutable("plugboard-plugin-label"), out])
+        try #require(r.status == .exited(0), "build-bundle.sh failed: \(r.err)")
+        built = out
+        return out
+    }
+}
+
+func runtime(_ dir: String) throws -> ContainerRuntime {
+    try ContainerRuntime(stateDirectory: dir, shim: Engine.defaultShimPath())
+}
+
+func containersPlugin(_ engine: Engine, _ runtime: ContainerRuntime) -> PluginSpec {
+    PluginSpec(name: "containers", kind: .builtin(ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: quietLogger)))
+}
+
+/// Runs a container through the jobs, as `plugboard container run` does, and returns its output and exit code.
+func runContainer(_ engine: Engine, _ spec: Value) async throws -> (output: String, exitCode: Int64?, id: String) {
+    let created = try await engine.hub.call("container.create", spec)
+    let id = try #require(created["id"]?.stringValue)
+    _ = try await engine.hub.call("container.start", .fields(("id", .string(id))))
+    let waited = try await engine.hub.call("container.wait", .fields(("id", .string(id)), ("timeout_ms", 30_000)), timeout: .seconds(40))
+    let logs = try await engine.hub.call("container.logs", .fields(("id", .string(id))))
+    let output = (logs["chunks"]?.arrayValue ?? []).filter { $0["stream"] == "stdout" }.flatMap { $0["data"]?.binaryValue ?? [] }
+    return (String(decoding: output, as: UTF8.self), waited["exit_code"]?.intValue, id)
+}
+
+@Suite("containers: container plugins and the container lifecycle, with real runc", .serialized)
+struct ContainerTests {
+    @Test("privileges parse from and print to the form the refusal lists")
+    func privilegeText() {
+        for text in ["network=host", "mount=/a:/b", "mount=/var/log:/host/log:ro", "capability=CAP_NET_ADMIN", "device=/dev/fuse"] {
+            #expect(Privilege(text)?.description == text)
+        }
+        #expect(Privilege("capability=net_admin") == .capability("CAP_NET_ADMIN"))
+        #expect(Privilege("network=none") == nil)
+        #expect(Privilege("mount=relative:/b") == nil)
+        #expect(Privilege("state.get") == nil)
+    }
+
+    @Test("the OCI spec for a plugin keeps the safe defaults and adds only what was granted")
+    func ociDefaults() throws {
+        let manifest = PluginManifest(description: nil, entrypoint: ["/p"], env: ["A=1"], workdir: nil, privileges: nil)
+        let plain = try OCISpec.forPlugin(name: "p", bundle: "/b", manifest: manifest, granted: [], environment: ["PLUGBOARD_PROTOCOL": "x"])
+        #expect(plain.root.path == "/b/rootfs")
+        #expect(plain.root.readonly)
+        #expect(plain.linux.namespaces.map { (n: OCISpec.Namespace) in n.type }.contains("network"))
+        #expect(plain.process.capabilities.bounding.isEmpty)
+        #expect(plain.process.noNewPrivileges)
+        #expect(!plain.mounts.contains { (m: OCISpec.Mount) in m.type == "bind" })
+        #expect(plain.process.env.contains("A=1") && plain.process.env.contains("PLUGBOARD_PROTOCOL=x"))
+        let granted = try OCISpec.forPlugin(
+            name: "p", bundle: "/b", manifest: manifest,
+            granted: [.hostNetwork, .capability("CAP_NET_ADMIN"), .mount(source: "/var/log", destination: "/host/log", readonly: true)],
+            environment: [:]
+        )
+        #expect(!granted.linux.namespaces.map { (n: OCISpec.Namespace) in n.type }.contains("network"))
+        #expect(granted.process.capabilities.effective == ["CAP_NET_ADMIN"])
+        let bind = granted.mounts.first { (m: OCISpec.Mount) in m.type == "bind" }
+        #expect(bind?.source == "/var/log")
+        #expect(bind?.destination == "/host/log")
+        #expect(bind?.options?.contains("ro") == true)
+    }
+
+    @Test("host-mount: a file written on the host is read from inside a container")
+    func hostMountVisible() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("hostmount")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let hostDir = dir + "/shared"
+        try FileManager.default.createDirectory(atPath: hostDir, withIntermediateDirectories: true)
+        let secret = "written on the host \(UInt64.random(in: 0...UInt64.max))"
+        try secret.write(toFile: hostDir + "/note.txt", atomically: true, encoding: .utf8)
+        let rt = try runtime(dir)
+        let engine = Engine(logger: quietLogger, containers: rt)
+        try await engine.boot([containersPlugin(engine, rt), PluginSpec(name: "host-mount", kind: .builtin(HostMountPlugin()), options: "\(hostDir) /mnt/host")])
+        let (output, code, id) = try await runContainer(engine, .fields(
+            ("rootfs", .string(try busyboxRootfs(in: dir))), ("args", ["cat", "/mnt/host/note.txt"])
+        ))
+        #expect(output == secret)
+        #expect(code == 0)
+        let inspected = try await engine.hub.call("container.inspect", .fields(("id", .string(id))))
+        #expect(inspected["changed_by"]?["mounts[0]"] == "host-mount")
+        await engine.shutdown(grace: .seconds(2))
+        #expect(try await rt.runc.list() == [])
+    }
+
+    @Test("the shipped label container plugin's hook changes a created container, from inside its own container")
+    func containerPluginHook() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("label")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let rt = try runtime(dir)
+        let engine = Engine(logger: quietLogger, containers: rt)
+        try await engine.boot([containersPlugin(engine, rt), PluginSpec(name: "label", kind: .container(bundle: try await labelBundle()))])
+        // It runs in Plugboard's own runc root, not the user's.
+        #expect(try await rt.runc.list() == ["plugin-label"])
+        let users = try await runCommand("/usr/sbin/runc", ["list", "--quiet"])
+        #expect(!users.out.contains("plugin-label"))
+
+        let created = try await engine.hub.call("container.create", .fields(
+            ("name", "web"), ("rootfs", .string(try busyboxRootfs(in: dir))), ("args", ["true"])
+        ))
+        let inspected = try await engine.hub.call("container.inspect", .fields(("id", "web")))
+        // The value is the host name the hook saw: its container's ("label"), not this machine's.
+        #expect(inspected["spec"]?["labels"]?["io.plugboard.labelled-by"] == "label")
+        #expect(inspected["changed_by"]?["labels.io.plugboard.labelled-by"] == "label")
+        #expect(created["attribution"]?["labels.io.plugboard.labelled-by"] == "label")
+        let config = try String(contentsOfFile: rt.bundles + "/containers/\(created["id"]?.stringValue ?? "")/config.json", encoding: .utf8)
+        #expect(config.contains("\"io.plugboard.labelled-by\" : \"label\""))
+        await engine.shutdown(grace: .seconds(2))
+        #expect(try await rt.runc.list() == [])
+    }
+
+    @Test("kill -9 of a container plugin's process: it is restarted and no stray runc container is left")
+    func killContainerPlugin() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("kill")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let rt = try runtime(dir)
+        let engine = Engine(logger: quietLogger, containers: rt)
+        let events = engine.events()
+        try await engine.boot([PluginSpec(name: "label", kind: .container(bundle: try await labelBundle()), backoff: Backoff(initial: .milliseconds(20), jitter: 0))])
+        let pid = try #require(await rt.runc.pid("plugin-label"), "the plugin's container has a pid")
+        #expect(kill(pid, SIGKILL) == 0)
+        let restarting = try await waitForEvent(events, "the plugin restarting") { $0.state == .restarting }
+        #expect(restarting.detail.contains("killed by signal 9") || restarting.detail.contains("137"), "\(restarting.detail)")
+        _ = try await waitForEvent(events, "the plugin active again") { $0.state == .active && $0.restarts == 1 }
+        #expect(try await rt.runc.list() == ["plugin-label"], "exactly the new container")
+        let newPid = await rt.runc.pid("plugin-label")
+        #expect(newPid != nil && newPid != pid)
+        #expect(ProcessWatch.waitUntilGone(pid, timeout: .seconds(5)))
+        // It serves again: its hook is registered.
+        #expect(engine.hooks.allRegistrations.contains { $0.owner == "label" && $0.event == "container.create" })
+        await engine.shutdown(grace: .seconds(2))
+        #expect(try await rt.runc.list() == [], "nothing left after the stop")
+    }
+
+    @Test("a container plugin asking for ungranted privileges is refused with the list; granted, it runs")
+    func ungrantedRefused() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("grants")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bundle = dir + "/bundle"
+        try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: bundle + "/rootfs", withDestinationPath: try await labelBundle() + "/rootfs")
+        try #"""
+        {"entrypoint": ["/plugin/plugboard-plugin-label"],
+         "privileges": {"network": "host", "mounts": [{"source": "/var/log", "destination": "/host/log", "readonly": true}], "capabilities": ["NET_ADMIN"]}}
+        """#.write(toFile: bundle + "/plugin.json", atomically: true, encoding: .utf8)
+        let rt = try runtime(dir)
+
+        let refusing = Engine(logger: quietLogger, containers: rt)
+        do {
+            try await refusing.boot([PluginSpec(name: "netmon", kind: .container(bundle: bundle))])
+            Issue.record("an ungranted plugin booted")
+        } catch let error as EngineError {
+            #expect(error.code == .permissionDenied)
+            for p in ["network=host", "mount=/var/log:/host/log:ro", "capability=CAP_NET_ADMIN", "--grant-all-permissions"] {
+                #expect(error.reason.contains(p), "\(error.reason)")
+            }
+        }
+        #expect(try await rt.runc.list() == [], "nothing was started")
+        // Some granted is not enough.
+        let partly = Engine(logger: quietLogger, containers: rt)
+        await #expect(throws: EngineError.self) {
+            try await partly.boot([PluginSpec(name: "netmon", kind: .container(bundle: bundle), privileges: [.hostNetwork])])
+        }
+
+        let granted = Engine(logger: quietLogger, containers: rt)
+        try await granted.boot([PluginSpec(name: "netmon", kind: .container(bundle: bundle), grantAllPrivileges: true)])
+        #expect(await granted.status().first?.state == .active)
+        let config = try String(contentsOfFile: rt.bundles + "/plugins/netmon/config.json", encoding: .utf8)
+        #expect(!config.contains("\"network\""), "host network: no network namespace")
+        #expect(config.contains("CAP_NET_ADMIN") && config.contains("/host/log"))
+        await granted.shutdown(grace: .seconds(2))
+        #expect(try await rt.runc.list() == [])
+    }
+
+    @Test("plugboard container run passes stdout, stderr and the exit code through; a daemon SIGTERM leaves no container")
+    func containerRunCLI() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("run")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/admin.sock"
+        let rootfs = try busyboxRootfs(in: dir)
+        let daemon = try await Daemon.start([
+            "--plugin", "containers", "--admin-socket", socket, "--state-dir", dir + "/state", "--shutdown-grace", "1",
+        ])
+        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
+        #expect(ready != nil, "daemon log: \(daemon.log.all.suffix(5))")
+        let plugboard = try builtExecutable("plugboard")
+
+        let r = try await runCommand(plugboard, [
+            "container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "hello", "-e", "GREETING=hi there",
+            "--", "sh", "-c", "echo $GREETING; echo oops >&2; exit 7",
+        ])
+        #expect(r.out == "hi there\n")
+        #expect(r.err == "oops\n")
+        #expect(r.status == .exited(7))
+
+        let ok = try await runCommand(plugboard, ["container", "run", "--socket", socket, "--rm", "--rootfs", rootfs, "--", "echo", "fine"])
+        #expect(ok.out == "fine\n" && ok.status == .exited(0), "\(ok)")
+        let ls = try await runCommand(plugboard, ["container", "ls", "--socket", socket])
+        #expect(ls.out.contains("hello") && ls.out.contains("exited") && ls.out.contains(" 7 "), "\(ls.out)")
+        #expect(ls.out.split(separator: "\n").count == 2, "--rm removed the second: \(ls.out)")
+
+        // A long-running one, then SIGTERM: the daemon stops it and runc's list is empty.
+        let started = try await runCommand(plugboard, ["container", "create", "--socket", socket, "--rootfs", rootfs, "--name", "sleeper", "--", "sleep", "600"])
+        #expect(started.status == .exited(0), "\(started.err)")
+        let start = try await runCommand(plugboard, ["container", "start", "--socket", socket, "sleeper"])
+        #expect(start.status == .exited(0), "\(start.err)")
+        let runc = Runc(executable: "/usr/sbin/runc", root: dir + "/state/runc", shim: nil)
+        #expect(try await runc.list().count == 1)
+        daemon.process.signal(SIGTERM)
+        let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
+        #expect(status == .exited(0))
+        #expect(try await runc.list() == [], "no container left after SIGTERM")
+    }
+}
