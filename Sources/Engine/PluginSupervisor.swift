@@ -118,7 +118,9 @@ actor PluginSupervisor {
         } catch {
             throw EngineError(.startFailed, "plugin \(name): cannot write its OCI spec: \(error)")
         }
-        await runtime.runc.delete(id)
+        // A container of this name exists only if removing the last one failed: boot clears
+        // what a killed daemon left, and every end is followed by a delete.
+        if containerID != nil { await runtime.runc.delete(id) }
         containerID = id
         let (executable, arguments) = runtime.runc.runCommand(id: id, bundle: directory, preserveFDs: 2)
         do {
@@ -132,8 +134,7 @@ actor PluginSupervisor {
     /// Removes the plugin's container from runc's state, if it is a container plugin.
     private func removeContainer() async {
         guard let id = containerID, let runtime = engine.containers else { return }
-        await runtime.runc.delete(id)
-        containerID = nil
+        if await runtime.runc.delete(id) { containerID = nil }
     }
 
     private func launchProcess(executable: String, arguments argv: [String], environment: [String: String], what command: String) async throws -> PluginDescription {

@@ -79,7 +79,7 @@ struct ContainerBenchmark: AsyncParsableCommand {
         close(fromChild.writeEnd)
         let elapsed: UInt64 = await withCheckedContinuation { c in
             // A real thread: the read blocks.
-            Thread.detachNewThread {
+            Foundation.Thread.detachNewThread {
                 var byte: UInt8 = 0
                 _ = read(fromChild.readEnd, &byte, 1)
                 c.resume(returning: now() - t0)
