@@ -79,6 +79,16 @@ func runContainer(_ engine: Engine, _ spec: Value) async throws -> (output: Stri
     return (String(decoding: output, as: UTF8.self), waited["exit_code"]?.intValue, id)
 }
 
+/// The error container.create gives for `spec`, as text ("no error" if it succeeds).
+func createError(_ engine: Engine, _ spec: Value) async -> String {
+    do {
+        _ = try await engine.hub.call("container.create", spec)
+        return "no error"
+    } catch {
+        return "\(error)"
+    }
+}
+
 @Suite("containers: container plugins and the container lifecycle, with real runc", .serialized)
 struct ContainerTests {
     @Test("privileges parse from and print to the form the refusal lists")
@@ -116,6 +126,53 @@ struct ContainerTests {
         #expect(bind?.options?.contains("ro") == true)
     }
 
+    @Test("bad specs, conflicting hooks and a hook that breaks the spec get errors that say what and who")
+    func createErrors() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("errors")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let rt = try runtime(dir)
+        let engine = Engine(logger: quietLogger, containers: rt)
+        struct Labeller: Plugin {
+            let name: String
+            let value: Value
+            func declare(_ context: PluginContext) -> PluginDeclaration {
+                var d = PluginDeclaration(name: name)
+                let value = self.value
+                d.hook("container.create", priority: name == "first" ? 20 : 10) { payload, _ in
+                    guard case .map(var entries) = payload else { return .veto("not a map") }
+                    entries.removeAll { $0.key == "labels" }
+                    entries.append((key: "labels", value: .fields(("team", value))))
+                    return .continue(.map(entries))
+                }
+                return d
+            }
+        }
+        let rootfs = try busyboxRootfs(in: dir)
+        try await engine.boot([containersPlugin(engine, rt)])
+        func failure(_ spec: Value) async -> String { await createError(engine, spec) }
+        #expect(await failure(.fields(("rootfs", "relative/dir"), ("args", ["true"]))).contains("\"rootfs\" must be an absolute path"))
+        #expect(await failure(.fields(("rootfs", .string(rootfs)), ("args", .array([])))).contains("\"args\" is empty"))
+        #expect(await failure(.fields(("rootfs", .string(dir + "/missing")), ("args", ["true"]))).contains("is not a directory"))
+        #expect(await failure(.fields(("rootfs", .string(rootfs)), ("args", ["true"]), ("name", "bad name!"))).contains("may hold only"))
+        _ = try await engine.hub.call("container.create", .fields(("rootfs", .string(rootfs)), ("args", ["true"]), ("name", "once")))
+        #expect(await failure(.fields(("rootfs", .string(rootfs)), ("args", ["true"]), ("name", "once"))).contains("already exists"))
+
+        // Two plugins setting the same label: a conflict naming both and the field.
+        _ = try await engine.add(PluginSpec(name: "first", kind: .builtin(Labeller(name: "first", value: "a"))))
+        _ = try await engine.add(PluginSpec(name: "second", kind: .builtin(Labeller(name: "second", value: "b"))))
+        let conflict = await failure(.fields(("rootfs", .string(rootfs)), ("args", ["true"])))
+        #expect(conflict.contains("first") && conflict.contains("second") && conflict.contains("labels.team"), "\(conflict)")
+        try await engine.remove("second")
+        try await engine.remove("first")
+        // A hook whose output is not a valid spec is named.
+        _ = try await engine.add(PluginSpec(name: "breaker", kind: .builtin(Labeller(name: "breaker", value: .int(3)))))
+        let broken = await failure(.fields(("rootfs", .string(rootfs)), ("args", ["true"])))
+        #expect(broken.contains("after the container.create hooks") && broken.contains("breaker"), "\(broken)")
+        #expect(try await engine.hub.call("container.ls", .nil).arrayValue?.count == 1, "only the good one was created")
+        await engine.shutdown(grace: .seconds(2))
+    }
+
     @Test("host-mount: a file written on the host is read from inside a container")
     func hostMountVisible() async throws {
         try requireContainerHost()
@@ -149,7 +206,7 @@ struct ContainerTests {
         try await engine.boot([containersPlugin(engine, rt), PluginSpec(name: "label", kind: .container(bundle: try await labelBundle()))])
         // It runs in Plugboard's own runc root, not the user's.
         #expect(try await rt.runc.list() == ["plugin-label"])
-        let users = try await runCommand("/usr/sbin/runc", ["list", "--quiet"])
+        let users = try await runCommand(rt.runc.executable, ["list", "--quiet"])
         #expect(!users.out.contains("plugin-label"))
 
         let created = try await engine.hub.call("container.create", .fields(
@@ -264,7 +321,7 @@ struct ContainerTests {
         #expect(started.status == .exited(0), "\(started.err)")
         let start = try await runCommand(plugboard, ["container", "start", "--socket", socket, "sleeper"])
         #expect(start.status == .exited(0), "\(start.err)")
-        let runc = Runc(executable: "/usr/sbin/runc", root: dir + "/state/runc", shim: nil)
+        let runc = try Runc.find(root: dir + "/state/runc", shim: nil)
         #expect(try await runc.list().count == 1)
         daemon.process.signal(SIGTERM)
         let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
