@@ -65,6 +65,8 @@ let package = Package(
             dependencies: [
                 "CSpawn",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strict
@@ -133,9 +135,25 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Shell scripts as plugins: header registrations, the env format, call and stream
+        // modes, the callback socket. plugboard-sh is the thin executable over it.
+        .target(
+            name: "ShellAdapter",
+            dependencies: [
+                "Chan", "PluginKit", "Hooks", "Spawn",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "plugboard-sh",
-            dependencies: ["PluginKit", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "PluginKit", "ShellAdapter", "Chan",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -193,7 +211,7 @@ let package = Package(
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin", "Containers", "LabelPlugin"], swiftSettings: strict),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin", "Containers", "LabelPlugin", "ShellAdapter"], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
     ]
 )

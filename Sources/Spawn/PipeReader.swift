@@ -2,10 +2,10 @@ import NIOCore
 import NIOPosix
 
 /// Reads a pipe until end of file on SwiftNIO's event loops, handing each chunk over as it
-/// arrives: container output for logs and followers, runc's answers.
-enum PipeReader {
+/// arrives: a child's output (container logs, runc's answers, a shell script's reply).
+public enum PipeReader {
     /// Returns when the writing side is closed everywhere. Takes ownership of `fd`.
-    static func read(fd: CInt, onChunk: @escaping @Sendable ([UInt8]) -> Void) async throws {
+    public static func read(fd: CInt, onChunk: @escaping @Sendable ([UInt8]) -> Void) async throws {
         let channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

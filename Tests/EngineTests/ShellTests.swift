@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import ShellAdapter
+import Spawn
+import Testing
+import TestSupport
+
+/// The repository's root, for the shipped scripts.
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+/// Writes an executable script.
+func writeScript(_ path: String, _ text: String) throws {
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+}
+
+@Suite("plugboard-sh: header lines and the env format")
+struct ShellFormatTests {
+    @Test("header lines declare hooks, jobs, pipeline types and calls with their keys")
+    func header() throws {
+        let entries = try ScriptHeader.parse("""
+            #!/bin/sh
+            # An audit script.
+            # plugboard: hook container.create priority=50 policy=optional timeout=2s format=json
+            # plugboard: job backup.run format=env timeout=500ms
+            # plugboard: job fast.one mode=stream
+            # plugboard: pipeline log.line priority=3
+            # plugboard: calls state.get
+            echo "# plugboard: job not.a.header"
+            """, script: "audit.sh")
+        #expect(entries.map(\.name) == ["container.create", "backup.run", "fast.one", "log.line", "state.get"])
+        #expect(entries[0].kind == .hook && entries[0].priority == 50 && entries[0].policy == .optional && entries[0].timeout == .seconds(2))
+        #expect(entries[1].format == .env && entries[1].timeout == .milliseconds(500) && entries[1].line == 4)
+        #expect(entries[2].mode == .stream)
+        #expect(entries[3].kind == .pipeline && entries[3].priority == 3)
+        #expect(entries[4].kind == .calls)
+    }
+
+    @Test("a malformed header line is an error naming its line number and what is wrong")
+    func malformed() {
+        let cases: [(String, String)] = [
+            ("# plugboard: hooky container.create", "unknown kind"),
+            ("# plugboard: hook", "expected"),
+            ("# plugboard: hook container.create prio=5", "unknown key \"prio\""),
+            ("# plugboard: hook container.create priority=high", "priority must be a whole number"),
+            ("# plugboard: hook container.create policy=maybe", "policy is required or optional"),
+            ("# plugboard: hook container.create timeout=soon", "timeout is a duration"),
+            ("# plugboard: job x format=xml", "format is json or env"),
+            ("# plugboard: job x mode=stream format=env", "format=env cannot be used"),
+            ("# plugboard: job x policy=optional", "apply to hooks only"),
+            ("# plugboard: job x priority", "is not KEY=VALUE"),
+        ]
+        for (line, reason) in cases {
+            #expect {
+                try ScriptHeader.parse("#!/bin/sh\n# plugboard: job fine\n\(line)\n", script: "s.sh")
+            } throws: { error in
+                guard let e = error as? ScriptHeaderError else { return false }
+                return e.line == 3 && e.reason.contains(reason) && e.description.contains("s.sh line 3")
+            }
+        }
+        #expect(throws: ScriptHeaderError.self) { try ScriptHeader.parse("#!/bin/sh\n# plugboard: job a\n# plugboard: job a\n", script: "s.sh") }
+        #expect(throws: ScriptHeaderError.self) { try ScriptHeader.parse("#!/bin/sh\necho hi\n", script: "s.sh") }
+    }
+
+    @Test("env format: payloads flatten into PB_* and PB_* lines apply back, appending to lists")
+    func envFormat() throws {
+        let spec: Value = .fields(
+            ("name", "web"), ("env", ["A=1"]), ("labels", .fields(("io.team", "x"))),
+            ("mounts", .array([.fields(("source", "/d"), ("destination", "/data"))])), ("exit_code", 3)
+        )
+        let flat = Dictionary(EnvFormat.flatten(spec), uniquingKeysWith: { a, _ in a })
+        #expect(flat["PB_NAME"] == "web")
+        #expect(flat["PB_ENV_0"] == "A=1" && flat["PB_ENV_COUNT"] == "1")
+        #expect(flat["PB_LABELS_IO_TEAM"] == "x")
+        #expect(flat["PB_MOUNTS_0_SOURCE"] == "/d" && flat["PB_MOUNTS_COUNT"] == "1")
+        #expect(flat["PB_EXIT_CODE"] == "3")
+        #expect(EnvFormat.flatten("just text").first! == ("PB_VALUE", "just text"))
+
+        let changed = try EnvFormat.apply("PB_ENV_1=B=2\nPB_NAME=api\nPB_EXIT_CODE=4\nPB_MOUNTS_0_DESTINATION=/mnt\nPB_NEWKEY=v\n", to: spec)
+        #expect(changed["env"] == ["A=1", "B=2"])
+        #expect(changed["name"] == "api")
+        #expect(changed["exit_code"] == 4)
+        #expect(changed["mounts"]?.arrayValue?.first?["destination"] == "/mnt")
+        #expect(changed["newkey"] == "v")
+        #expect(throws: ShellCallError.self) { try EnvFormat.apply("PB_ENV_5=x", to: spec) }
+        #expect(throws: ShellCallError.self) { try EnvFormat.apply("no equals sign here", to: spec) }
+        #expect(try EnvFormat.result("kb=12\npath=/x\n") == .fields(("kb", "12"), ("path", "/x")))
+    }
+}
+
+@Suite("plugboard-sh: shell scripts as plugins under a real daemon", .serialized)
+struct ShellDaemonTests {
+    let dir = "/tmp/plugboard-shell-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    func start(_ arguments: [String]) async throws -> Daemon {
+        let daemon = try await Daemon.start(["--admin-socket", dir + "/admin.sock", "--state-dir", dir + "/state", "--shutdown-grace", "1"] + arguments)
+        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
+        try #require(ready != nil, "daemon log: \(daemon.log.all.suffix(8))")
+        return daemon
+    }
+
+    func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
+        // The socket by environment: an option after "--" would belong to the container's command.
+        try await runCommand(try builtExecutable("plugboard"), arguments, environment: ["PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PLUGBOARD_SOCKET": dir + "/admin.sock"])
+    }
+
+    func stop(_ daemon: Daemon) async throws {
+        daemon.process.signal(SIGTERM)
+        let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
+        #expect(status == .exited(0))
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    @Test("a malformed header stops the plugin from starting, naming the line")
+    func malformedUnderDaemon() async throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try writeScript(dir + "/broken.sh", "#!/bin/sh\n# plugboard: job ok.job\n# plugboard: hook container.create priority=soon\n")
+        let sh = try builtExecutable("plugboard-sh")
+        let check = try await runCommand(sh, ["--check", dir + "/broken.sh"])
+        #expect(check.status == .exited(2) && check.err.contains("broken.sh line 3: priority must be a whole number"), "\(check.err)")
+        let daemon = try await Daemon.start(["--admin-socket", dir + "/admin.sock", "--plugin-exec", "broken=\(sh) \(dir)/broken.sh"])
+        let status = try await withDeadline(60, "plugboardd to give up") { await daemon.process.waitForExit() }
+        #expect(status != .exited(0))
+        #expect(daemon.log.all.contains { $0.contains("broken.sh line 3") }, "\(daemon.log.all.suffix(5))")
+    }
+
+    @Test("the shipped scripts: audit log, an added env variable, a job in shell, a stream-mode job")
+    func shippedScripts() async throws {
+        try requireContainerHost()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let sh = try builtExecutable("plugboard-sh")
+        let scripts = repositoryRoot + "/plugins/shell"
+        let auditLog = dir + "/audit.log"
+        let daemon = try await start([
+            "--plugin", "containers",
+            "--plugin-exec", "audit=\(sh) \(scripts)/audit.sh \(auditLog)",
+            "--plugin-exec", "add-env=\(sh) \(scripts)/add-env.sh TEAM=blue",
+            "--plugin-exec", "du=\(sh) \(scripts)/disk-usage.sh",
+            "--plugin-exec", "counter=\(sh) \(scripts)/counter.sh",
+        ])
+        let rootfs = try busyboxRootfs(in: dir)
+        let created = try await cli(["container", "create", "--rootfs", rootfs, "--name", "web", "--", "true"])
+        #expect(created.status == .exited(0), "\(created.err)")
+        let id = created.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        let inspected = try await cli(["container", "inspect", "web"])
+        #expect(inspected.out.contains("\"TEAM=blue\""), "\(inspected.out)")
+        #expect(inspected.out.contains("\"env[0]\" : \"add-env\""), "\(inspected.out)")
+        // The audit hook ran last (priority 10) and saw the added variable.
+        let audit = try String(contentsOfFile: auditLog, encoding: .utf8)
+        #expect(audit.contains(id) && audit.contains("TEAM=blue") && audit.contains("\"name\":\"web\""), "\(audit)")
+
+        let usage = try await cli(["call", "disk.usage", "{\"path\": \"\(scripts)\"}"])
+        #expect(usage.status == .exited(0) && usage.out.contains("\"kb\"") && usage.out.contains("shell"), "\(usage)")
+        let missing = try await cli(["call", "disk.usage", "{\"path\": \"/no/such/dir\"}"])
+        #expect(missing.status != .exited(0) && missing.err.contains("/no/such/dir is not a directory"), "\(missing.err)")
+
+        // One process answers every stream-mode call: the count goes on across calls.
+        for expected in 1...3 {
+            let next = try await cli(["call", "counter.next"])
+            #expect(next.out.contains("\"count\" : \(expected)"), "\(next)")
+        }
+        #expect(try await cli(["call", "counter.peek"]).out.contains("\"count\" : 3"))
+        try await stop(daemon)
+    }
+
+    @Test("hangs, failures, garbage and vetoes each end the call with an error that says what happened; scripts call back with their grants")
+    func misbehaviour() async throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let sh = try builtExecutable("plugboard-sh")
+        let pidFile = dir + "/background.pid"
+        try writeScript(dir + "/bad.sh", """
+            #!/bin/sh
+            # plugboard: job bad.hang timeout=300ms
+            # plugboard: job bad.fail
+            # plugboard: job bad.garbage
+            # plugboard: job bad.stream mode=stream timeout=300ms
+            # plugboard: job bad.echo
+            # plugboard: calls echo
+            # plugboard: job bad.forbidden
+            case "$1" in
+              bad.hang) sleep 1000 & echo $! > \(pidFile); wait ;;
+              bad.fail) echo "disk on fire" >&2; exit 9 ;;
+              bad.garbage) echo "this is {not json" ;;
+              bad.echo) plugboard-sh call echo "$(cat)" ;;
+              bad.forbidden) plugboard-sh call secret.job '{}' ;;
+              --stream) while read -r line; do echo "not json either"; done ;;
+            esac
+            """)
+        try writeScript(dir + "/veto.sh", """
+            #!/bin/sh
+            # plugboard: hook container.create priority=5
+            spec=$(cat)
+            case "$spec" in
+              *'"name":"sunday"'*) echo "no containers on Sundays"; exit 3 ;;
+              *'"name":"other"'*) echo "veto: other containers are out" ;;
+            esac
+            """)
+        try requireContainerHost()
+        let daemon = try await start([
+            "--plugin", "echo", "--plugin", "containers",
+            "--plugin-exec", "bad=\(sh) \(dir)/bad.sh",
+            "--plugin-exec", "veto=\(sh) \(dir)/veto.sh",
+        ])
+        let hang = try await cli(["call", "bad.hang"])
+        #expect(hang.status != .exited(0) && hang.err.contains("timeout of 0.3 seconds") && hang.err.contains("process group was killed"), "\(hang.err)")
+        let background = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(ProcessWatch.waitUntilGone(background, timeout: .seconds(10)), "the script's background child \(background) was killed with its group")
+
+        let fail = try await cli(["call", "bad.fail"])
+        #expect(fail.err.contains("exited with status 9") && fail.err.contains("disk on fire"), "\(fail.err)")
+        let garbage = try await cli(["call", "bad.garbage"])
+        #expect(garbage.err.contains("not JSON") && garbage.err.contains("this is {not json"), "\(garbage.err)")
+        let stream = try await cli(["call", "bad.stream"])
+        #expect(stream.err.contains("line that is not JSON") && stream.err.contains("restarted"), "\(stream.err)")
+
+        // Calling back through the adapter, with the plugin's grants.
+        let echoed = try await cli(["call", "bad.echo", "{\"x\": 1}"])
+        #expect(echoed.status == .exited(0) && echoed.out.contains("\"x\" : 1"), "\(echoed)")
+        let forbidden = try await cli(["call", "bad.forbidden"])
+        #expect(forbidden.err.contains("may not call job secret.job"), "\(forbidden.err)")
+
+        // Vetoes, by exit code 3 and by a "veto:" line, end the container.create hook chain.
+        let rootfs = try busyboxRootfs(in: dir)
+        let sunday = try await cli(["container", "create", "--rootfs", rootfs, "--name", "sunday", "--", "true"])
+        #expect(sunday.status != .exited(0) && sunday.err.contains("plugin veto vetoed container.create") && sunday.err.contains("no containers on Sundays"), "\(sunday.err)")
+        let other = try await cli(["container", "create", "--rootfs", rootfs, "--name", "other", "--", "true"])
+        #expect(other.err.contains("other containers are out"), "\(other.err)")
+        let fine = try await cli(["container", "create", "--rootfs", rootfs, "--name", "fine", "--", "true"])
+        #expect(fine.status == .exited(0), "\(fine.err)")
+        try await stop(daemon)
+    }
+}
