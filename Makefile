@@ -51,6 +51,8 @@ bench: deps
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
 	$(SWIFT) run -c release --skip-build plugboard-bench routing
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
+	$(SWIFT) build -c release --product plugboard-sh
+	$(SWIFT) run -c release --skip-build plugboard-bench shell
 	$(SWIFT) build -c release --product plugboard-plugin-label
 	plugins/label/build-bundle.sh .build/release/plugboard-plugin-label .build/plugins/label-release
 	$(SWIFT) run -c release --skip-build plugboard-bench containers --bundle .build/plugins/label-release
