@@ -34,15 +34,20 @@ bundles: deps
 
 # The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
-# plugin under runc (containers need root). Every container created sees .build/run-data
-# at /data. Ctrl-C stops them in reverse order.
+# plugin under runc (containers need root), and the shell scripts of plugins/shell under
+# plugboard-sh. Every container created sees .build/run-data at /data and is audited to
+# .build/run-data/audit.log. Ctrl-C stops them in reverse order.
 run: deps bundles
 	$(SWIFT) build $(BUILD_FLAGS)
 	mkdir -p .build/run-data
 	$(SWIFT) run --skip-build plugboardd \
 		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data" \
 		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log" \
-		--plugin-container "label=$(LABEL_BUNDLE)"
+		--plugin-container "label=$(LABEL_BUNDLE)" \
+		--plugin-exec "audit=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/audit.sh $$(pwd)/.build/run-data/audit.log" \
+		--plugin-exec "add-env=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/add-env.sh" \
+		--plugin-exec "du=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/disk-usage.sh" \
+		--plugin-exec "counter=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/counter.sh"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

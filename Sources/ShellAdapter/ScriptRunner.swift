@@ -79,6 +79,12 @@ public final class ScriptRunner: Sendable {
         let run = try await limiter.run {
             try await ScriptProcess.run(script, arguments: arguments, environment: environment, stdin: input, timeout: entry.timeout, what: what)
         }
+        // What a script says on stderr reaches the daemon's log (the adapter's stderr is
+        // logged line by line); on failure it is the caller's error as well.
+        if !run.stderr.isEmpty {
+            var text = Array(run.stderr.split(separator: "\n").map { "\(what): \($0)\n" }.joined().utf8)
+            _ = write(2, &text, text.count)
+        }
         return try interpret(run, entry: entry, payload: payload, what: what)
     }
 

@@ -301,28 +301,30 @@ struct ContainerTests {
         let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
         #expect(ready != nil, "daemon log: \(daemon.log.all.suffix(5))")
         let plugboard = try builtExecutable("plugboard")
+        try await whileRunning(daemon) {
+            let r = try await runCommand(plugboard, [
+                "container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "hello", "-e", "GREETING=hi there",
+                "--", "sh", "-c", "echo $GREETING; echo oops >&2; exit 7",
+            ])
+            #expect(r.out == "hi there\n")
+            #expect(r.err == "oops\n")
+            #expect(r.status == .exited(7))
 
-        let r = try await runCommand(plugboard, [
-            "container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "hello", "-e", "GREETING=hi there",
-            "--", "sh", "-c", "echo $GREETING; echo oops >&2; exit 7",
-        ])
-        #expect(r.out == "hi there\n")
-        #expect(r.err == "oops\n")
-        #expect(r.status == .exited(7))
+            let ok = try await runCommand(plugboard, ["container", "run", "--socket", socket, "--rm", "--rootfs", rootfs, "--", "echo", "fine"])
+            #expect(ok.out == "fine\n" && ok.status == .exited(0), "\(ok)")
+            let ls = try await runCommand(plugboard, ["container", "ls", "--socket", socket])
+            #expect(ls.out.contains("hello") && ls.out.contains("exited") && ls.out.contains(" 7 "), "\(ls.out)")
+            #expect(ls.out.split(separator: "\n").count == 2, "--rm removed the second: \(ls.out)")
 
-        let ok = try await runCommand(plugboard, ["container", "run", "--socket", socket, "--rm", "--rootfs", rootfs, "--", "echo", "fine"])
-        #expect(ok.out == "fine\n" && ok.status == .exited(0), "\(ok)")
-        let ls = try await runCommand(plugboard, ["container", "ls", "--socket", socket])
-        #expect(ls.out.contains("hello") && ls.out.contains("exited") && ls.out.contains(" 7 "), "\(ls.out)")
-        #expect(ls.out.split(separator: "\n").count == 2, "--rm removed the second: \(ls.out)")
-
-        // A long-running one, then SIGTERM: the daemon stops it and runc's list is empty.
-        let started = try await runCommand(plugboard, ["container", "create", "--socket", socket, "--rootfs", rootfs, "--name", "sleeper", "--", "sleep", "600"])
-        #expect(started.status == .exited(0), "\(started.err)")
-        let start = try await runCommand(plugboard, ["container", "start", "--socket", socket, "sleeper"])
-        #expect(start.status == .exited(0), "\(start.err)")
+            // A long-running one, then SIGTERM: the daemon stops it and runc's list is empty.
+            let started = try await runCommand(plugboard, ["container", "create", "--socket", socket, "--rootfs", rootfs, "--name", "sleeper", "--", "sleep", "600"])
+            #expect(started.status == .exited(0), "\(started.err)")
+            let start = try await runCommand(plugboard, ["container", "start", "--socket", socket, "sleeper"])
+            #expect(start.status == .exited(0), "\(start.err)")
+            let runc = try Runc.find(root: dir + "/state/runc", shim: nil)
+            #expect(try await runc.list().count == 1)
+        }
         let runc = try Runc.find(root: dir + "/state/runc", shim: nil)
-        #expect(try await runc.list().count == 1)
         daemon.process.signal(SIGTERM)
         let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
         #expect(status == .exited(0))

@@ -24,6 +24,18 @@ struct Daemon {
     }
 }
 
+/// Runs `body`; if it throws (a failed #require, an error), the daemon is killed first so
+/// that no plugboardd outlives a failed test.
+func whileRunning<T>(_ daemon: Daemon, _ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch {
+        daemon.process.signal(SIGKILL)
+        _ = await daemon.process.waitForExit()
+        throw error
+    }
+}
+
 /// Reads a process's stderr line by line on its own thread; tests wait for a line.
 final class LogLines: @unchecked Sendable {
     private let lock = NIOLockCompat()

@@ -142,28 +142,30 @@ struct ShellDaemonTests {
             "--plugin-exec", "du=\(sh) \(scripts)/disk-usage.sh",
             "--plugin-exec", "counter=\(sh) \(scripts)/counter.sh",
         ])
-        let rootfs = try busyboxRootfs(in: dir)
-        let created = try await cli(["container", "create", "--rootfs", rootfs, "--name", "web", "--", "true"])
-        #expect(created.status == .exited(0), "\(created.err)")
-        let id = created.out.trimmingCharacters(in: .whitespacesAndNewlines)
-        let inspected = try await cli(["container", "inspect", "web"])
-        #expect(inspected.out.contains("\"TEAM=blue\""), "\(inspected.out)")
-        #expect(inspected.out.contains("\"env[0]\" : \"add-env\""), "\(inspected.out)")
-        // The audit hook ran last (priority 10) and saw the added variable.
-        let audit = try String(contentsOfFile: auditLog, encoding: .utf8)
-        #expect(audit.contains(id) && audit.contains("TEAM=blue") && audit.contains("\"name\":\"web\""), "\(audit)")
+        try await whileRunning(daemon) {
+            let rootfs = try busyboxRootfs(in: dir)
+            let created = try await cli(["container", "create", "--rootfs", rootfs, "--name", "web", "--", "true"])
+            #expect(created.status == .exited(0), "\(created.err)")
+            let id = created.out.trimmingCharacters(in: .whitespacesAndNewlines)
+            let inspected = try await cli(["container", "inspect", "web"])
+            #expect(inspected.out.contains("\"TEAM=blue\""), "\(inspected.out)")
+            #expect(inspected.out.contains("\"env[0]\" : \"add-env\""), "\(inspected.out)")
+            // The audit hook ran last (priority 10) and saw the added variable.
+            let audit = try String(contentsOfFile: auditLog, encoding: .utf8)
+            #expect(audit.contains(id) && audit.contains("TEAM=blue") && audit.contains("\"name\":\"web\""), "\(audit)")
 
-        let usage = try await cli(["call", "disk.usage", "{\"path\": \"\(scripts)\"}"])
-        #expect(usage.status == .exited(0) && usage.out.contains("\"kb\"") && usage.out.contains("shell"), "\(usage)")
-        let missing = try await cli(["call", "disk.usage", "{\"path\": \"/no/such/dir\"}"])
-        #expect(missing.status != .exited(0) && missing.err.contains("/no/such/dir is not a directory"), "\(missing.err)")
+            let usage = try await cli(["call", "disk.usage", "{\"path\": \"\(scripts)\"}"])
+            #expect(usage.status == .exited(0) && usage.out.contains("\"kb\"") && usage.out.contains("shell"), "\(usage)")
+            let missing = try await cli(["call", "disk.usage", "{\"path\": \"/no/such/dir\"}"])
+            #expect(missing.status != .exited(0) && missing.err.contains("/no/such/dir is not a directory"), "\(missing.err)")
 
-        // One process answers every stream-mode call: the count goes on across calls.
-        for expected in 1...3 {
-            let next = try await cli(["call", "counter.next"])
-            #expect(next.out.contains("\"count\" : \(expected)"), "\(next)")
+            // One process answers every stream-mode call: the count goes on across calls.
+            for expected in 1...3 {
+                let next = try await cli(["call", "counter.next"])
+                #expect(next.out.contains("\"count\" : \(expected)"), "\(next)")
         }
         #expect(try await cli(["call", "counter.peek"]).out.contains("\"count\" : 3"))
+        }
         try await stop(daemon)
     }
 
@@ -205,32 +207,34 @@ struct ShellDaemonTests {
             "--plugin-exec", "bad=\(sh) \(dir)/bad.sh",
             "--plugin-exec", "veto=\(sh) \(dir)/veto.sh",
         ])
-        let hang = try await cli(["call", "bad.hang"])
-        #expect(hang.status != .exited(0) && hang.err.contains("timeout of 0.3 seconds") && hang.err.contains("process group was killed"), "\(hang.err)")
-        let background = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
-        #expect(ProcessWatch.waitUntilGone(background, timeout: .seconds(10)), "the script's background child \(background) was killed with its group")
+        try await whileRunning(daemon) {
+            let hang = try await cli(["call", "bad.hang"])
+            #expect(hang.status != .exited(0) && hang.err.contains("timeout of 0.3 seconds") && hang.err.contains("process group was killed"), "\(hang.err)")
+            let background = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            #expect(ProcessWatch.waitUntilGone(background, timeout: .seconds(10)), "the script's background child \(background) was killed with its group")
 
-        let fail = try await cli(["call", "bad.fail"])
-        #expect(fail.err.contains("exited with status 9") && fail.err.contains("disk on fire"), "\(fail.err)")
-        let garbage = try await cli(["call", "bad.garbage"])
-        #expect(garbage.err.contains("not JSON") && garbage.err.contains("this is {not json"), "\(garbage.err)")
-        let stream = try await cli(["call", "bad.stream"])
-        #expect(stream.err.contains("line that is not JSON") && stream.err.contains("restarted"), "\(stream.err)")
+            let fail = try await cli(["call", "bad.fail"])
+            #expect(fail.err.contains("exited with status 9") && fail.err.contains("disk on fire"), "\(fail.err)")
+            let garbage = try await cli(["call", "bad.garbage"])
+            #expect(garbage.err.contains("not JSON") && garbage.err.contains("this is {not json"), "\(garbage.err)")
+            let stream = try await cli(["call", "bad.stream"])
+            #expect(stream.err.contains("line that is not JSON") && stream.err.contains("restarted"), "\(stream.err)")
 
-        // Calling back through the adapter, with the plugin's grants.
-        let echoed = try await cli(["call", "bad.echo", "{\"x\": 1}"])
-        #expect(echoed.status == .exited(0) && echoed.out.contains("\"x\" : 1"), "\(echoed)")
-        let forbidden = try await cli(["call", "bad.forbidden"])
-        #expect(forbidden.err.contains("may not call job secret.job"), "\(forbidden.err)")
+            // Calling back through the adapter, with the plugin's grants.
+            let echoed = try await cli(["call", "bad.echo", "{\"x\": 1}"])
+            #expect(echoed.status == .exited(0) && echoed.out.contains("\"x\" : 1"), "\(echoed)")
+            let forbidden = try await cli(["call", "bad.forbidden"])
+            #expect(forbidden.err.contains("may not call job secret.job"), "\(forbidden.err)")
 
-        // Vetoes, by exit code 3 and by a "veto:" line, end the container.create hook chain.
-        let rootfs = try busyboxRootfs(in: dir)
-        let sunday = try await cli(["container", "create", "--rootfs", rootfs, "--name", "sunday", "--", "true"])
-        #expect(sunday.status != .exited(0) && sunday.err.contains("plugin veto vetoed container.create") && sunday.err.contains("no containers on Sundays"), "\(sunday.err)")
-        let other = try await cli(["container", "create", "--rootfs", rootfs, "--name", "other", "--", "true"])
-        #expect(other.err.contains("other containers are out"), "\(other.err)")
-        let fine = try await cli(["container", "create", "--rootfs", rootfs, "--name", "fine", "--", "true"])
-        #expect(fine.status == .exited(0), "\(fine.err)")
+            // Vetoes, by exit code 3 and by a "veto:" line, end the container.create hook chain.
+            let rootfs = try busyboxRootfs(in: dir)
+            let sunday = try await cli(["container", "create", "--rootfs", rootfs, "--name", "sunday", "--", "true"])
+            #expect(sunday.status != .exited(0) && sunday.err.contains("plugin veto vetoed container.create") && sunday.err.contains("no containers on Sundays"), "\(sunday.err)")
+            let other = try await cli(["container", "create", "--rootfs", rootfs, "--name", "other", "--", "true"])
+            #expect(other.err.contains("other containers are out"), "\(other.err)")
+            let fine = try await cli(["container", "create", "--rootfs", rootfs, "--name", "fine", "--", "true"])
+            #expect(fine.status == .exited(0), "\(fine.err)")
+        }
         try await stop(daemon)
     }
 }
