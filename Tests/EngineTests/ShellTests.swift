@@ -128,6 +128,37 @@ struct ShellDaemonTests {
         #expect(daemon.log.all.contains { $0.contains("broken.sh line 3") }, "\(daemon.log.all.suffix(5))")
     }
 
+    @Test("no more call-mode processes run at once than --concurrency; the rest queue and all finish")
+    func concurrencyLimit() async throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let sh = try builtExecutable("plugboard-sh")
+        // Each call holds a slot directory while it works (0.2 s of "work"), and records how
+        // many slots it saw: a count can only be lower than the processes running then.
+        try writeScript(dir + "/slow.sh", """
+            #!/bin/sh
+            # plugboard: job slow.work timeout=20s
+            mkdir \(dir)/slot.$$
+            ls -d \(dir)/slot.* | wc -l >> \(dir)/counts
+            sleep 0.2
+            rmdir \(dir)/slot.$$
+            echo '"done"'
+            """)
+        let daemon = try await start(["--plugin-exec", "slow=\(sh) --concurrency 2 \(dir)/slow.sh"])
+        try await whileRunning(daemon) {
+            let results = try await withThrowingTaskGroup(of: String.self) { group in
+                for _ in 0..<8 { group.addTask { try await cli(["call", "slow.work"]).out } }
+                var all: [String] = []
+                for try await r in group { all.append(r) }
+                return all
+            }
+            #expect(results.filter { $0.contains("done") }.count == 8, "every queued call finished: \(results)")
+            let counts = try String(contentsOfFile: dir + "/counts", encoding: .utf8).split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            #expect(counts.count == 8)
+            #expect(counts.max() ?? 99 <= 2, "at most 2 at once: \(counts)")
+        }
+        try await stop(daemon)
+    }
+
     @Test("the shipped scripts: audit log, an added env variable, a job in shell, a stream-mode job")
     func shippedScripts() async throws {
         try requireContainerHost()
