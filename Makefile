@@ -3,9 +3,9 @@
 # Each target installs the Debian packages it needs first.
 
 SWIFT        ?= swift
-# runc runs container plugins and the containers plugin's containers; busybox-static
+# libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
-APT_PACKAGES := libmsgpack-dev pkg-config runc busybox-static
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static
 LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=

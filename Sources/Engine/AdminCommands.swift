@@ -116,20 +116,7 @@ enum AdminCommands {
         case "events":
             // The client passes a Sender; events flow on it until the client stops reading.
             guard case .channel(.sender(let sink))? = body["sink"] else { throw EngineError(.badDeclaration, "events needs a \"sink\" channel") }
-            let stream = engine.events()
-            Task {
-                for await event in stream {
-                    do {
-                        try await sink.send(.fields(
-                            ("type", "plugin"), ("plugin", .string(event.plugin)), ("state", .string(event.state.rawValue)),
-                            ("restarts", .int(Int64(event.restarts))), ("detail", .string(event.detail)),
-                            ("time", .string(ISO8601DateFormatter().string(from: Date())))
-                        ))
-                    } catch {
-                        return
-                    }
-                }
-            }
+            engine.bus.subscribe(try EventFilter(wire: body), capacity: Int(body["buffer"]?.intValue ?? Int64(EventBus.defaultCapacity))).pump(to: sink)
             return "following"
         default:
             throw EngineError(.badDeclaration, "unknown admin command \(command)")

@@ -96,6 +96,13 @@ extension Engine {
         try await supervisor(name).grant(jobs, privileges: privileges)
     }
 
+    /// Whether plugin `name` holds `grant` (a job it may call, or a token such as
+    /// `state:OTHER`): declared in its `calls` and granted at launch, or granted since.
+    public func isGranted(_ name: String, _ grant: String) async -> Bool {
+        guard let s = try? supervisor(name) else { return false }
+        return await s.isGranted(grant)
+    }
+
     /// Everything known about one plugin, for `plugboard plugin inspect`.
     public func inspect(_ name: String) async throws -> Value {
         let s = try supervisor(name)

@@ -41,6 +41,10 @@ struct EngineParts: Sendable {
     let shimPath: String?
     let containers: ContainerRuntime?
     let emit: @Sendable (EngineEvent) -> Void
+    /// Publishes on the event bus.
+    let publish: @Sendable (String, [(String, Value)]) -> Void
+    /// Jobs every plugin may call without a grant (those of `openToAll` plugins).
+    let openJobs: NIOLockedValueBox<Set<String>>
     let callerFor: @Sendable (String) -> (any EngineCalls)?
 }
 
@@ -60,6 +64,10 @@ public final class Engine: Sendable {
 
     /// The container runtime container plugins run on; nil when containers are not available.
     public let containers: ContainerRuntime?
+    /// Every engine event (plugin lifecycle, registrations, hook outcomes, notifications
+    /// such as the container lifecycle) and what plugins publish; the events service and
+    /// `plugboard events` subscribe to it.
+    public let bus = EventBus()
 
     /// - Parameters:
     ///   - shimPath: the `plugboard-exec-shim` that ties exec plugins' lives to this
@@ -75,11 +83,33 @@ public final class Engine: Sendable {
         self.hooks = hooks
         self.logger = logger
         let subscribers = self.subscribers
+        let bus = self.bus
+        hooks.setReporter { report in
+            if report.result == "notified" {
+                var attributes: [(String, Value)] = [("object", .string(report.object))]
+                for entry in report.payload.mapValue ?? [] {
+                    if let k = entry.key.stringValue, k != "type", k != "seq", k != "time" { attributes.append((k, entry.value)) }
+                }
+                bus.publish(report.event, attributes)
+            } else {
+                bus.publish("hook.outcome", [
+                    ("event", .string(report.event)), ("object", .string(report.object)), ("result", .string(report.result)),
+                    ("plugins", .array(report.plugins.map { .string($0) })), ("skipped", .array(report.skipped.map { .string($0) })),
+                    ("detail", .string(report.detail)),
+                ])
+            }
+        }
         parts = EngineParts(
             hub: hub, hooks: hooks, pipeline: pipeline, logger: logger, shimPath: shimPath, containers: containers,
             emit: { event in
                 for c in subscribers.withLockedValue({ Array($0.values) }) { c.yield(event) }
+                bus.publish("plugin.\(event.state.rawValue)", [
+                    ("plugin", .string(event.plugin)), ("state", .string(event.state.rawValue)),
+                    ("restarts", .int(Int64(event.restarts))), ("detail", .string(event.detail)),
+                ])
             },
+            publish: { type, attributes in bus.publish(type, attributes) },
+            openJobs: NIOLockedValueBox([]),
             callerFor: { name in InProcessEngineCalls(hub: hub, plugin: name) }
         )
     }
@@ -163,6 +193,7 @@ public final class Engine: Sendable {
             await supervisor.stop(grace: grace)
         }
         for c in subscribers.withLockedValue({ Array($0.values) }) { c.finish() }
+        bus.closeAll()
     }
 
     /// The plugins, in boot order.
@@ -192,6 +223,6 @@ struct InProcessEngineCalls: EngineCalls {
     let plugin: String
 
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
-        try await hub.call(job, argument, timeout: timeout)
+        try await hub.call(job, argument, timeout: timeout, caller: plugin)
     }
 }

@@ -88,12 +88,17 @@ public struct PluginSpec: Sendable {
     public var privileges: Set<Privilege>
     /// Grant a container plugin every privilege its manifest asks for (`--grant-all-permissions`).
     public var grantAllPrivileges: Bool
+    /// Every plugin may call its jobs without a grant: the services (events, state), which
+    /// check their own permissions per caller.
+    public var openToAll = false
 
     public init(
         name: String?, kind: Kind, options: String = "", restartPolicy: RestartPolicy = .onFailure,
         backoff: Backoff = Backoff(), crashLoop: CrashLoopLimit = CrashLoopLimit(), grantAll: Bool = true,
-        startTimeout: Duration = .seconds(10), privileges: Set<Privilege> = [], grantAllPrivileges: Bool = false
+        startTimeout: Duration = .seconds(10), privileges: Set<Privilege> = [], grantAllPrivileges: Bool = false,
+        openToAll: Bool = false
     ) {
+        self.openToAll = openToAll
         self.privileges = privileges
         self.grantAllPrivileges = grantAllPrivileges
         self.name = name

@@ -170,7 +170,7 @@ actor PluginSupervisor {
             participant = .remote(name, calls: calls) {
                 await process.waitForExit(timeout: .seconds(2)).map { "\($0)" }
             }
-            serveEngineCalls(on: launched.session, description: description)
+            serveEngineCalls(on: launched.session, description: description, caller: name)
             self.description = description
             return description
         } catch {
@@ -194,7 +194,13 @@ actor PluginSupervisor {
     func activate() throws {
         guard let description, let participant else { throw EngineError(.startFailed, "plugin \(name) was not started") }
         try engine.hub.register(jobs: description.jobs, for: participant)
+        if spec.openToAll { engine.openJobs.withLockedValue { $0.formUnion(description.jobs) } }
         registerHooksAndPipeline()
+        engine.publish("registration.added", [
+            ("plugin", .string(name)), ("jobs", .array(description.jobs.map { .string($0) })),
+            ("hooks", .array(description.hooks.map { .string("\($0.event) (\($0.phase.rawValue))") })),
+            ("pipeline", .array(description.messageTypes.map { .string($0.type) })),
+        ])
         activeSince = .now
         set(.active, "registered \(description.jobs.count) jobs, \(description.hooks.count) hooks, \(description.messageTypes.count) pipeline types")
         if process != nil, monitor == nil {
@@ -405,6 +411,7 @@ actor PluginSupervisor {
     }
 
     private func withdraw(reason: String, expectBack: Duration?) {
+        engine.publish("registration.withdrawn", [("plugin", .string(name)), ("reason", .string(reason))])
         engine.hub.withdraw(owner: name, reason: reason, expectBackWithin: expectBack)
         engine.hooks.withdraw(owner: name, reason: reason)
         engine.pipeline.withdraw(owner: name, reason: reason)
@@ -454,7 +461,7 @@ actor PluginSupervisor {
     // MARK: Calls from the plugin
 
     /// Serves the plugin's "engine" channel: job calls it makes, checked against its grants.
-    private nonisolated func serveEngineCalls(on session: Session, description: PluginDescription) {
+    private nonisolated func serveEngineCalls(on session: Session, description: PluginDescription, caller: String) {
         let engine = self.engine
         let asked = Set(description.calls)
         Task { [weak self] in
@@ -467,13 +474,15 @@ actor PluginSupervisor {
                                 try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
                                 return
                             }
-                            guard await self?.isGranted(job) == true else {
+                            var allowed = engine.openJobs.withLockedValue { $0.contains(job) }
+                            if !allowed { allowed = await self?.isGranted(job) == true }
+                            guard allowed else {
                                 let why = asked.contains(job) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
-                                try? await request.fail(code: "permission.denied", message: "plugin \(description.name) may not call job \(job): \(why)")
+                                try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not call job \(job): \(why)")
                                 return
                             }
                             do {
-                                let result = try await engine.hub.call(job, request.body["argument"] ?? .nil)
+                                let result = try await engine.hub.call(job, request.body["argument"] ?? .nil, caller: caller)
                                 try? await request.respond(result)
                             } catch let error as RoutingError {
                                 try? await request.fail(code: "routing.\(error.code)", message: error.reason)

@@ -54,3 +54,21 @@ public struct HookOutcome: Sendable {
         .map(attribution.keys.sorted().map { (key: .string($0), value: .string(attribution[$0] ?? "")) })
     }
 }
+
+/// What happened in one hook chain or notification, for the events service.
+public struct HookReport: Sendable {
+    /// The event (container.create).
+    public var event: String
+    /// What it was about (a container id).
+    public var object: String
+    /// "ok", "notified", or the error's code ("vetoed", "field conflict", ...).
+    public var result: String
+    /// The plugins whose mutating hooks ran, in order; on an error, the plugin it names.
+    public var plugins: [String]
+    /// Optional hooks skipped after failing.
+    public var skipped: [String]
+    /// The error's text, if any.
+    public var detail: String
+    /// A notification's payload.
+    public var payload: Value = .nil
+}

@@ -19,9 +19,15 @@ public final class Hooks: Sendable {
     /// In-flight hook calls, by owner.
     public let inFlight = InFlightCalls()
     private let logger: Logger
+    private let reporter = NIOLockedValueBox<(@Sendable (HookReport) -> Void)?>(nil)
 
     public init(logger: Logger) {
         self.logger = logger
+    }
+
+    /// Tells `report` about every chain's outcome and every notification (the events service).
+    public func setReporter(_ report: @escaping @Sendable (HookReport) -> Void) {
+        reporter.withLockedValue { $0 = report }
     }
 
     /// Registers `participant` for `event`.
@@ -96,6 +102,21 @@ public final class Hooks: Sendable {
     /// ``RoutingError/Code/fieldConflict``, ``RoutingError/Code/rejected``, or a required
     /// hook's own failure or timeout.
     public func run(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
+        let report = reporter.withLockedValue { $0 }
+        do {
+            let outcome = try await runChain(event, payload: payload, object: object)
+            report?(HookReport(event: event, object: object, result: "ok", plugins: outcome.steps.map(\.plugin), skipped: outcome.skipped.map(\.plugin), detail: ""))
+            return outcome
+        } catch let error as RoutingError {
+            report?(HookReport(event: event, object: object, result: "\(error.code)", plugins: error.plugin.map { [$0] } ?? [], skipped: [], detail: error.reason))
+            throw error
+        } catch {
+            report?(HookReport(event: event, object: object, result: "failed", plugins: [], skipped: [], detail: "\(error)"))
+            throw error
+        }
+    }
+
+    private func runChain(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
         await gate.enter(object)
         defer { gate.leave(object) }
 
@@ -194,6 +215,7 @@ public final class Hooks: Sendable {
     /// Tells every observer of `event` about it, without waiting for any of them.
     /// Each observer hears events in the order they were notified.
     public func notify(_ event: String, payload: Value, object: String = "") {
+        reporter.withLockedValue { $0 }?(HookReport(event: event, object: object, result: "notified", plugins: [], skipped: [], detail: "", payload: payload))
         let queues = observers.withLockedValue { o in o.values.filter { $0.registration.event == event } }
         for q in queues { q.enqueue(payload: payload, object: object) }
     }

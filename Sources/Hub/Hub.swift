@@ -145,7 +145,10 @@ public final class Hub: Sendable {
     /// after `timeout` (the plugin is not killed for it), ``RoutingError/Code/ownerGone`` at
     /// once when the owner goes away mid-call or does not come back in time, and
     /// ``RoutingError/Code/handlerFailed`` with the handler's own error.
-    public func call(_ job: String, _ argument: Value = .nil, timeout: Duration = Hub.defaultTimeout) async throws -> Value {
+    ///
+    /// `caller` names the plugin making the call (the handler sees it as `extra.caller`);
+    /// nil for an operator or the engine.
+    public func call(_ job: String, _ argument: Value = .nil, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> Value {
         let start = NIODeadline.now()
         while true {
             let slot: Slot? = state.withLockedValue { $0.slots[job] }
@@ -154,7 +157,8 @@ public final class Hub: Sendable {
                 throw RoutingError(.unknownJob, "no job named \(job) is registered")
             case .active(let participant):
                 let remaining = timeout - elapsed(since: start)
-                return try await participant.invoke(Invocation(kind: .job, name: job, payload: argument), timeout: remaining, tracking: inFlight)
+                let extra: Value = caller.map { .fields(("caller", .string($0))) } ?? .nil
+                return try await participant.invoke(Invocation(kind: .job, name: job, payload: argument, extra: extra), timeout: remaining, tracking: inFlight)
             case .restarting(let owner, let deadline, _):
                 try await waitForReturn(of: owner, job: job, until: min(deadline, start + timeout.timeAmount))
             }

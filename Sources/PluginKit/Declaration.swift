@@ -5,6 +5,19 @@ import Routing
 /// A job handler: the argument in, the result out.
 public typealias JobHandler = @Sendable (Value) async throws -> Value
 
+/// Who is calling a job: a plugin's name when a plugin called it through the engine, nil
+/// when an operator did (the admin socket) or the engine itself.
+public struct JobCall: Sendable, Hashable {
+    public var caller: String?
+
+    public init(caller: String?) {
+        self.caller = caller
+    }
+}
+
+/// A job handler that also learns who called (the state service keeps a namespace per caller).
+public typealias JobHandlerWithCall = @Sendable (Value, JobCall) async throws -> Value
+
 /// What a mutating hook decides.
 public enum HookAnswer: Sendable {
     /// Go on with this payload.
@@ -26,7 +39,7 @@ public typealias MessageHandler = @Sendable (_ type: String, _ body: Value) asyn
 public struct PluginDeclaration: Sendable {
     public struct Job: Sendable {
         public var name: String
-        public var handler: JobHandler
+        public var handler: JobHandlerWithCall
     }
 
     public struct Hook: Sendable {
@@ -62,6 +75,11 @@ public struct PluginDeclaration: Sendable {
 
     /// Serves the job `name`.
     public mutating func job(_ name: String, _ handler: @escaping JobHandler) {
+        jobs.append(Job(name: name) { argument, _ in try await handler(argument) })
+    }
+
+    /// Serves the job `name`, with the caller's identity.
+    public mutating func job(_ name: String, withCall handler: @escaping JobHandlerWithCall) {
         jobs.append(Job(name: name, handler: handler))
     }
 
@@ -85,7 +103,7 @@ public struct PluginDeclaration: Sendable {
             guard let job = jobs.first(where: { $0.name == invocation.name }) else {
                 throw RoutingError(.unknownJob, "plugin \(name) has no job \(invocation.name)", plugin: name)
             }
-            return try await job.handler(invocation.payload)
+            return try await job.handler(invocation.payload, JobCall(caller: invocation.extra["caller"]?.stringValue))
         case .hook:
             let phase = invocation.extra["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate
             guard let hook = hooks.first(where: { $0.options.event == invocation.name && $0.options.phase == phase }) else {

@@ -74,29 +74,48 @@ struct PipelineList: RegistryListing {
 struct Events: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow the daemon's events as they happen, like `docker events`.",
-        discussion: "Example: plugboard events --filter plugin=audit --format json"
+        discussion: """
+            Types: plugin.STATE (starting, active, restarting, failed, disabled, stopped), registration.added,
+            registration.withdrawn, hook.outcome, container.started, container.exited, container.removed, and
+            whatever plugins publish (events.publish). A reader that falls behind gets an events.lost record
+            with the count. Examples:
+              plugboard events --type 'plugin.*' --filter plugin=audit
+              plugboard events --type container.exited --format json
+            """
     )
     @OptionGroup var connection: Connection
-    @Option(help: ArgumentHelp("Only events whose KEY equals VALUE (repeatable).", valueName: "key=value")) var filter: [String] = []
+    @Option(help: ArgumentHelp("Only events of this type; a trailing * matches a prefix (repeatable).", valueName: "type")) var type: [String] = []
+    @Option(help: ArgumentHelp("Only events whose attribute KEY equals VALUE (repeatable).", valueName: "key=value")) var filter: [String] = []
     @Option(help: "table or json (one object per line).") var format: OutputFormat = .table
 
     func run() async throws {
-        let filters = filter.map { $0.split(separator: "=", maxSplits: 1).map(String.init) }
+        var attributes: [(key: Value, value: Value)] = []
+        for f in filter {
+            let kv = f.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { throw ValidationError("--filter takes KEY=VALUE, not \(f)") }
+            attributes.append((key: .string(kv[0]), value: .string(kv[1])))
+        }
         let (session, channel) = try await connection.open()
         defer { session.close(reason: "done") }
         let (sink, events) = try session.makePipe()
-        _ = try await channel.request(.fields(("command", "events"), ("sink", .channel(.sender(sink)))))
+        _ = try await channel.request(.fields(
+            ("command", "events"), ("sink", .channel(.sender(sink))),
+            ("types", .array(type.map { .string($0) })), ("attributes", .map(attributes))
+        ))
         // The daemon subscribed before answering: from here on no event is missed.
         var notice = Array("plugboard: following events at \(connection.path) (Ctrl-C to stop)\n".utf8)
         _ = write(2, &notice, notice.count)
         for try await event in events {
-            guard filters.allSatisfy({ $0.count == 2 && text(event[$0[0]]) == $0[1] }) else { continue }
             if format == .json {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 print(String(decoding: try encoder.encode(event), as: UTF8.self))
             } else {
-                print("\(text(event["time"])) \(text(event["type"])) \(text(event["plugin"])) \(text(event["state"])) restarts=\(text(event["restarts"])) \(text(event["detail"]))")
+                let rest = (event.mapValue ?? []).compactMap { e -> String? in
+                    guard let k = e.key.stringValue, !["seq", "time", "type"].contains(k) else { return nil }
+                    return "\(k)=\(text(e.value))"
+                }
+                print("\(text(event["time"])) \(text(event["type"])) \(rest.joined(separator: " "))")
             }
             fflush(nil)
         }

@@ -5,6 +5,8 @@ import ArgumentParser
 import Containers
 import ContainersPlugin
 import EchoPlugin
+import EventsPlugin
+import StatePlugin
 import Engine
 import Foundation
 import HostMountPlugin
@@ -26,6 +28,21 @@ func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
 
 /// Every built-in's name, whether or not it can run here.
 let builtinNames = ["containers", "echo", "host-mount"]
+
+/// The services every plugboardd runs, before any other plugin: events and state.
+func makeServices(engine: Engine, stateDirectory: String) throws -> [PluginSpec] {
+    let store: StateStore
+    do {
+        store = try StateStore(path: stateDirectory + "/state.sqlite")
+    } catch {
+        throw ValidationError("cannot open the state store \(stateDirectory)/state.sqlite: \(error)")
+    }
+    return [
+        PluginSpec(name: "events", kind: .builtin(EventsPlugin(bus: engine.bus)), openToAll: true),
+        PluginSpec(name: "state", kind: .builtin(StatePlugin(store: store) { caller, grant in await engine.isGranted(caller, grant) }), openToAll: true),
+    ]
+}
+let serviceNames = ["events", "state"]
 
 struct Plugboardd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -97,7 +114,7 @@ struct Plugboardd: AsyncParsableCommand {
         }
         let engine = Engine(logger: logger, containers: runtime)
         let builtins = makeBuiltins(engine: engine, logger: logger)
-        let specs = try makeSpecs(builtins: builtins, noRuntime: noRuntime)
+        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
         let socketPath = adminSocket ?? AdminServer.defaultPath()
         var groupID: gid_t?
         if let adminGroup {
@@ -126,6 +143,7 @@ struct Plugboardd: AsyncParsableCommand {
         for entry in plugins {
             let (name, option) = Plugboardd.splitNameAndOption(entry)
             guard let plugin = builtins[name] else {
+                if serviceNames.contains(name) { throw ValidationError("\(name) is a service plugboardd always runs: no --plugin needed") }
                 if builtinNames.contains(name) { throw ValidationError("built-in plugin \"\(name)\" cannot run here: \(noRuntime)") }
                 throw ValidationError("unknown built-in plugin \"\(name)\"; the built-ins are: \(builtinNames.joined(separator: ", "))")
             }

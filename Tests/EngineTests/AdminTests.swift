@@ -43,7 +43,7 @@ struct AdminTests {
     var socket: String { dir + "/admin.sock" }
 
     func startDaemon(_ extra: [String] = []) async throws -> Daemon {
-        let daemon = try await Daemon.start(["--plugin", "echo", "--admin-socket", socket, "--shutdown-grace", "1"] + extra)
+        let daemon = try await Daemon.start(["--plugin", "echo", "--admin-socket", socket, "--state-dir", dir + "-state", "--shutdown-grace", "1"] + extra)
         let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
         #expect(ready != nil, "daemon log: \(daemon.log.all.suffix(5))")
         return daemon
@@ -52,7 +52,8 @@ struct AdminTests {
     func stop(_ daemon: Daemon) async {
         daemon.process.signal(SIGTERM)
         _ = await daemon.process.waitForExit()
-        rmdir(dir)
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.removeItem(atPath: dir + "-state")
     }
 
     func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
@@ -65,7 +66,7 @@ struct AdminTests {
         let ls = try await cli(["plugin", "ls", "--format", "json"])
         #expect(ls.status == .exited(0), "\(ls.err)")
         let rows = try JSONSerialization.jsonObject(with: Data(ls.out.utf8)) as? [[String: Any]]
-        #expect(rows?.map { $0["name"] as? String } == ["echo", "host-mount"])
+        #expect(rows?.map { $0["name"] as? String } == ["echo", "events", "host-mount", "state"])
         #expect(rows?.first?["kind"] as? String == "builtin")
         #expect(rows?.first?["state"] as? String == "active")
         #expect(rows?.first?.keys.contains("pid") == true && rows?.first?.keys.contains("restarts") == true)

@@ -1,0 +1,196 @@
+import Chan
+import Foundation
+import NIOConcurrencyHelpers
+
+/// Which events a subscriber wants: types (exact, or a prefix ending in `*`) and
+/// attributes that must be equal. Empty means everything.
+public struct EventFilter: Sendable, Hashable {
+    public var types: [String]
+    public var attributes: [String: String]
+
+    public init(types: [String] = [], attributes: [String: String] = [:]) {
+        self.types = types
+        self.attributes = attributes
+    }
+
+    /// From a request: `{"types": [..], "attributes": {K: V}}`.
+    public init(wire body: Value) throws {
+        var attributes: [String: String] = [:]
+        for entry in body["attributes"]?.mapValue ?? [] {
+            guard let k = entry.key.stringValue, let v = entry.value.stringValue else {
+                throw EngineError(.badDeclaration, "an event filter's attributes map names to strings")
+            }
+            attributes[k] = v
+        }
+        self.init(types: (body["types"]?.arrayValue ?? []).compactMap(\.stringValue), attributes: attributes)
+    }
+
+    func matches(type: String, attributes values: [(String, Value)]) -> Bool {
+        if !types.isEmpty, !types.contains(where: { $0 == type || ($0.hasSuffix("*") && type.hasPrefix($0.dropLast())) }) { return false }
+        for (key, wanted) in attributes {
+            guard let v = values.first(where: { $0.0 == key })?.1 else { return false }
+            if v.stringValue ?? v.description != wanted { return false }
+        }
+        return true
+    }
+}
+
+/// What a subscriber receives next.
+public enum EventRecord: Sendable {
+    /// An event: `{"seq", "time", "type", ...attributes}`.
+    case event(Value)
+    /// Events that matched but did not fit in the subscriber's buffer.
+    case lost(Int)
+
+    /// As sent to subscribers: an event, or `{"type": "events.lost", "count": N}`.
+    public var value: Value {
+        switch self {
+        case .event(let v): return v
+        case .lost(let n): return .fields(("type", "events.lost"), ("count", .int(Int64(n))))
+        }
+    }
+}
+
+/// Publish/subscribe of engine and plugin events.
+///
+/// Publishing never waits: each subscriber has a bounded buffer, and an event that does
+/// not fit is counted for that subscriber, who receives an `events.lost` record with the
+/// count before its next event. Every event has a sequence number, so order is checkable.
+public final class EventBus: Sendable {
+    /// Buffered events per subscriber unless it asks otherwise.
+    public static let defaultCapacity = 1024
+
+    private struct Subscriber {
+        var filter: EventFilter
+        var capacity: Int
+        var buffer: [Value] = []
+        var lost = 0
+        var waiter: CheckedContinuation<EventRecord?, Never>?
+        var closed = false
+    }
+
+    private struct State {
+        var seq: UInt64 = 0
+        var subscribers: [Int: Subscriber] = [:]
+        var nextID = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    public init() {}
+
+    /// How many subscribers there are now.
+    public var subscriberCount: Int { state.withLockedValue { $0.subscribers.count } }
+
+    /// Publishes an event of `type` with `attributes` to every matching subscriber.
+    public func publish(_ type: String, _ attributes: [(String, Value)]) {
+        let time = Self.timestamp()
+        let wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = state.withLockedValue { s in
+            s.seq += 1
+            let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
+                + attributes.map { (key: .string($0.0), value: $0.1) })
+            var wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = []
+            for (id, var sub) in s.subscribers where !sub.closed && sub.filter.matches(type: type, attributes: attributes) {
+                if let waiter = sub.waiter {
+                    sub.waiter = nil
+                    if sub.lost > 0 {
+                        // The loss comes first; the event waits in the buffer.
+                        wake.append((waiter, .lost(sub.lost)))
+                        sub.lost = 0
+                        sub.buffer.append(event)
+                    } else {
+                        wake.append((waiter, .event(event)))
+                    }
+                } else if sub.buffer.count < sub.capacity {
+                    sub.buffer.append(event)
+                } else {
+                    sub.lost += 1
+                }
+                s.subscribers[id] = sub
+            }
+            return wake
+        }
+        for (c, record) in wake { c.resume(returning: record) }
+    }
+
+    /// A new subscription; events published from now on that match `filter` reach it.
+    public func subscribe(_ filter: EventFilter = EventFilter(), capacity: Int = EventBus.defaultCapacity) -> EventSubscription {
+        let id = state.withLockedValue { s in
+            let id = s.nextID
+            s.nextID += 1
+            s.subscribers[id] = Subscriber(filter: filter, capacity: max(1, capacity))
+            return id
+        }
+        return EventSubscription(bus: self, id: id)
+    }
+
+    fileprivate func next(_ id: Int) async -> EventRecord? {
+        await withCheckedContinuation { (c: CheckedContinuation<EventRecord?, Never>) in
+            let ready: EventRecord?? = state.withLockedValue { s in
+                guard var sub = s.subscribers[id], !sub.closed else { return .some(nil) }
+                defer { s.subscribers[id] = sub }
+                if sub.lost > 0 && sub.buffer.isEmpty {
+                    let n = sub.lost
+                    sub.lost = 0
+                    return .some(.lost(n))
+                }
+                if !sub.buffer.isEmpty {
+                    let first = sub.buffer.removeFirst()
+                    return .some(.event(first))
+                }
+                sub.waiter = c
+                return .none
+            }
+            if case .some(let record) = ready { c.resume(returning: record) }
+        }
+    }
+
+    fileprivate func cancel(_ id: Int) {
+        let waiter = state.withLockedValue { s in s.subscribers.removeValue(forKey: id)?.waiter }
+        waiter?.resume(returning: nil)
+    }
+
+    /// Ends every subscription (the engine is shutting down).
+    public func closeAll() {
+        let waiters = state.withLockedValue { s in
+            defer { s.subscribers = [:] }
+            return s.subscribers.values.compactMap(\.waiter)
+        }
+        for w in waiters { w.resume(returning: nil) }
+    }
+
+    static func timestamp() -> String {
+        Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+}
+
+/// One subscriber's view of the bus.
+public final class EventSubscription: Sendable {
+    private let bus: EventBus
+    private let id: Int
+
+    fileprivate init(bus: EventBus, id: Int) {
+        self.bus = bus
+        self.id = id
+    }
+
+    /// The next record, in order; nil once cancelled or the bus closed.
+    public func next() async -> EventRecord? { await bus.next(id) }
+
+    /// Stops the subscription; a waiting `next()` returns nil.
+    public func cancel() { bus.cancel(id) }
+
+    /// Sends every record to `sink` until the sink's reader goes away; then cancels.
+    public func pump(to sink: Sender) {
+        Task {
+            while let record = await next() {
+                do {
+                    try await sink.send(record.value)
+                } catch {
+                    break
+                }
+            }
+            cancel()
+        }
+    }
+}

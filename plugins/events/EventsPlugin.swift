@@ -1,0 +1,52 @@
+import Chan
+import Engine
+import PluginKit
+
+/// `events`: publish/subscribe of every engine event and of events plugins publish.
+///
+/// - `events.subscribe {"sink": SENDER, "types"?: [..], "attributes"?: {K: V}, "buffer"?: N}`:
+///   events matching the filter flow to `sink`. The subscriber's buffer holds `buffer`
+///   events (default 1024); when it overflows the subscriber receives
+///   `{"type": "events.lost", "count": N}` before the next event. A slow subscriber never
+///   blocks the engine or other subscribers.
+/// - `events.publish {"type": T, "attributes"?: {K: V}}`: publishes an event, with
+///   `source` = the calling plugin ("operator" from the admin socket). The engine's own
+///   types (plugin.*, registration.*, hook.*, container.*, events.*) are refused.
+public struct EventsPlugin: Plugin {
+    /// Types only the engine publishes.
+    public static let reservedPrefixes = ["plugin.", "registration.", "hook.", "container.", "events."]
+
+    let bus: EventBus
+
+    public init(bus: EventBus) {
+        self.bus = bus
+    }
+
+    public func declare(_ context: PluginContext) -> PluginDeclaration {
+        var d = PluginDeclaration(name: "events", version: "1.0.0")
+        let bus = self.bus
+        d.job("events.subscribe") { argument in
+            guard case .channel(.sender(let sink))? = argument["sink"] else {
+                throw EngineError(.badDeclaration, "events.subscribe needs {\"sink\": a channel to send events on}")
+            }
+            let capacity = Int(argument["buffer"]?.intValue ?? Int64(EventBus.defaultCapacity))
+            bus.subscribe(try EventFilter(wire: argument), capacity: capacity).pump(to: sink)
+            return "subscribed"
+        }
+        d.job("events.publish", withCall: { argument, call in
+            guard let type = argument["type"]?.stringValue, !type.isEmpty else {
+                throw EngineError(.badDeclaration, "events.publish needs {\"type\": NAME, \"attributes\": {...}}")
+            }
+            if let reserved = Self.reservedPrefixes.first(where: { type.hasPrefix($0) }) {
+                throw EngineError(.permissionDenied, "event types starting with \(reserved) are the engine's; publish under your own prefix")
+            }
+            var attributes: [(String, Value)] = [("source", .string(call.caller ?? "operator"))]
+            for entry in argument["attributes"]?.mapValue ?? [] {
+                if let k = entry.key.stringValue, !["seq", "time", "type", "source"].contains(k) { attributes.append((k, entry.value)) }
+            }
+            bus.publish(type, attributes)
+            return "published"
+        })
+        return d
+    }
+}
