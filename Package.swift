@@ -40,6 +40,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // msgpack-c from libmsgpack-dev, found through pkg-config. Only Chan imports it.
@@ -78,6 +80,7 @@ let package = Package(
             name: "Routing",
             dependencies: [
                 "Chan",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -104,6 +107,7 @@ let package = Package(
             name: "Engine",
             dependencies: [
                 "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "Routing", "PluginKit", "Containers",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -120,7 +124,9 @@ let package = Package(
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "Containers", "EventsPlugin", "StatePlugin",
+                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "Containers", "EventsPlugin", "StatePlugin", "MetricsPlugin",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -174,6 +180,20 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
         // The state service: SQLite through GRDB (libsqlite3-dev), WAL mode.
         .target(name: "StatePlugin", dependencies: ["PluginKit", "Chan", .product(name: "GRDB", package: "GRDB.swift")], path: "plugins/state", swiftSettings: strict),
+        // The metrics service: swift-metrics backed by swift-prometheus, and its HTTP endpoint.
+        .target(
+            name: "MetricsPlugin",
+            dependencies: [
+                "PluginKit", "Chan", "Engine",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "plugins/metrics", swiftSettings: strict
+        ),
         .target(name: "EventsPlugin", dependencies: ["PluginKit", "Chan", "Engine"], path: "plugins/events", swiftSettings: strict),
         .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", .product(name: "Logging", package: "swift-log")], path: "plugins/containers", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.

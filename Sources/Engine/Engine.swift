@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Chan
 import Containers
+import CoreMetrics
 import Foundation
 import Hooks
 import Hub
@@ -92,6 +93,7 @@ public final class Engine: Sendable {
                 }
                 bus.publish(report.event, attributes)
             } else {
+                Counter(label: "plugboard_hook_chains_total", dimensions: [("event", report.event), ("result", report.result.replacingOccurrences(of: " ", with: "_"))]).increment()
                 bus.publish("hook.outcome", [
                     ("event", .string(report.event)), ("object", .string(report.object)), ("result", .string(report.result)),
                     ("plugins", .array(report.plugins.map { .string($0) })), ("skipped", .array(report.skipped.map { .string($0) })),

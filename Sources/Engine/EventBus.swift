@@ -1,4 +1,5 @@
 import Chan
+import CoreMetrics
 import Foundation
 import NIOConcurrencyHelpers
 
@@ -76,6 +77,7 @@ public final class EventBus: Sendable {
     }
 
     private let state = NIOLockedValueBox(State())
+    private let lostCounter = Counter(label: "plugboard_events_lost_total")
 
     public init() {}
 
@@ -85,6 +87,7 @@ public final class EventBus: Sendable {
     /// Publishes an event of `type` with `attributes` to every matching subscriber.
     public func publish(_ type: String, _ attributes: [(String, Value)]) {
         let time = Self.timestamp()
+        var lostNow = 0
         let wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = state.withLockedValue { s in
             s.seq += 1
             let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
@@ -105,12 +108,14 @@ public final class EventBus: Sendable {
                     sub.buffer.append(event)
                 } else {
                     sub.lost += 1
+                    lostNow += 1
                 }
                 s.subscribers[id] = sub
             }
             return wake
         }
         for (c, record) in wake { c.resume(returning: record) }
+        if lostNow > 0 { lostCounter.increment(by: lostNow) }
     }
 
     /// A new subscription; events published from now on that match `filter` reach it.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Chan
 import Containers
+import CoreMetrics
 import Foundation
 import Hooks
 import Hub
@@ -268,6 +269,7 @@ actor PluginSupervisor {
             case .never: restart = false
             }
             history.append((.now, reason))
+            if reason.contains("protocol") { Counter(label: "plugboard_frame_errors_total", dimensions: [("plugin", name)]).increment() }
             logger.warning("plugin ended", metadata: ["plugin.reason": "\(reason)", "plugin.restart": "\(restart)"])
             guard restart else {
                 withdraw(reason: reason, expectBack: nil)
@@ -289,6 +291,7 @@ actor PluginSupervisor {
             try? await Task.sleep(for: delay)
             if stopping { return }
             restarts += 1
+            Counter(label: "plugboard_plugin_restarts_total", dimensions: [("plugin", name)]).increment()
             do {
                 _ = try await launch()
                 try activate()

@@ -53,6 +53,8 @@ public final class Hub: Sendable {
     private let state = NIOLockedValueBox(State())
     /// In-flight calls, by owner.
     public let inFlight = InFlightCalls()
+    /// Calls, errors, timeouts and latency per job and plugin.
+    public let metrics = CallMetrics()
     private let logger: Logger
 
     /// The default deadline of a call.
@@ -154,11 +156,20 @@ public final class Hub: Sendable {
             let slot: Slot? = state.withLockedValue { $0.slots[job] }
             switch slot {
             case nil:
+                metrics.recordUnknownJob()
                 throw RoutingError(.unknownJob, "no job named \(job) is registered")
             case .active(let participant):
                 let remaining = timeout - elapsed(since: start)
                 let extra: Value = caller.map { .fields(("caller", .string($0))) } ?? .nil
-                return try await participant.invoke(Invocation(kind: .job, name: job, payload: argument, extra: extra), timeout: remaining, tracking: inFlight)
+                do {
+                    let result = try await participant.invoke(Invocation(kind: .job, name: job, payload: argument, extra: extra), timeout: remaining, tracking: inFlight)
+                    metrics.record(job: job, plugin: participant.name, nanoseconds: (NIODeadline.now() - start).nanoseconds, error: nil)
+                    return result
+                } catch {
+                    let code = (error as? RoutingError)?.code ?? .handlerFailed
+                    metrics.record(job: job, plugin: participant.name, nanoseconds: (NIODeadline.now() - start).nanoseconds, error: code)
+                    throw error
+                }
             case .restarting(let owner, let deadline, _):
                 try await waitForReturn(of: owner, job: job, until: min(deadline, start + timeout.timeAmount))
             }

@@ -12,6 +12,15 @@ public final class InFlightCalls: Sendable {
 
     public init() {}
 
+    /// Calls in flight now, by owner (a queue-depth gauge).
+    public var countsByOwner: [String: Int] {
+        state.withLockedValue { s in
+            var counts: [String: Int] = [:]
+            for entry in s.entries.values { counts[entry.owner, default: 0] += 1 }
+            return counts
+        }
+    }
+
     func register(owner: String, abort: @escaping @Sendable (RoutingError) -> Void) -> UInt64 {
         state.withLockedValue { s in
             let id = s.next

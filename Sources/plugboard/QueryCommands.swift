@@ -121,3 +121,17 @@ struct Events: AsyncParsableCommand {
         }
     }
 }
+
+struct MetricsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics",
+        abstract: "Print the daemon's metrics in the Prometheus text format.",
+        discussion: "The same text plugboardd serves at http://HOST:PORT/metrics with --metrics-listen."
+    )
+    @OptionGroup var connection: Connection
+
+    func run() async throws {
+        let text = try await connection.request(.fields(("command", "call"), ("job", "metrics.scrape"), ("argument", .nil)))
+        print(text.stringValue ?? "", terminator: "")
+    }
+}

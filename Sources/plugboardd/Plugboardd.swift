@@ -6,6 +6,9 @@ import Containers
 import ContainersPlugin
 import EchoPlugin
 import EventsPlugin
+import Metrics
+import MetricsPlugin
+import Prometheus
 import StatePlugin
 import Engine
 import Foundation
@@ -29,8 +32,8 @@ func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
 /// Every built-in's name, whether or not it can run here.
 let builtinNames = ["containers", "echo", "host-mount"]
 
-/// The services every plugboardd runs, before any other plugin: events and state.
-func makeServices(engine: Engine, stateDirectory: String) throws -> [PluginSpec] {
+/// The services every plugboardd runs, before any other plugin: events, state, metrics.
+func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin) throws -> [PluginSpec] {
     let store: StateStore
     do {
         store = try StateStore(path: stateDirectory + "/state.sqlite")
@@ -40,9 +43,10 @@ func makeServices(engine: Engine, stateDirectory: String) throws -> [PluginSpec]
     return [
         PluginSpec(name: "events", kind: .builtin(EventsPlugin(bus: engine.bus)), openToAll: true),
         PluginSpec(name: "state", kind: .builtin(StatePlugin(store: store) { caller, grant in await engine.isGranted(caller, grant) }), openToAll: true),
+        PluginSpec(name: "metrics", kind: .builtin(metrics), openToAll: true),
     ]
 }
-let serviceNames = ["events", "state"]
+let serviceNames = ["events", "state", "metrics"]
 
 struct Plugboardd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -80,6 +84,9 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A group whose members may also use the admin socket.", valueName: "group"))
     var adminGroup: String?
 
+    @Option(help: ArgumentHelp("Also serve the metrics over HTTP at http://HOST:PORT/metrics (PORT 0 picks one; the log says which).", valueName: "host:port"))
+    var metricsListen: String?
+
     @Option(help: "Log format: text or json.")
     var logFormat: LogFormat = .text
 
@@ -103,6 +110,9 @@ struct Plugboardd: AsyncParsableCommand {
             }
         }
         let logger = Logger(label: "plugboardd")
+        // Libraries record through swift-metrics; the daemon backs it with Prometheus.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
         // Containers need runc; without it the daemon runs and says so when one is asked for.
         var runtime: ContainerRuntime?
@@ -114,7 +124,15 @@ struct Plugboardd: AsyncParsableCommand {
         }
         let engine = Engine(logger: logger, containers: runtime)
         let builtins = makeBuiltins(engine: engine, logger: logger)
-        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
+        let metrics = MetricsPlugin(registry: registry, engine: engine)
+        var metricsAddress: (host: String, port: Int)?
+        if let metricsListen {
+            guard let colon = metricsListen.lastIndex(of: ":"), let port = Int(metricsListen[metricsListen.index(after: colon)...]), (0...65535).contains(port) else {
+                throw ValidationError("--metrics-listen takes HOST:PORT, for example 127.0.0.1:9464, not \(metricsListen)")
+            }
+            metricsAddress = (String(metricsListen[..<colon]), port)
+        }
+        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory, metrics: metrics) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
         let socketPath = adminSocket ?? AdminServer.defaultPath()
         var groupID: gid_t?
         if let adminGroup {
@@ -127,7 +145,7 @@ struct Plugboardd: AsyncParsableCommand {
         // Refuse early, before starting any plugin, when another daemon serves the socket.
         try AdminServer.prepareForDaemon(path: socketPath)
         let service = EngineService(
-            engine: engine, specs: specs, builtins: builtins, grace: .milliseconds(Int64(shutdownGrace * 1000)),
+            engine: engine, specs: specs, builtins: builtins, metrics: metrics, metricsAddress: metricsAddress, grace: .milliseconds(Int64(shutdownGrace * 1000)),
             socketPath: socketPath, adminGroup: groupID, logger: logger
         )
         let group = ServiceGroup(configuration: .init(
@@ -223,6 +241,8 @@ struct EngineService: Service {
     let engine: Engine
     let specs: [PluginSpec]
     let builtins: [String: any Plugin]
+    let metrics: MetricsPlugin
+    let metricsAddress: (host: String, port: Int)?
     let grace: Duration
     let socketPath: String
     let adminGroup: gid_t?
@@ -232,9 +252,20 @@ struct EngineService: Service {
         try await engine.boot(specs)
         let admin = try await AdminServer.start(path: socketPath, engine: engine, adminGroup: adminGroup, builtins: { [builtins] in builtins[$0] }, logger: logger)
         defer { Task { await admin.close() } }
+        var http: MetricsHTTPServer?
+        if let metricsAddress {
+            do {
+                http = try await MetricsHTTPServer.start(host: metricsAddress.host, port: metricsAddress.port, scrape: metrics.scrape, logger: logger)
+            } catch {
+                await engine.shutdown(grace: grace)
+                throw ValidationError("cannot serve metrics on \(metricsAddress.host):\(metricsAddress.port): \(error)")
+            }
+            logger.info("metrics listening", metadata: ["metrics.url": "http://\(metricsAddress.host):\(http?.port ?? 0)/metrics"])
+        }
         logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
         try? await gracefulShutdown()
         await admin.close()
+        await http?.close()
         logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
         await engine.shutdown(grace: grace)
         logger.info("stopped")

@@ -22,7 +22,68 @@ func adminCall(_ channel: Sender, _ job: String, _ argument: Value) async throws
     try await channel.request(.fields(("command", "call"), ("job", .string(job)), ("argument", argument)), timeout: .seconds(30))
 }
 
-@Suite("services: events and state, under a real daemon", .serialized)
+/// Parses the Prometheus text exposition format strictly: every line is a comment
+/// (`# HELP`, `# TYPE` with a known type) or a sample `name{label="value",...} number`; a
+/// sample's family must have been typed first. Returns the samples by `name{labels}`.
+func parseExposition(_ text: String) throws -> [String: Double] {
+    struct Malformed: Error, CustomStringConvertible { let description: String }
+    let name = #/[a-zA-Z_:][a-zA-Z0-9_:]*/#
+    let sample = #/^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? ([-+]?(?:[0-9.]+(?:[eE][-+]?[0-9]+)?|Inf|NaN))$/#
+    var typed: Set<String> = []
+    var samples: [String: Double] = [:]
+    for line in text.split(separator: "\n") {
+        if line.hasPrefix("# TYPE ") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 4, parts[2].wholeMatch(of: name) != nil, ["counter", "gauge", "histogram", "summary", "untyped"].contains(String(parts[3])) else {
+                throw Malformed(description: "bad TYPE line: \(line)")
+            }
+            typed.insert(String(parts[2]))
+        } else if line.hasPrefix("# HELP ") || line == "#" || line.hasPrefix("# ") {
+            continue
+        } else if let m = String(line).wholeMatch(of: sample) {
+            let family = String(m.1)
+            let base = ["_bucket", "_sum", "_count"].reduce(family) { f, suffix in f.hasSuffix(suffix) && typed.contains(String(f.dropLast(suffix.count))) ? String(f.dropLast(suffix.count)) : f }
+            guard typed.contains(base) else { throw Malformed(description: "sample before its TYPE: \(line)") }
+            let value = String(m.4)
+            samples[family + String(m.2 ?? "")] = value == "+Inf" || value == "Inf" ? .infinity : Double(value) ?? .nan
+        } else {
+            throw Malformed(description: "not exposition format: \(line)")
+        }
+    }
+    return samples
+}
+
+/// GET over a plain TCP socket (a real thread: the calls block).
+func httpGet(port: Int, path: String) async throws -> String {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            guard connected == 0 else {
+                close(fd)
+                continuation.resume(throwing: DeadlineExceeded(what: "connect to 127.0.0.1:\(port): errno \(errno)"))
+                return
+            }
+            var request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+            _ = send(fd, &request, request.count, 0)
+            var all: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n <= 0 { break }
+                all += buffer[0..<n]
+            }
+            close(fd)
+            continuation.resume(returning: String(decoding: all, as: UTF8.self))
+        }
+    }
+}
+
+@Suite("services: events, state and metrics, under a real daemon", .serialized)
 struct ServicesTests {
     let dir = "/tmp/plugboard-services-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     var socket: String { dir + "/admin.sock" }
@@ -180,5 +241,48 @@ struct ServicesTests {
         let store = try StateStore(path: dir + "/state/state.sqlite")
         #expect(try await store.integrityCheck() == "ok")
         #expect(try await store.journalMode() == "wal")
+    }
+
+    @Test("the exposition parser the metrics test relies on refuses what is not exposition format")
+    func expositionParser() throws {
+        #expect(try parseExposition("# TYPE a_total counter\na_total{x=\"1\"} 3\n")[#"a_total{x="1"}"#] == 3)
+        #expect(throws: (any Error).self) { try parseExposition("a_total 3\n") }  // no TYPE first
+        #expect(throws: (any Error).self) { try parseExposition("# TYPE a counter\na{x=1} 3\n") }  // unquoted label
+        #expect(throws: (any Error).self) { try parseExposition("# TYPE a counter\na three\n") }
+        #expect(throws: (any Error).self) { try parseExposition("# TYPE a countr\n") }
+    }
+
+    @Test("metrics: the text parses as Prometheus exposition, and the counts match the calls made, by CLI and over HTTP")
+    func metricsMatchCalls() async throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let daemon = try await start(["--plugin", "echo", "--plugin-exec", "p=\(try builtExecutable("plugboard-test-plugin"))", "--metrics-listen", "127.0.0.1:0"])
+        try await whileRunning(daemon) {
+            let listening = try #require(daemon.log.all.first { $0.contains("metrics listening") })
+            let port = try #require(listening.firstMatch(of: #/127\.0\.0\.1:([0-9]+)/#).flatMap { Int($0.1) })
+            let (session, admin) = try await adminSession(socket)
+            defer { session.close(reason: "done") }
+            for i in 0..<25 { #expect(try await adminCall(admin, "echo", .int(Int64(i))) == .int(Int64(i))) }
+            for _ in 0..<3 { _ = try? await adminCall(admin, "state.get", .fields(("key", "k"))) }  // no namespace: an error
+            _ = try? await admin.request(.fields(("command", "call"), ("job", "p.hang"), ("argument", .nil), ("timeout_ms", 200)), timeout: .seconds(10))
+            _ = try? await adminCall(admin, "p.crash", .nil)
+            #expect(try await adminCall(admin, "p.restarts", .nil) == 1)
+
+            let cli = try await runCommand(try builtExecutable("plugboard"), ["metrics", "--socket", socket])
+            #expect(cli.status == .exited(0), "\(cli.err)")
+            let samples = try parseExposition(cli.out)
+            #expect(samples[#"plugboard_calls_total{job="echo",plugin="echo"}"#] == 25)
+            #expect(samples[#"plugboard_call_duration_seconds_count{job="echo",plugin="echo"}"#] == 25)
+            #expect(samples[#"plugboard_call_errors_total{job="state.get",plugin="state",code="handler_failed"}"#] == 3)
+            #expect(samples[#"plugboard_call_timeouts_total{job="p.hang",plugin="p"}"#] == 1)
+            #expect(samples[#"plugboard_plugin_restarts_total{plugin="p"}"#] == 1)
+            #expect(samples[#"plugboard_plugins{state="active"}"#] == 5, "echo, events, metrics, p, state")
+
+            let http = try await withDeadline(30, "GET /metrics") { try await httpGet(port: port, path: "/metrics") }
+            #expect(http.hasPrefix("HTTP/1.1 200"), "\(http.prefix(100))")
+            let body = String(http[http.range(of: "\r\n\r\n")!.upperBound...])
+            #expect(try parseExposition(body)[#"plugboard_calls_total{job="echo",plugin="echo"}"#] == 25)
+            #expect(try await httpGet(port: port, path: "/other").hasPrefix("HTTP/1.1 404"))
+        }
+        try await stop(daemon)
     }
 }
