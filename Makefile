@@ -36,11 +36,12 @@ bundles: deps
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
 # plugin under runc (containers need root), and the shell scripts of plugins/shell under
 # plugboard-sh. Every container created sees .build/run-data at /data and is audited to
-# .build/run-data/audit.log. Ctrl-C stops them in reverse order.
+# .build/run-data/audit.log. The services (events, state, metrics) always run; metrics are
+# also at http://127.0.0.1:9464/metrics. Ctrl-C stops them in reverse order.
 run: deps bundles
 	$(SWIFT) build $(BUILD_FLAGS)
 	mkdir -p .build/run-data
-	$(SWIFT) run --skip-build plugboardd \
+	$(SWIFT) run --skip-build plugboardd --metrics-listen 127.0.0.1:9464 \
 		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data" \
 		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log" \
 		--plugin-container "label=$(LABEL_BUNDLE)" \
