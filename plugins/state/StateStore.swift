@@ -46,12 +46,14 @@ public final class StateStore: Sendable {
 
     /// The entry, or nil.
     public func get(_ namespace: String, _ key: String) async throws -> Entry? {
-        let row = try await pool.read { db in
+        // Rows are not Sendable: take the columns out inside the read (which runs on GRDB's
+        // own queue, not on a cooperative thread).
+        let found: (Data, Int64)? = try await pool.read { db in
             try Row.fetchOne(db, sql: "SELECT value, version FROM kv WHERE namespace = ? AND key = ?", arguments: [namespace, key])
+                .map { ($0["value"], $0["version"]) }
         }
-        guard let row else { return nil }
-        let bytes: Data = row["value"]
-        return Entry(key: key, value: try Msgpack.decode(bytes), version: row["version"])
+        guard let (bytes, version) = found else { return nil }
+        return Entry(key: key, value: try Msgpack.decode(bytes), version: version)
     }
 
     /// Writes `value`; with `expected`, only if the current version is that (0: the key must
@@ -87,17 +89,14 @@ public final class StateStore: Sendable {
 
     /// Entries whose key starts with `prefix`, in key order, at most `limit`.
     public func list(_ namespace: String, prefix: String, limit: Int) async throws -> [Entry] {
-        let rows = try await pool.read { db in
+        let rows: [(String, Data, Int64)] = try await pool.read { db in
             // Keys between prefix and prefix + U+10FFFF: an index range, no LIKE escaping.
             try Row.fetchAll(
                 db, sql: "SELECT key, value, version FROM kv WHERE namespace = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
                 arguments: [namespace, prefix, prefix + "\u{10FFFF}", limit]
-            )
+            ).map { ($0["key"], $0["value"], $0["version"]) }
         }
-        return try rows.map { row in
-            let bytes: Data = row["value"]
-            return Entry(key: row["key"], value: try Msgpack.decode(bytes), version: row["version"])
-        }
+        return try rows.map { key, bytes, version in Entry(key: key, value: try Msgpack.decode(bytes), version: version) }
     }
 
     /// SQLite's own check of the file: "ok" when it is sound.
