@@ -2,6 +2,7 @@
 # `make test` runs every test, `make bench` runs the benchmarks.
 # Each target installs the Debian packages it needs first.
 
+SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
@@ -10,7 +11,7 @@ LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
-.PHONY: deps build test run bench clean bundles
+.PHONY: deps build test run bench clean bundles sanitize fuzz chaos
 
 deps:
 	@missing=""; \
@@ -63,5 +64,28 @@ bench: deps
 	plugins/label/build-bundle.sh .build/release/plugboard-plugin-label .build/plugins/label-release
 	$(SWIFT) run -c release --skip-build plugboard-bench containers --bundle .build/plugins/label-release
 
+# The test suite under AddressSanitizer, then ThreadSanitizer, each in a build folder of its own.
+sanitize: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+
+# libFuzzer over the msgpack decoder, the frame decoder and a live session, FUZZ_RUNS
+# inputs each (not part of make test). Seeds: Fuzz/corpus/TARGET (kept in the repository);
+# new inputs go to .build-fuzz/corpus/TARGET; a crash writes .build-fuzz/crashers/TARGET-*
+# and stops — copy it to Fuzz/crashers/TARGET/ once fixed, and make test replays it.
+FUZZ_RUNS ?= 200000
+fuzz: deps
+	$(SWIFT) build --scratch-path .build-fuzz --product plugboard-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
+	@for t in msgpack frames session; do \
+		mkdir -p .build-fuzz/corpus/$$t .build-fuzz/crashers; \
+		runs=$(FUZZ_RUNS); [ $$t = session ] && runs=$$(( $(FUZZ_RUNS) / 20 )); \
+		echo "fuzz: $$t, $$runs runs"; \
+		PLUGBOARD_FUZZ_TARGET=$$t .build-fuzz/debug/plugboard-fuzz -runs=$$runs -max_len=4096 -print_final_stats=1 \
+			-artifact_prefix=.build-fuzz/crashers/$$t- .build-fuzz/corpus/$$t Fuzz/corpus/$$t 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::|==[0-9]+==|SUMMARY|Done)" ; \
+		[ $${PIPESTATUS[0]:-0} -eq 0 ] || exit 1; \
+	done
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-asan .build-tsan .build-fuzz

@@ -203,6 +203,16 @@ let package = Package(
         .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Chan"], swiftSettings: strict),
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
         .executableTarget(name: "plugboard-exec-shim"),
+        // libFuzzer targets (make fuzz); built normally it replays the corpus and the crashers.
+        .executableTarget(
+            name: "plugboard-fuzz",
+            dependencies: [
+                "Chan", "Spawn",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.
         .executableTarget(
             name: "plugboard-test-peer",
