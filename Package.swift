@@ -147,7 +147,7 @@ let package = Package(
         .target(
             name: "ShellAdapter",
             dependencies: [
-                "Chan", "PluginKit", "Hooks", "Spawn",
+                "Chan", "PluginKit", "Hooks", "Spawn", "Routing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],

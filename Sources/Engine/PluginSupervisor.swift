@@ -18,6 +18,12 @@ import Spawn
 /// crash withdraws it, waits (exponential backoff with jitter) and starts it again — until
 /// the crash-loop limit marks it `failed`.
 actor PluginSupervisor {
+    /// The largest frame a plugin may send plugboardd (its HELLO says so): big data goes as
+    /// byte streams in 64 KiB chunks, and this bounds what one frame can cost.
+    static let maxFrameFromPlugin = 1 << 20
+    /// Engine calls one plugin may have in flight; more wait in its channels (credit).
+    static let maxEngineCallsInFlight = 32
+
     private(set) var spec: PluginSpec
     private(set) var name: String
     private(set) var state: PluginState = .starting
@@ -146,7 +152,7 @@ actor PluginSupervisor {
             launched = try await Session.launch(
                 executable: executable, arguments: argv, environment: environment,
                 extraDescriptors: [1: out.writeEnd, 2: err.writeEnd],
-                configuration: .init(name: "plugboardd", handshakeTimeout: spec.startTimeout), logger: logger
+                configuration: .init(name: "plugboardd", maxFrameSize: Self.maxFrameFromPlugin, handshakeTimeout: spec.startTimeout), logger: logger
             )
         } catch {
             for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] { close(fd) }
@@ -468,11 +474,17 @@ actor PluginSupervisor {
         let engine = self.engine
         let asked = Set(description.calls)
         Task { [weak self] in
+            // One budget for all its engine channels: past it the daemon stops reading, the
+            // channels' windows fill, and the plugin's sends wait (credit), so a flooding
+            // plugin holds at most this many calls' worth of the daemon's memory.
+            let slots = Limiter(limit: Self.maxEngineCallsInFlight)
             while let channel = try? await session.accept() {
                 guard channel.label == "engine" else { channel.close(); continue }
                 Task {
                     while let request = try? await channel.nextRequest() {
+                        await slots.acquire()
                         Task {
+                            defer { Task { await slots.release() } }
                             guard let job = request.body["job"]?.stringValue else {
                                 try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
                                 return

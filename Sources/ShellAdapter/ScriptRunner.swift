@@ -4,6 +4,7 @@ import Glibc
 import Chan
 import Foundation
 import Hooks
+import Routing
 import Spawn
 
 /// What a script decided.

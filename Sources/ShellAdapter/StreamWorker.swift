@@ -4,6 +4,7 @@ import Glibc
 import Chan
 import Foundation
 import NIOConcurrencyHelpers
+import Routing
 import Spawn
 
 /// `mode=stream`: one long-running process that reads one JSON request per line on stdin

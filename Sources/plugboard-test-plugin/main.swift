@@ -1,7 +1,7 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
 //   provides=a,b requires=c calls=d crash-at-start crash-on-restart
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
-// NAME.restarts, NAME.hang and NAME.call.
+// NAME.restarts, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,6 +40,31 @@ struct TestPlugin: Plugin {
         d.job("\(name).call") { argument in
             guard let engine = context.engine, let job = argument["job"]?.stringValue else { return "no engine" }
             return try await engine.call(job, argument["argument"] ?? .nil, timeout: .seconds(10))
+        }
+        // Floods the daemon: `count` engine calls of `job` at once, each with `size` bytes
+        // (or `argument`), without waiting for any; answers when all have ended.
+        d.job("\(name).flood") { argument in
+            guard let engine = context.engine, let job = argument["job"]?.stringValue else { return "no engine" }
+            let count = Int(argument["count"]?.intValue ?? 1000)
+            let payload: Value = argument["size"]?.intValue.map { .binary([UInt8](repeating: 0x5a, count: Int($0))) } ?? (argument["argument"] ?? .nil)
+            let (ok, failed, firstError) = await withTaskGroup(of: String?.self) { group -> (Int, Int, String) in
+                for _ in 0..<count {
+                    group.addTask {
+                        do {
+                            _ = try await engine.call(job, payload, timeout: .seconds(120))
+                            return nil
+                        } catch {
+                            return "\(error)"
+                        }
+                    }
+                }
+                var ok = 0, failed = 0, first = ""
+                for await r in group {
+                    if let r { failed += 1; if first.isEmpty { first = r } } else { ok += 1 }
+                }
+                return (ok, failed, first)
+            }
+            return .fields(("ok", .int(Int64(ok))), ("failed", .int(Int64(failed))), ("first_error", .string(firstError)))
         }
         d.job("\(name).env") { _ in
             let keys = ["PLUGBOARD_PLUGIN_NAME", "PLUGBOARD_PROTOCOL", "PLUGBOARD_RESTARTS", "PLUGBOARD_OPTIONS"]
