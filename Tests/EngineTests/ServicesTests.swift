@@ -17,6 +17,24 @@ func adminSession(_ socket: String) async throws -> (Session, Sender) {
     return (session, try session.open(label: "admin"))
 }
 
+/// Subscribes to plugin lifecycle events on an admin session; returns the stream.
+func pluginEvents(_ session: Session, _ admin: Sender, plugin: String) async throws -> Receiver {
+    let (sink, events) = try session.makePipe()
+    _ = try await admin.request(.fields(("command", "events"), ("sink", .channel(.sender(sink))), ("types", ["plugin.*"]), ("attributes", .fields(("plugin", .string(plugin))))), timeout: .seconds(10))
+    return events
+}
+
+/// Waits for `plugin.active` with `restarts` (a call made before the engine has noticed a
+/// crash races it and fails with ownerGone, so tests wait for the event instead).
+func waitForActive(_ events: Receiver, restarts: Int64) async throws {
+    try await withDeadline(30, "the plugin active again (restarts \(restarts))") {
+        while let e = try await events.receive() {
+            if e["type"] == "plugin.active", e["restarts"]?.intValue == restarts { return }
+        }
+        throw DeadlineExceeded(what: "the event stream ended")
+    }
+}
+
 /// Calls a job through an admin channel.
 func adminCall(_ channel: Sender, _ job: String, _ argument: Value) async throws -> Value {
     try await channel.request(.fields(("command", "call"), ("job", .string(job)), ("argument", argument)), timeout: .seconds(30))
@@ -180,7 +198,9 @@ struct ServicesTests {
                 _ = try await through("p", "state.put", .fields(("key", "cursor"), ("value", 1), ("version", 0)))
             } throws: { "\($0)".contains("expected version 0, the current version is 1") }
 
+            let lifecycle = try await pluginEvents(session, admin, plugin: "p")
             _ = try? await adminCall(admin, "p.crash", .nil)
+            try await waitForActive(lifecycle, restarts: 1)
             #expect(try await adminCall(admin, "p.restarts", .nil) == 1, "p came back")
             let got = try await through("p", "state.get", .fields(("key", "cursor")))
             #expect(got["value"]?["at"] == 42 && got["version"] == 1 && got["found"] == true)
@@ -264,7 +284,9 @@ struct ServicesTests {
             for i in 0..<25 { #expect(try await adminCall(admin, "echo", .int(Int64(i))) == .int(Int64(i))) }
             for _ in 0..<3 { _ = try? await adminCall(admin, "state.get", .fields(("key", "k"))) }  // no namespace: an error
             _ = try? await admin.request(.fields(("command", "call"), ("job", "p.hang"), ("argument", .nil), ("timeout_ms", 200)), timeout: .seconds(10))
+            let lifecycle = try await pluginEvents(session, admin, plugin: "p")
             _ = try? await adminCall(admin, "p.crash", .nil)
+            try await waitForActive(lifecycle, restarts: 1)
             #expect(try await adminCall(admin, "p.restarts", .nil) == 1)
 
             let cli = try await runCommand(try builtExecutable("plugboard"), ["metrics", "--socket", socket])
