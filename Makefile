@@ -87,5 +87,13 @@ fuzz: deps
 		[ $${PIPESTATUS[0]:-0} -eq 0 ] || exit 1; \
 	done
 
+# plugboardd with exec and container plugins under load from several clients while plugins
+# are hurt (SIGKILL, SIGSTOP, fd 4 closed, garbage); ends with one summary line and fails
+# if a call hung, an fd leaked, a process or container was left, or memory grew > 10%.
+CHAOS_SECONDS ?= 60
+chaos: deps bundles
+	$(SWIFT) build $(BUILD_FLAGS)
+	"$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-chaos" --seconds $(CHAOS_SECONDS) --bundle $(LABEL_BUNDLE)
+
 clean:
 	rm -rf .build .build-asan .build-tsan .build-fuzz

@@ -203,6 +203,17 @@ let package = Package(
         .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Chan"], swiftSettings: strict),
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
         .executableTarget(name: "plugboard-exec-shim"),
+        // make chaos: hurts plugins under load, then accounts for calls, fds, processes, containers.
+        .executableTarget(
+            name: "plugboard-chaos",
+            dependencies: [
+                "Chan", "Spawn",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         // libFuzzer targets (make fuzz); built normally it replays the corpus and the crashers.
         .executableTarget(
             name: "plugboard-fuzz",

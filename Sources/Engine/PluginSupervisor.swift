@@ -278,15 +278,16 @@ actor PluginSupervisor {
             if reason.contains("protocol") { Counter(label: "plugboard_frame_errors_total", dimensions: [("plugin", name)]).increment() }
             logger.warning("plugin ended", metadata: ["plugin.reason": "\(reason)", "plugin.restart": "\(restart)"])
             guard restart else {
-                withdraw(reason: reason, expectBack: nil)
+                withdraw(reason: "ended (\(reason)) and its restart policy is \(spec.restartPolicy.rawValue)", expectBack: nil)
                 set(exitedCleanly ? .stopped : .failed, reason)
                 return
             }
             let window = ContinuousClock.now - spec.crashLoop.window
             let recent = history.filter { $0.at > window }.count
             if recent > spec.crashLoop.restarts {
-                withdraw(reason: reason, expectBack: nil)
-                set(.failed, "crash loop: \(recent) ends in \(spec.crashLoop.window); last: \(reason)")
+                let why = "crash loop: \(recent) ends in \(spec.crashLoop.window); last: \(reason)"
+                withdraw(reason: "failed (\(why))", expectBack: nil)
+                set(.failed, why)
                 return
             }
             if let since = activeSince, ContinuousClock.now - since >= spec.backoff.resetAfter { consecutiveFailures = 0 }

@@ -48,6 +48,9 @@ public final class Hub: Sendable {
         var providers: [String: [Provider]] = [:]
         /// Calls waiting for a restarting owner, by owner.
         var waiting: [String: [UnsafeContinuation<Void, any Error>]] = [:]
+        /// Jobs whose owner left for good (failed, stopped, removed), with why: a call
+        /// to one is told that, not just "no job named".
+        var departed: [String: (owner: String, reason: String)] = [:]
     }
 
     private let state = NIOLockedValueBox(State())
@@ -80,7 +83,10 @@ public final class Hub: Sendable {
                     )
                 }
             }
-            for job in jobs { s.slots[job] = .active(participant) }
+            for job in jobs {
+                s.slots[job] = .active(participant)
+                s.departed[job] = nil
+            }
             // The owner is back: every slot still marked restarting for it is gone for good.
             for (name, slot) in s.slots {
                 if case .restarting(let owner, _, _) = slot, owner == participant.name { s.slots[name] = nil }
@@ -153,9 +159,12 @@ public final class Hub: Sendable {
     public func call(_ job: String, _ argument: Value = .nil, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> Value {
         let start = NIODeadline.now()
         while true {
-            let slot: Slot? = state.withLockedValue { $0.slots[job] }
+            let (slot, departed) = state.withLockedValue { ($0.slots[job], $0.departed[job]) }
             switch slot {
             case nil:
+                if let departed {
+                    throw RoutingError(.ownerGone, "job \(job) is not served now: its plugin \(departed.owner) \(departed.reason)", plugin: departed.owner)
+                }
                 metrics.recordUnknownJob()
                 throw RoutingError(.unknownJob, "no job named \(job) is registered")
             case .active(let participant):
@@ -238,6 +247,7 @@ public final class Hub: Sendable {
                     s.slots[name] = .restarting(owner: owner, deadline: .now() + bound.timeAmount, wasRemote: p.isRemote)
                 } else if expectBackWithin == nil {
                     s.slots[name] = nil
+                    s.departed[name] = (owner, reason)
                 }
             }
             for point in Array(s.providers.keys) {

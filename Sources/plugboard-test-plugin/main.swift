@@ -1,7 +1,7 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
 //   provides=a,b requires=c calls=d crash-at-start crash-on-restart
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
-// NAME.restarts, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
+// NAME.restarts, NAME.close4, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,6 +30,11 @@ struct TestPlugin: Plugin {
             return "garbage sent"
         }
         d.job("\(name).restarts") { _ in .int(Int64(context.restarts)) }
+        d.job("\(name).close4") { _ in
+            // Cuts its own line to the daemon: nothing it writes arrives any more.
+            close(4)
+            return "closed"
+        }
         d.job("\(name).hang") { _ in
             // Never answers: a hung plugin, for tests of deadlines and crashes.
             let (stream, continuation) = AsyncStream.makeStream(of: Never.self)

@@ -134,7 +134,10 @@ struct EngineTests {
             #expect(times[i] - times[i - 1] >= backoff.delay(attempt: i), "gap \(i): \(times[i] - times[i - 1])")
         }
         #expect(await engine.status().first?.state == .failed)
-        await #expect { try await engine.hub.call("loopy.restarts") } throws: { ($0 as? RoutingError)?.code == .unknownJob }
+        await #expect { try await engine.hub.call("loopy.restarts") } throws: {
+            let e = $0 as? RoutingError
+            return e?.code == .ownerGone && e?.reason.contains("its plugin loopy failed (crash loop") == true
+        }
         await engine.shutdown(grace: .seconds(1))
     }
 

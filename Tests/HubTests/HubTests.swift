@@ -102,7 +102,11 @@ struct HubTests {
                 }
             }
         }
-        await #expect { try await hub.call("stuck") } throws: { ($0 as? RoutingError)?.code == .unknownJob }
+        // Later calls are told who left and why, not just "no job named".
+        await #expect { try await hub.call("stuck") } throws: {
+            let e = $0 as? RoutingError
+            return e?.code == .ownerGone && e?.reason.contains("its plugin stuck-plugin crashed with SIGKILL") == true
+        }
     }
 
     @Test("waiting for an owner's calls to drain ends when the last call ends, or when cancelled")
