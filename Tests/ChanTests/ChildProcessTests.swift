@@ -57,7 +57,8 @@ struct ChildProcessTests {
         let size = 8 * 1024 * 1024
         try await withDeadline(90) {
             let calls = try peer.session.open()
-            let reply = try await calls.request(["op": "stream", "bytes": .int(Int64(size))])
+            // Generous deadlines: under the sanitizers 8 MiB through msgpack takes a while.
+            let reply = try await calls.request(["op": "stream", "bytes": .int(Int64(size))], timeout: .seconds(60))
             guard case .channel(.byteStreamReader(let reader))? = reply["stream"] else {
                 Issue.record("expected a stream, got \(reply)")
                 return
@@ -67,7 +68,7 @@ struct ChildProcessTests {
             #expect(bytes.enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: $0.offset) })
 
             let (writer, upload) = try peer.session.makeByteStream()
-            async let summary = calls.request(["op": "upload", "stream": .channel(.byteStreamReader(upload))])
+            async let summary = calls.request(["op": "upload", "stream": .channel(.byteStreamReader(upload))], timeout: .seconds(60))
             let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 % 251) }
             try await writer.write(payload)
             writer.close()

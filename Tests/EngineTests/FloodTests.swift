@@ -62,7 +62,11 @@ struct FloodTests {
                 let count = argument["count"]?.intValue ?? 0
                 #expect(result["ok"]?.intValue == count, "\(what): every flooded call was served in the end: \(result)")
                 #expect(served == 200, "\(what): the other caller was served throughout")
-                #expect(peak - baseline < Self.boundBytes, "\(what): plugboardd grew by \((peak - baseline) >> 20) MiB (bound \(Self.boundBytes >> 20) MiB)")
+                // Under AddressSanitizer (make sanitize) every allocation carries redzones and
+                // freed memory sits in quarantine: resident size says nothing about the bound.
+                if ProcessInfo.processInfo.environment["PLUGBOARD_SANITIZER"] == nil {
+                    #expect(peak - baseline < Self.boundBytes, "\(what): plugboardd grew by \((peak - baseline) >> 20) MiB (bound \(Self.boundBytes >> 20) MiB)")
+                }
                 print("flood \(what): baseline \(baseline >> 20) MiB, peak \(peak >> 20) MiB")
             }
         }
