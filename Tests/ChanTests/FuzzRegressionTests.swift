@@ -15,7 +15,7 @@ struct FuzzRegressionTests {
         let crashers = Self.root + "/Fuzz/crashers/" + target
         if FileManager.default.fileExists(atPath: crashers) { inputs.append(crashers) }
         let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try builtExecutable("plugboard-fuzz"), arguments: ["replay", target] + inputs, environment: ["PATH": "/usr/bin:/bin"]
+            executable: try builtExecutable("plugboard-fuzz"), arguments: ["replay", target] + inputs, environment: childEnvironment(["PATH": "/usr/bin:/bin"])
         ))
         let status = try await withDeadline(120, "replaying the \(target) corpus") { await process.waitForExit() }
         #expect(status == .exited(0), "plugboard-fuzz replay \(target) \(status)")

@@ -11,7 +11,7 @@ import TestSupport
 func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = ["PATH": "/usr/bin:/bin:/usr/sbin:/sbin"]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
     let out = try PipeDescriptors.make()
     let err = try PipeDescriptors.make()
-    let process = try ProcessSpawner.spawn(SpawnOptions(executable: executable, arguments: arguments, environment: environment, fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]))
+    let process = try ProcessSpawner.spawn(SpawnOptions(executable: executable, arguments: arguments, environment: childEnvironment(environment), fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]))
     close(out.writeEnd)
     close(err.writeEnd)
     async let stdout = readToEnd(out.readEnd)
@@ -123,7 +123,7 @@ struct AdminTests {
         let err = try PipeDescriptors.make()
         let follower = try ProcessSpawner.spawn(SpawnOptions(
             executable: try builtExecutable("plugboard"), arguments: ["events", "--format", "json", "--filter", "plugin=watched", "--socket", socket],
-            environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]
+            environment: childEnvironment(["PATH": "/usr/bin:/bin"]), fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]
         ))
         close(out.writeEnd)
         close(err.writeEnd)

@@ -16,7 +16,7 @@ struct Daemon {
         let err = try PipeDescriptors.make()
         let process = try ProcessSpawner.spawn(SpawnOptions(
             executable: try builtExecutable("plugboardd"), arguments: arguments,
-            environment: ["PATH": "/usr/bin:/bin", "HOME": "/tmp"], fileDescriptors: [2: err.writeEnd]
+            environment: childEnvironment(["PATH": "/usr/bin:/bin", "HOME": "/tmp"]), fileDescriptors: [2: err.writeEnd]
         ))
         close(err.writeEnd)
         let log = LogLines(fd: err.readEnd)
@@ -158,7 +158,7 @@ struct DaemonTests {
     func startedByHand() async throws {
         let err = try PipeDescriptors.make()
         let process = try ProcessSpawner.spawn(SpawnOptions(
-            executable: try builtExecutable("plugboard-plugin-echo"), environment: ["PATH": "/usr/bin:/bin"], fileDescriptors: [2: err.writeEnd]
+            executable: try builtExecutable("plugboard-plugin-echo"), environment: childEnvironment(["PATH": "/usr/bin:/bin"]), fileDescriptors: [2: err.writeEnd]
         ))
         close(err.writeEnd)
         let log = LogLines(fd: err.readEnd)

@@ -66,7 +66,7 @@ public struct PeerProcess: Sendable {
     public static func start(_ arguments: [String] = ["serve"], configuration: Session.Configuration = .init(name: "test-engine")) async throws -> PeerProcess {
         let launched = try await Session.launch(
             executable: try builtExecutable("plugboard-test-peer"), arguments: arguments,
-            environment: ["PATH": "/usr/bin:/bin"], extraDescriptors: [2: 2],
+            environment: childEnvironment(["PATH": "/usr/bin:/bin"]), extraDescriptors: [2: 2],
             configuration: configuration, logger: quietLogger
         )
         try await launched.session.start()
@@ -168,4 +168,14 @@ struct CapturingHandler: LogHandler {
         let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
         log.add(.init(message: "\(event.message)", metadata: merged.mapValues { "\($0)" }))
     }
+}
+
+/// `base` plus the sanitizer settings of this test process (make sanitize), so that the
+/// daemons and tools a test starts run under the same options.
+public func childEnvironment(_ base: [String: String]) -> [String: String] {
+    var env = base
+    for key in ["ASAN_OPTIONS", "TSAN_OPTIONS", "PLUGBOARD_SANITIZER"] {
+        if let v = ProcessInfo.processInfo.environment[key] { env[key] = v }
+    }
+    return env
 }
