@@ -100,11 +100,12 @@ struct SessionTests {
     func requestReply(_ kind: PairKind) async throws {
         let (a, b) = try await kind.make()
         let server = serveEcho(b)
-        try await withDeadline {
+        // Deadlines for a loaded machine: make sanitize runs the whole suite at once under TSan.
+        try await withDeadline(120) {
             let calls = try a.open(label: "calls")
-            #expect(try await calls.request(["x": 1]) == ["x": 1])
+            #expect(try await calls.request(["x": 1], timeout: .seconds(60)) == ["x": 1])
             let results = try await withThrowingTaskGroup(of: Value.self) { group in
-                for i in 0..<200 { group.addTask { try await calls.request(.int(Int64(i))) } }
+                for i in 0..<200 { group.addTask { try await calls.request(.int(Int64(i)), timeout: .seconds(60)) } }
                 var all: [Value] = []
                 for try await r in group { all.append(r) }
                 return all
@@ -300,11 +301,11 @@ struct SessionTests {
         }
         defer { unlink(path) }
         let client = try await Session.connect(unixSocketPath: path, configuration: .init(name: "client"), logger: quietLogger)
-        try await withDeadline {
+        try await withDeadline(120) {
             try await client.start()
             #expect(client.peer?.name == "server")
             let calls = try client.open()
-            #expect(try await calls.request(["over": "unix"]) == ["over": "unix"])
+            #expect(try await calls.request(["over": "unix"], timeout: .seconds(60)) == ["over": "unix"])
         }
         client.close()
         try await listener.close()
