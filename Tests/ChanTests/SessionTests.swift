@@ -290,6 +290,15 @@ struct SessionTests {
         b.close()
     }
 
+    @Test("the handshake deadline is cancelled once the HELLO arrives (found by fuzzing)", arguments: PairKind.allCases)
+    func handshakeTimerCancelled(_ kind: PairKind) async throws {
+        let (a, b) = try await kind.make()
+        #expect(a.lock.withLock { a.handshakeTimer } == nil, "a finished handshake keeps no timer")
+        #expect(b.lock.withLock { b.handshakeTimer } == nil)
+        a.close()
+        b.close()
+    }
+
     @Test("the unix socket transport carries the same session")
     func unixSocket() async throws {
         let path = "/tmp/plugboard-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"

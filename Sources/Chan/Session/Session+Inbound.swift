@@ -154,6 +154,8 @@ extension Session: FrameTransportDelegate {
         }
         let waiter: Waiter<Hello>? = lock.withLock {
             peerHello = hello
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
             // Channels opened or adopted before HELLO would have had no credit.
             defer { helloWaiter = nil }
             return helloWaiter

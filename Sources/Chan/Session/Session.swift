@@ -72,6 +72,10 @@ public final class Session: @unchecked Sendable {
     var acceptQueue = CircularBuffer<Receiver>()
     var acceptWaiters = CircularBuffer<Waiter<Receiver?>>()
     var helloWaiter: Waiter<Hello>?
+    /// The handshake deadline, cancelled once the HELLO arrives or the session ends (found
+    /// by fuzzing: left alone, each session's timer and its closure lived on for the whole
+    /// timeout after the handshake).
+    var handshakeTimer: Scheduled<Void>?
     var peerHello: Hello?
     var failure: ChanError?
     /// The session ended by a local close or the peer's GOAWAY, not by a crash.
@@ -144,7 +148,7 @@ public final class Session: @unchecked Sendable {
 
     func armHandshakeTimer() {
         let timeout = configuration.handshakeTimeout
-        transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
+        let timer = transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
             guard let self else { return }
             // fail() wakes the waiter in start(), whether it is parked yet or not.
             let stillWaiting = self.lock.withLock { self.peerHello == nil && self.failure == nil }
@@ -152,6 +156,13 @@ public final class Session: @unchecked Sendable {
                 self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout)"), sendGoAway: true)
             }
         }
+        // The HELLO may already be here (or the session over): then the timer goes at once.
+        let needed = lock.withLock {
+            guard peerHello == nil && failure == nil else { return false }
+            handshakeTimer = timer
+            return true
+        }
+        if !needed { timer.cancel() }
     }
 
     /// Opens a top-level channel: the peer gets its receiver from ``accept()``.
@@ -255,6 +266,8 @@ public final class Session: @unchecked Sendable {
         let (acceptWaiters, helloWaiter, closedWaiters, wasOpen): ([Waiter<Receiver?>], Waiter<Hello>?, [UnsafeContinuation<ChanError, Never>], Bool) = lock.withLock {
             guard failure == nil else { return ([], nil, [], false) }
             failure = error
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
             orderlyClose = orderly
             for state in channels.values {
                 if state.failure == nil { state.failure = error }
