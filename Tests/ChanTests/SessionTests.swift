@@ -299,6 +299,32 @@ struct SessionTests {
         b.close()
     }
 
+    @Test("a session over pipes is freed once it has ended (found by fuzzing: each one leaked)")
+    func endedSessionIsFreed() async throws {
+        final class Weak: Sendable {
+            weak let session: Session?
+            init(_ session: Session) { self.session = session }
+        }
+        let weakA: Weak
+        let weakB: Weak
+        do {
+            let (a, b) = try await startedPipePair()
+            weakA = Weak(a)
+            weakB = Weak(b)
+            let calls = try a.open(label: "calls")
+            let echo = serveEcho(b)
+            #expect(try await calls.request("ping") == "ping")
+            a.close()
+            _ = await b.waitUntilClosed()
+            _ = await a.waitUntilClosed()
+            await echo.value
+        }
+        // Teardown finishes on the event loops: wait for it, with a deadline.
+        try await withDeadline(30, "both sessions to be freed") {
+            while weakA.session != nil || weakB.session != nil { await Task.yield() }
+        }
+    }
+
     @Test("the unix socket transport carries the same session")
     func unixSocket() async throws {
         let path = "/tmp/plugboard-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"

@@ -98,6 +98,7 @@ final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     private var reported = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !reported else { return }  // the session has been told the end: nothing after it
         let buffer = unwrapInboundIn(data)
         if let delegate { delegate.transportReceived(encoded: buffer) } else { backlog.append(buffer) }
     }
@@ -147,6 +148,10 @@ final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         reported = true
+        // Let go of the session: the channel's pipeline holds this handler and the session
+        // holds the channel, so keeping the delegate would keep both alive forever (found
+        // by fuzzing the session: every closed session leaked its buffers).
+        self.delegate = nil
         delegate.transportClosed(error: error)
     }
 }
