@@ -185,11 +185,24 @@ struct ContainerTests {
         let rt = try runtime(dir)
         let engine = Engine(logger: quietLogger, containers: rt)
         try await engine.boot([containersPlugin(engine, rt), PluginSpec(name: "host-mount", kind: .builtin(HostMountPlugin()), options: "\(hostDir) /mnt/host")])
+        let lifecycle = engine.bus.subscribe(EventFilter(types: ["container.*", "hook.outcome"]))
         let (output, code, id) = try await runContainer(engine, .fields(
             ("rootfs", .string(try busyboxRootfs(in: dir))), ("args", ["cat", "/mnt/host/note.txt"])
         ))
         #expect(output == secret)
         #expect(code == 0)
+        // The events service sees the container's life: the create chain, start, exit.
+        let seen = try await withDeadline(30, "the container's events") { () -> [Value] in
+            var seen: [Value] = []
+            while !seen.contains(where: { $0["type"] == "container.exited" }), let record = await lifecycle.next() {
+                if case .event(let e) = record { seen.append(e) }
+            }
+            return seen
+        }
+        #expect(seen.contains { $0["type"] == "hook.outcome" && $0["event"] == "container.create" && $0["result"] == "ok" })
+        #expect(seen.contains { $0["type"] == "container.started" && $0["id"]?.stringValue == id })
+        #expect(seen.contains { $0["type"] == "container.exited" && $0["id"]?.stringValue == id && $0["exit_code"] == 0 })
+        lifecycle.cancel()
         let inspected = try await engine.hub.call("container.inspect", .fields(("id", .string(id))))
         #expect(inspected["changed_by"]?["mounts[0]"] == "host-mount")
         await engine.shutdown(grace: .seconds(2))
