@@ -59,8 +59,8 @@ struct ContainerBenchmark: AsyncParsableCommand {
             ]).write(toBundle: rawBundle)
             raw.add(try await rawRun(runtime.runc, bundle: rawBundle, id: "raw-\(i)"))
         }
-        report("containers.plugin_start_to_active", plugin, limit: raw.percentile(0.5))
-        report("containers.raw_runc_run", raw, limit: raw.percentile(0.5))
+        reportLatency("containers.plugin_start_to_active", plugin, limitP50: raw.percentile(0.5))
+        reportLatency("containers.raw_runc_run", raw, limitP50: raw.percentile(0.5))
     }
 
     /// Nanoseconds from spawning `runc run` to the plugin's first byte on fd 4.
@@ -95,15 +95,4 @@ struct ContainerBenchmark: AsyncParsableCommand {
         return elapsed
     }
 
-    func report(_ scenario: String, _ s: Samples, limit: Double) {
-        print(jsonLine([
-            ("scenario", .string(scenario)),
-            ("runs", .int(s.nanos.count)),
-            ("p50_us", .double(s.percentile(0.5))),
-            ("p99_us", .double(s.percentile(0.99))),
-            ("calls_per_s", .double(s.percentile(0.5) > 0 ? 1e6 / s.percentile(0.5) : 0)),
-            ("limit_p50_us", .double(limit)),
-            ("limit_msgs_per_s", .double(0)),
-        ]))
-    }
 }

@@ -47,7 +47,7 @@ struct DaemonBenchmark: AsyncParsableCommand {
             spawn.add(now() - t0)
             await engine.shutdown(grace: .seconds(1))
         }
-        report("daemon.spawn_to_active", spawn)
+        reportLatency("daemon.spawn_to_active", spawn)
 
         let engine = Engine(logger: logger)
         let events = engine.events()
@@ -64,19 +64,8 @@ struct DaemonBenchmark: AsyncParsableCommand {
             let elapsed = now() - t0
             crash.add(elapsed > UInt64(backoffMs) * 1_000_000 ? elapsed - UInt64(backoffMs) * 1_000_000 : 0)
         }
-        report("daemon.crash_to_active", crash, extra: [("backoff_ms_subtracted", .int(backoffMs))])
+        reportLatency("daemon.crash_to_active", crash, extra: [("backoff_ms_subtracted", .int(backoffMs))])
         await engine.shutdown(grace: .seconds(1))
     }
 
-    func report(_ scenario: String, _ s: Samples, extra: [(String, JSONField)] = []) {
-        print(jsonLine([
-            ("scenario", .string(scenario)),
-            ("runs", .int(s.nanos.count)),
-            ("p50_us", .double(s.percentile(0.5))),
-            ("p99_us", .double(s.percentile(0.99))),
-            ("calls_per_s", .double(s.percentile(0.5) > 0 ? 1e6 / s.percentile(0.5) : 0)),
-            ("limit_p50_us", .double(0)),
-            ("limit_msgs_per_s", .double(0)),
-        ] + extra))
-    }
 }

@@ -59,7 +59,7 @@ struct ShellBenchmark: AsyncParsableCommand {
             _ = try await engine.hub.call("bench.call", "x")
             sequential.add(now() - t0)
         }
-        report("shell.call.sequential", sequential, limit: limit)
+        reportLatency("shell.call.sequential", sequential, limitP50: limit.percentile(0.5))
 
         let t0 = now()
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -85,7 +85,7 @@ struct ShellBenchmark: AsyncParsableCommand {
             _ = try await engine.hub.call("bench.stream", "x")
             stream.add(now() - t0)
         }
-        report("shell.stream.sequential", stream, limit: nil)
+        reportLatency("shell.stream.sequential", stream)
         await engine.shutdown(grace: .seconds(1))
     }
 
@@ -112,15 +112,4 @@ struct ShellBenchmark: AsyncParsableCommand {
         return s
     }
 
-    func report(_ scenario: String, _ s: Samples, limit: Samples?) {
-        print(jsonLine([
-            ("scenario", .string(scenario)),
-            ("runs", .int(s.nanos.count)),
-            ("p50_us", .double(s.percentile(0.5))),
-            ("p99_us", .double(s.percentile(0.99))),
-            ("calls_per_s", .double(s.percentile(0.5) > 0 ? (1e6 / s.percentile(0.5)).rounded() : 0)),
-            ("limit_p50_us", .double(limit?.percentile(0.5) ?? 0)),
-            ("limit_msgs_per_s", .double(0)),
-        ]))
-    }
 }

@@ -16,6 +16,20 @@ struct Samples {
     }
 }
 
+/// Prints one scenario's line: runs, p50 and p99 (µs), the rate the p50 implies, and the
+/// limit measured beside it.
+func reportLatency(_ scenario: String, _ s: Samples, limitP50: Double = 0, extra: [(String, JSONField)] = []) {
+    print(jsonLine([
+        ("scenario", .string(scenario)),
+        ("runs", .int(s.nanos.count)),
+        ("p50_us", .double(s.percentile(0.5))),
+        ("p99_us", .double(s.percentile(0.99))),
+        ("calls_per_s", .double(s.percentile(0.5) > 0 ? 1e6 / s.percentile(0.5) : 0)),
+        ("limit_p50_us", .double(limitP50)),
+        ("limit_msgs_per_s", .double(0)),
+    ] + extra))
+}
+
 /// Monotonic nanoseconds.
 @inline(__always)
 func now() -> UInt64 {

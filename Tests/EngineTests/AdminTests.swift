@@ -43,10 +43,8 @@ struct AdminTests {
     var socket: String { dir + "/admin.sock" }
 
     func startDaemon(_ extra: [String] = []) async throws -> Daemon {
-        let daemon = try await Daemon.start(["--plugin", "echo", "--admin-socket", socket, "--state-dir", dir + "-state", "--shutdown-grace", "1"] + extra)
-        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        #expect(ready != nil, "daemon log: \(daemon.log.all.suffix(5))")
-        return daemon
+        // The state beside the socket's directory, which the daemon creates 0700 itself.
+        try await Daemon.startReady(socket: socket, stateDir: dir + "-state", ["--plugin", "echo"] + extra)
     }
 
     func stop(_ daemon: Daemon) async {

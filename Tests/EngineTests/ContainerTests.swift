@@ -308,11 +308,7 @@ struct ContainerTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socket = dir + "/admin.sock"
         let rootfs = try busyboxRootfs(in: dir)
-        let daemon = try await Daemon.start([
-            "--plugin", "containers", "--admin-socket", socket, "--state-dir", dir + "/state", "--shutdown-grace", "1",
-        ])
-        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        #expect(ready != nil, "daemon log: \(daemon.log.all.suffix(5))")
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "containers"])
         let plugboard = try builtExecutable("plugboard")
         try await whileRunning(daemon) {
             let r = try await runCommand(plugboard, [

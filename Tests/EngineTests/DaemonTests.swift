@@ -12,6 +12,19 @@ struct Daemon {
     let process: SpawnedProcess
     let log: LogLines
 
+    /// Starts plugboardd on `socket` with its state in `stateDir`, a 1 s shutdown grace and
+    /// `extra`, and waits (with a deadline) until it says it is ready.
+    static func startReady(socket: String, stateDir: String, _ extra: [String] = []) async throws -> Daemon {
+        let daemon = try await start(["--admin-socket", socket, "--state-dir", stateDir, "--shutdown-grace", "1"] + extra)
+        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
+        if ready == nil {
+            daemon.process.signal(SIGKILL)
+            _ = await daemon.process.waitForExit()
+        }
+        try #require(ready != nil, "plugboardd did not get ready; its log: \(daemon.log.all.suffix(8))")
+        return daemon
+    }
+
     static func start(_ arguments: [String]) async throws -> Daemon {
         let err = try PipeDescriptors.make()
         let process = try ProcessSpawner.spawn(SpawnOptions(

@@ -29,12 +29,7 @@ struct FloodTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let plugin = try builtExecutable("plugboard-test-plugin")
         let socket = dir + "/admin.sock"
-        let daemon = try await Daemon.start([
-            "--admin-socket", socket, "--state-dir", dir + "/state", "--plugin", "echo",
-            "--plugin-exec", "flooder=\(plugin) calls=echo", "--shutdown-grace", "1",
-        ])
-        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        try #require(ready != nil)
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "echo", "--plugin-exec", "flooder=\(plugin) calls=echo"])
         try await whileRunning(daemon) {
             let (session, admin) = try await adminSession(socket)
             defer { session.close(reason: "done") }

@@ -107,10 +107,7 @@ struct ServicesTests {
     var socket: String { dir + "/admin.sock" }
 
     func start(_ extra: [String] = []) async throws -> Daemon {
-        let daemon = try await Daemon.start(["--admin-socket", socket, "--state-dir", dir + "/state", "--shutdown-grace", "1"] + extra)
-        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        try #require(ready != nil, "daemon log: \(daemon.log.all.suffix(8))")
-        return daemon
+        try await Daemon.startReady(socket: socket, stateDir: dir + "/state", extra)
     }
 
     func stop(_ daemon: Daemon) async throws {

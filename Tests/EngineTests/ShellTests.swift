@@ -96,10 +96,7 @@ struct ShellDaemonTests {
     let dir = "/tmp/plugboard-shell-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
 
     func start(_ arguments: [String]) async throws -> Daemon {
-        let daemon = try await Daemon.start(["--admin-socket", dir + "/admin.sock", "--state-dir", dir + "/state", "--shutdown-grace", "1"] + arguments)
-        let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        try #require(ready != nil, "daemon log: \(daemon.log.all.suffix(8))")
-        return daemon
+        try await Daemon.startReady(socket: dir + "/admin.sock", stateDir: dir + "/state", arguments)
     }
 
     func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
