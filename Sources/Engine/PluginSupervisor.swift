@@ -241,7 +241,9 @@ actor PluginSupervisor {
                 return reason.code == .protocolViolation ? "broke the protocol (\(reason.reason))" : nil
             }
             var why: String?
+            var brokeProtocol: String?
             for await r in group {
+                if let r, r.hasPrefix("broke the protocol") { brokeProtocol = r }
                 if let r, why == nil {
                     why = r
                     // Whichever came first, end the other: a plugin that broke the protocol is stopped.
@@ -254,7 +256,10 @@ actor PluginSupervisor {
                     }
                 }
             }
-            return why ?? "\(process.exitStatus.map { "\($0)" } ?? "ended")"
+            // A plugin cut off for breaking the protocol may exit 0 before that is reported
+            // here: the violation is the reason whatever order the two arrived in, so that
+            // it is restarted, not taken for a clean exit.
+            return brokeProtocol ?? why ?? "\(process.exitStatus.map { "\($0)" } ?? "ended")"
         }
         if let status = process.exitStatus, !closed.contains("exited"), !closed.contains("killed") {
             return "\(closed); then \(status)"

@@ -174,8 +174,12 @@ struct EngineTests {
         try await engine.boot([try testPlugin("liar", "provides=liar.work"), try testPlugin("honest", "provides=honest.work")])
         _ = try? await engine.hub.call("liar.garbage", timeout: .seconds(10))
         #expect(try await engine.hub.call("honest.work", 1) == 1)
-        let back = try await waitForEvent(events, "the liar to be restarted") { $0.plugin == "liar" && $0.state == .active && $0.restarts == 1 }
-        #expect(back.restarts == 1)
+        // Active again, or an end state that says why not (a cut-off plugin that exits 0
+        // was once taken for a clean exit and left stopped).
+        let back = try await waitForEvent(events, "the liar to be restarted") {
+            $0.plugin == "liar" && (($0.state == .active && $0.restarts >= 1) || $0.state == .stopped || $0.state == .failed)
+        }
+        #expect(back.state == .active && back.restarts == 1, "\(back)")
         #expect(try await engine.hub.call("liar.work", 2) == 2)
         #expect(try await engine.hub.call("honest.work", 3) == 3)
         await engine.shutdown(grace: .seconds(1))
