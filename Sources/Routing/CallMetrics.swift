@@ -13,25 +13,26 @@ public final class CallMetrics: Sendable {
         let duration: Timer
     }
 
-    private let handles = NIOLockedValueBox<[String: Handles]>([:])
+    /// By job: the plugin serving it and its handles (a job has one owner at a time, so the
+    /// lookup needs no key built per call).
+    private let handles = NIOLockedValueBox<[String: (plugin: String, handles: Handles)]>([:])
     private let errors = NIOLockedValueBox<[String: Counter]>([:])
     private let unknownJobs = Counter(label: "plugboard_unknown_job_calls_total")
 
     public init() {}
 
     private func handles(_ job: String, _ plugin: String) -> Handles {
-        let key = job + "\u{0}" + plugin
-        return handles.withLockedValue { h in
-            if let existing = h[key] { return existing }
-            let dimensions = [("job", job), ("plugin", plugin)]
-            let made = Handles(
-                calls: Counter(label: "plugboard_calls_total", dimensions: dimensions),
-                timeouts: Counter(label: "plugboard_call_timeouts_total", dimensions: dimensions),
-                duration: Timer(label: "plugboard_call_duration_seconds", dimensions: dimensions)
-            )
-            h[key] = made
-            return made
-        }
+        if let cached = handles.withLockedValue({ $0[job] }), cached.plugin == plugin { return cached.handles }
+        // First call of this job by this plugin: make the handles outside the lock (the
+        // metrics factory takes locks of its own).
+        let dimensions = [("job", job), ("plugin", plugin)]
+        let made = Handles(
+            calls: Counter(label: "plugboard_calls_total", dimensions: dimensions),
+            timeouts: Counter(label: "plugboard_call_timeouts_total", dimensions: dimensions),
+            duration: Timer(label: "plugboard_call_duration_seconds", dimensions: dimensions)
+        )
+        handles.withLockedValue { $0[job] = (plugin, made) }
+        return made
     }
 
     /// One finished call: `error` is nil on success, else the routing error's code.
