@@ -159,10 +159,11 @@ public final class Hub: Sendable {
     public func call(_ job: String, _ argument: Value = .nil, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> Value {
         let start = NIODeadline.now()
         while true {
-            let (slot, departed) = state.withLockedValue { ($0.slots[job], $0.departed[job]) }
+            let slot: Slot? = state.withLockedValue { $0.slots[job] }
             switch slot {
             case nil:
-                if let departed {
+                // Off the hot path: only a call that finds no owner asks why.
+                if let departed = state.withLockedValue({ $0.departed[job] }) {
                     throw RoutingError(.ownerGone, "job \(job) is not served now: its plugin \(departed.owner) \(departed.reason)", plugin: departed.owner)
                 }
                 metrics.recordUnknownJob()

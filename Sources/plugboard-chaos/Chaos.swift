@@ -162,7 +162,7 @@ struct Chaos: AsyncParsableCommand {
         let family = ProcessTable.descendants(of: daemon.pid, in: table)
         let zombies = family.filter { $0.state == "Z" }.count
         let runcRoot = dir + "/state/runc"
-        let runningContainers = runcList(runcRoot)
+        let runningContainers = await runcList(runcRoot)
         let expected = Set((1...max(1, containerPlugins)).map { "plugin-c\($0)" }).filter { _ in containerPlugins > 0 }
         let strayWhileRunning = runningContainers.filter { !expected.contains($0) }.count
 
@@ -170,7 +170,7 @@ struct Chaos: AsyncParsableCommand {
         daemon.signal(SIGTERM)
         let status = await daemon.waitForExit()
         let orphans = ProcessTable.all().filter { $0.commandLine.contains(dir) || $0.commandLine.contains("plugboard-test-plugin provides=x") }
-        let strayAfter = runcList(runcRoot).count
+        let strayAfter = await runcList(runcRoot).count
         let leakedFDs = max(0, afterFDs - baselineFDs)
         let growth = baselineRSS > 0 ? Double(afterRSS - baselineRSS) * 100 / Double(baselineRSS) : 0
         let t = tally.snapshot
@@ -265,7 +265,7 @@ struct Chaos: AsyncParsableCommand {
         return pid_t(pid)
     }
 
-    func runcList(_ root: String) -> [String] {
+    func runcList(_ root: String) async -> [String] {
         let out = try? PipeDescriptors.make()
         guard let out, let p = try? ProcessSpawner.spawn(SpawnOptions(executable: "runc", arguments: ["--root", root, "list", "--quiet"], environment: ProcessInfo.processInfo.environment, fileDescriptors: [1: out.writeEnd])) else { return [] }
         close(out.writeEnd)
@@ -277,7 +277,7 @@ struct Chaos: AsyncParsableCommand {
             all += buffer[0..<n]
         }
         close(out.readEnd)
-        while p.exitStatus == nil { usleep(1000) }
+        _ = await p.waitForExit()
         return String(decoding: all, as: UTF8.self).split(separator: "\n").map(String.init).filter { !$0.isEmpty }
     }
 

@@ -53,7 +53,7 @@ func whileRunning<T>(_ daemon: Daemon, _ body: () async throws -> T) async throw
 final class LogLines: @unchecked Sendable {
     private let lock = NIOLockCompat()
     private var lines: [String] = []
-    private var waiters: [(String, CheckedContinuation<String?, Never>)] = []
+    private var waiters: [(match: (Int, String) -> Bool, continuation: CheckedContinuation<String?, Never>)] = []
     private var ended = false
 
     init(fd: CInt) {
@@ -76,9 +76,10 @@ final class LogLines: @unchecked Sendable {
     private func add(_ line: String) {
         let ready: [CheckedContinuation<String?, Never>] = lock.withLock {
             lines.append(line)
-            let matching = waiters.filter { line.contains($0.0) }
-            waiters.removeAll { line.contains($0.0) }
-            return matching.map(\.1)
+            let index = lines.count - 1
+            let matching = waiters.filter { $0.match(index, line) }
+            waiters.removeAll { $0.match(index, line) }
+            return matching.map(\.continuation)
         }
         for c in ready { c.resume(returning: line) }
     }
@@ -87,18 +88,27 @@ final class LogLines: @unchecked Sendable {
         let all = lock.withLock { () -> [CheckedContinuation<String?, Never>] in
             ended = true
             defer { waiters = [] }
-            return waiters.map(\.1)
+            return waiters.map(\.continuation)
         }
         for c in all { c.resume(returning: nil) }
     }
 
     /// The first line containing `text` (already seen or still to come); nil if the stream ends first.
     func waitFor(_ text: String) async -> String? {
+        await first { _, line in line.contains(text) }
+    }
+
+    /// Line number `index` (from 0), once it has arrived; nil if the stream ends first.
+    func line(_ index: Int) async -> String? {
+        await first { i, _ in i == index }
+    }
+
+    private func first(_ match: @escaping (Int, String) -> Bool) async -> String? {
         await withCheckedContinuation { c in
             let now: String?? = lock.withLock {
-                if let line = lines.first(where: { $0.contains(text) }) { return .some(line) }
+                if let i = lines.indices.first(where: { match($0, lines[$0]) }) { return .some(lines[i]) }
                 if ended { return .some(nil) }
-                waiters.append((text, c))
+                waiters.append((match, c))
                 return .none
             }
             if let now { c.resume(returning: now) }

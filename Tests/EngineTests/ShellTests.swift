@@ -129,31 +129,63 @@ struct ShellDaemonTests {
     func concurrencyLimit() async throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let sh = try builtExecutable("plugboard-sh")
-        // Each call holds a slot directory while it works (0.2 s of "work"), and records how
-        // many slots it saw: a count can only be lower than the processes running then.
+        // Each call holds a slot directory, records how many slots it saw (a count can only
+        // be lower than the processes running then), says it started, and then waits until
+        // the test releases it through its own FIFO.
         try writeScript(dir + "/slow.sh", """
             #!/bin/sh
-            # plugboard: job slow.work timeout=20s
+            # plugboard: job slow.work timeout=30s
             mkdir \(dir)/slot.$$
             ls -d \(dir)/slot.* | wc -l >> \(dir)/counts
-            sleep 0.2
+            mkfifo \(dir)/gate.$$
+            echo "started $$" > \(dir)/started
+            read released < \(dir)/gate.$$
+            rm -f \(dir)/gate.$$
             rmdir \(dir)/slot.$$
             echo '"done"'
             """)
+        // The test reads the start notices; opened read-write so that it never sees an end.
+        try #require(mkfifo(dir + "/started", 0o600) == 0)
+        let started = LogLines(fd: open(dir + "/started", O_RDWR))
         let daemon = try await start(["--plugin-exec", "slow=\(sh) --concurrency 2 \(dir)/slow.sh"])
         try await whileRunning(daemon) {
-            let results = try await withThrowingTaskGroup(of: String.self) { group in
-                for _ in 0..<8 { group.addTask { try await cli(["call", "slow.work"]).out } }
-                var all: [String] = []
-                for try await r in group { all.append(r) }
-                return all
+            let calls = Task {
+                try await withThrowingTaskGroup(of: String.self) { group in
+                    for _ in 0..<8 { group.addTask { try await cli(["call", "slow.work"]).out } }
+                    var all: [String] = []
+                    for try await r in group { all.append(r) }
+                    return all
+                }
             }
+            // Hold two at a time: a third can start only if the limit let it through, and
+            // then it counts three slots. Release the oldest whenever two are held.
+            var held: [String] = []
+            for k in 0..<8 {
+                let line = try await withDeadline(60, "call \(k + 1) to start") { await started.line(k) }
+                held.append(String(line?.split(separator: " ").last ?? ""))
+                if held.count == 2 { release(held.removeFirst()) }
+            }
+            held.forEach(release)
+            let results = try await withDeadline(60, "all calls to finish") { try await calls.value }
             #expect(results.filter { $0.contains("done") }.count == 8, "every queued call finished: \(results)")
             let counts = try String(contentsOfFile: dir + "/counts", encoding: .utf8).split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             #expect(counts.count == 8)
             #expect(counts.max() ?? 99 <= 2, "at most 2 at once: \(counts)")
         }
         try await stop(daemon)
+    }
+
+    /// Lets the script with `pid` go on: opening its FIFO for writing waits for the script to
+    /// open it for reading, so it happens on a thread of its own.
+    func release(_ pid: String) {
+        let path = dir + "/gate." + pid
+        Thread.detachNewThread {
+            let fd = open(path, O_WRONLY)
+            guard fd >= 0 else { return }
+            var go = Array("go\n".utf8)
+            _ = write(fd, &go, go.count)
+            close(fd)
+        }
     }
 
     @Test("the shipped scripts: audit log, an added env variable, a job in shell, a stream-mode job")
