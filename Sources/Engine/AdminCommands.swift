@@ -101,7 +101,7 @@ enum AdminCommands {
             let status = try await engine.add(PluginSpec(name: name, kind: kind, options: options, grantAll: grantAll, privileges: privileges, grantAllPrivileges: grantAll))
             return .fields(("name", .string(status.name)), ("state", .string(status.state.rawValue)))
         case "call":
-            return try await engine.hub.call(try string(body, "job"), body["argument"] ?? .nil, timeout: .milliseconds(body["timeout_ms"]?.intValue ?? 10_000))
+            return try await engine.hub.call(try string(body, "job"), body["argument"] ?? .nil, timeout: .clampedMilliseconds(body["timeout_ms"]?.intValue, default: .seconds(10)))
         case "endpoints":
             return .array(engine.hub.endpoints.map { .fields(("job", .string($0.name)), ("owner", .string($0.owner)), ("restarting", .bool($0.restarting))) })
         case "hooks":
@@ -116,7 +116,7 @@ enum AdminCommands {
         case "events":
             // The client passes a Sender; events flow on it until the client stops reading.
             guard case .channel(.sender(let sink))? = body["sink"] else { throw EngineError(.badDeclaration, "events needs a \"sink\" channel") }
-            engine.bus.subscribe(try EventFilter(wire: body), capacity: Int(body["buffer"]?.intValue ?? Int64(EventBus.defaultCapacity))).pump(to: sink)
+            engine.bus.subscribe(try EventFilter(wire: body), capacity: EventBus.clampedCapacity(body["buffer"]?.intValue)).pump(to: sink)
             return "following"
         default:
             throw EngineError(.badDeclaration, "unknown admin command \(command)")

@@ -60,6 +60,13 @@ public enum EventRecord: Sendable {
 public final class EventBus: Sendable {
     /// Buffered events per subscriber unless it asks otherwise.
     public static let defaultCapacity = 1024
+    /// The largest buffer a subscriber may ask for.
+    public static let maximumCapacity = 65_536
+
+    /// A requested buffer size from the wire, clamped to `1 ... maximumCapacity`.
+    public static func clampedCapacity(_ requested: Int64?) -> Int {
+        Int(min(max(requested ?? Int64(defaultCapacity), 1), Int64(maximumCapacity)))
+    }
 
     private struct Subscriber {
         var filter: EventFilter

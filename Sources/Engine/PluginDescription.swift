@@ -58,7 +58,7 @@ public struct PluginDescription: Sendable, Hashable {
             guard let type = m["type"]?.stringValue else {
                 throw EngineError(.badDeclaration, "plugin \(fallbackName): a pipeline entry lacks \"type\"")
             }
-            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .milliseconds(m["timeout_ms"]?.intValue ?? 10_000))
+            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .clampedMilliseconds(m["timeout_ms"]?.intValue, default: .seconds(10)))
         }
     }
 }

@@ -373,11 +373,16 @@ actor PluginSupervisor {
         }
     }
 
-    /// "250ms", "2s", "1m".
+    /// "250ms", "2s", "1m", at most ``Duration/longestAccepted`` (one day).
     static func duration(_ key: String, _ text: String) throws -> Duration {
-        let units: [(String, (Int64) -> Duration)] = [("ms", { .milliseconds($0) }), ("s", { .seconds($0) }), ("m", { .seconds($0 * 60) })]
-        for (suffix, make) in units where text.hasSuffix(suffix) {
-            if let n = Int64(text.dropLast(suffix.count)), n >= 0 { return make(n) }
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
+        let longest = Duration.longestAccepted.saturatingMilliseconds
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let n = Int64(text.dropLast(suffix.count)), n >= 0 else { continue }
+            guard n <= longest / scale else {
+                throw EngineError(.badSetting, "\(key) is at most one day (86400s), not \(text)")
+            }
+            return .milliseconds(n * scale)
         }
         throw EngineError(.badSetting, "\(key) is a duration like 250ms, 2s or 1m, not \(text)")
     }

@@ -137,10 +137,7 @@ public struct PluginDeclaration: Sendable {
         )
     }
 
-    static func milliseconds(_ d: Duration) -> Int64 {
-        let (s, a) = d.components
-        return s * 1000 + a / 1_000_000_000_000_000
-    }
+    static func milliseconds(_ d: Duration) -> Int64 { d.saturatingMilliseconds }
 }
 
 /// How a hook is registered: which event, when it runs, and what a failure means.
@@ -180,7 +177,7 @@ public struct HookOptions: Sendable, Hashable {
             event: event,
             phase: h["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate,
             priority: Int(h["priority"]?.intValue ?? 0),
-            timeout: .milliseconds(h["timeout_ms"]?.intValue ?? 2000),
+            timeout: .clampedMilliseconds(h["timeout_ms"]?.intValue, default: .seconds(2)),
             policy: h["policy"]?.stringValue.flatMap(HookPolicy.init(rawValue:)) ?? .required,
             overrides: h["overrides"]?.boolValue ?? false
         )

@@ -42,7 +42,7 @@ public final class CallbackServer: Sendable {
                                 try? await request.fail(code: "not.connected", message: "the adapter is not connected to plugboardd yet")
                                 continue
                             }
-                            let timeout = Duration.milliseconds(request.body["timeout_ms"]?.intValue ?? 10_000)
+                            let timeout = Duration.clampedMilliseconds(request.body["timeout_ms"]?.intValue, default: .seconds(10))
                             do {
                                 let result = try await calls.call(job, request.body["argument"] ?? .nil, timeout: timeout)
                                 try? await request.respond(result)

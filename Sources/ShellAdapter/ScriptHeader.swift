@@ -122,11 +122,11 @@ public enum ScriptHeader {
         return entries
     }
 
-    /// "500ms", "2s", "1m".
+    /// "500ms", "2s", "1m", clamped to one day (``Duration/longestAccepted``).
     static func parseDuration(_ text: String) -> Duration? {
-        if text.hasSuffix("ms"), let n = Int64(text.dropLast(2)), n > 0 { return .milliseconds(n) }
-        if text.hasSuffix("s"), let n = Double(text.dropLast()), n > 0 { return .milliseconds(Int64(n * 1000)) }
-        if text.hasSuffix("m"), let n = Int64(text.dropLast()), n > 0 { return .seconds(n * 60) }
+        if text.hasSuffix("ms"), let n = Int64(text.dropLast(2)), n > 0 { return .clampedMilliseconds(n) }
+        if text.hasSuffix("s"), let n = Double(text.dropLast()), n > 0 { return .clampedSeconds(n) }
+        if text.hasSuffix("m"), let n = Double(text.dropLast()), n > 0 { return .clampedSeconds(n * 60) }
         return nil
     }
 }

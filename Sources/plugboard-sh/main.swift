@@ -104,7 +104,7 @@ struct CallBack: AsyncParsableCommand {
         defer { session.close(reason: "done") }
         try await session.start()
         let channel = try session.open(label: "call")
-        let ms = Int64(timeout * 1000)
+        let ms = Duration.clampedSeconds(timeout).saturatingMilliseconds
         do {
             let result = try await channel.request(
                 .fields(("job", .string(job)), ("argument", argument), ("timeout_ms", .int(ms))), timeout: .milliseconds(ms + 2000)

@@ -1,5 +1,5 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
-//   provides=a,b requires=c calls=d crash-at-start crash-on-restart
+//   provides=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
 // NAME.restarts, NAME.close4, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
@@ -22,6 +22,11 @@ struct TestPlugin: Plugin {
         d.requires = list("requires")
         d.calls = list("calls")
         for job in list("provides") { d.job(job) { $0 } }
+        // A hook that continues at once, declared with whatever timeout the test chooses
+        // (Int64.max included: the daemon must clamp it, not trap).
+        if let hook = options["hook"], let colon = hook.lastIndex(of: ":"), let ms = Int64(hook[hook.index(after: colon)...]) {
+            d.hook(String(hook[..<colon]), priority: 1, timeout: .milliseconds(ms), policy: .optional) { payload, _ in .continue(payload) }
+        }
         let name = context.name
         d.job("\(name).crash") { _ in exit(9) }
         d.job("\(name).garbage") { _ in

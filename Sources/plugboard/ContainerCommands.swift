@@ -112,8 +112,8 @@ struct ContainerGroup: AsyncParsableCommand {
         @Option(help: "Seconds between SIGTERM and SIGKILL.") var timeout: Double = 10
         func run() async throws {
             let r = try await connection.job(
-                "container.stop", .fields(("id", .string(container)), ("timeout_ms", .int(Int64(timeout * 1000)))),
-                timeout: .milliseconds(Int64(timeout * 1000) + 30_000)
+                "container.stop", .fields(("id", .string(container)), ("timeout_ms", .int(Duration.clampedSeconds(timeout).saturatingMilliseconds))),
+                timeout: .clampedSeconds(timeout) + .seconds(30)
             )
             print("\(text(r["name"])) exit_code=\(text(r["exit_code"]))")
         }

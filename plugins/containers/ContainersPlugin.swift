@@ -53,7 +53,7 @@ public struct ContainersPlugin: Plugin {
             return .fields(("id", .string(started.id)), ("name", .string(started.name)), ("state", .string(started.state.rawValue)))
         }
         d.job("container.stop") { argument in
-            let grace = Duration.milliseconds(argument["timeout_ms"]?.intValue ?? 10_000)
+            let grace = Duration.clampedMilliseconds(argument["timeout_ms"]?.intValue, default: .seconds(10))
             let ref = try Self.ref(argument)
             let code = try await manager.stop(ref, grace: grace)
             let r = try await manager.inspect(ref)
@@ -89,7 +89,7 @@ public struct ContainersPlugin: Plugin {
         }
         d.job("container.wait") { argument in
             let ref = try Self.ref(argument)
-            let timeout = Duration.milliseconds(argument["timeout_ms"]?.intValue ?? 3_600_000)
+            let timeout = Duration.clampedMilliseconds(argument["timeout_ms"]?.intValue, default: .seconds(3600))
             guard let code = try await manager.wait(ref, timeout: timeout) else {
                 throw ContainerError(.wrongState, "container \(ref) was still running after \(timeout)")
             }

@@ -29,7 +29,7 @@ public struct EventsPlugin: Plugin {
             guard case .channel(.sender(let sink))? = argument["sink"] else {
                 throw EngineError(.badDeclaration, "events.subscribe needs {\"sink\": a channel to send events on}")
             }
-            let capacity = Int(argument["buffer"]?.intValue ?? Int64(EventBus.defaultCapacity))
+            let capacity = EventBus.clampedCapacity(argument["buffer"]?.intValue)
             bus.subscribe(try EventFilter(wire: argument), capacity: capacity).pump(to: sink)
             return "subscribed"
         }

@@ -62,7 +62,7 @@ public struct StatePlugin: Plugin {
         })
         d.job("state.list", withCall: { argument, call in
             let ns = try await namespace(argument, call)
-            let entries = try await store.list(ns, prefix: argument["prefix"]?.stringValue ?? "", limit: Int(argument["limit"]?.intValue ?? 1000))
+            let entries = try await store.list(ns, prefix: argument["prefix"]?.stringValue ?? "", limit: Int(min(max(argument["limit"]?.intValue ?? 1000, 1), 10_000)))
             return .array(entries.map { .fields(("key", .string($0.key)), ("value", $0.value), ("version", .int($0.version))) })
         })
         return d

@@ -133,7 +133,8 @@ extension Session: FrameTransportDelegate {
         case .credit(let id, let bytes):
             let waiters: [Waiter<Void>] = lock.withLock {
                 guard let state = channels[id], state.role == .sending else { return [] }
-                state.credit += Int(clamping: bytes)
+                // Credit saturates: a peer granting 2^64-1 bytes means "unlimited", never an overflow.
+                state.credit = state.credit.addingSaturating(Int(clamping: bytes))
                 defer { state.creditWaiters.removeAll() }
                 return Array(state.creditWaiters)
             }

@@ -83,11 +83,3 @@ public final class DeadlineSweeper: Sendable {
         if let next { arm(next) }
     }
 }
-
-extension Duration {
-    /// This duration as a NIO `TimeAmount`.
-    public var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}
