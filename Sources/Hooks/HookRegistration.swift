@@ -21,14 +21,21 @@ public enum HookPhase: String, Sendable, Codable {
 
 /// One hook registration.
 public struct HookRegistration: Sendable, PrioritizedRegistration {
+    /// The event hooked (container.create).
     public var event: String
+    /// The plugin that registered it.
     public var owner: String
+    /// When it runs: in the mutating chain, as a validator, or as an observer.
     public var phase: HookPhase
+    /// Higher runs first; ties go by plugin name.
     public var priority: Int
+    /// How long one call to the hook may take.
     public var timeout: Duration
+    /// Whether a failure or timeout fails the operation or is skipped.
     public var policy: HookPolicy
     /// May change fields that an earlier hook set, without a conflict.
     public var overrides: Bool
+    /// Where the hook's handler is reached, in this process or over a session.
     public var participant: Participant
 }
 
@@ -36,7 +43,9 @@ public struct HookRegistration: Sendable, PrioritizedRegistration {
 public struct HookOutcome: Sendable {
     /// One hook that ran.
     public struct Step: Sendable, Hashable {
+        /// The plugin whose hook ran.
         public var plugin: String
+        /// The field paths it changed (`labels.team`, `mounts[2]`).
         public var changed: [String]
     }
 

@@ -21,6 +21,8 @@ public final class Hooks: Sendable {
     private let logger: Logger
     private let reporter = NIOLockedValueBox<(@Sendable (HookReport) -> Void)?>(nil)
 
+    /// Makes an empty set of hooks that logs skipped optional hooks and failed or dropped
+    /// observer events to `logger`.
     public init(logger: Logger) {
         self.logger = logger
     }

@@ -14,19 +14,27 @@ import Routing
 public final class Hub: Sendable {
     /// A job endpoint as the admin CLI lists it.
     public struct Endpoint: Sendable, Hashable, PrioritizedRegistration {
+        /// The job's name.
         public var name: String
+        /// The plugin that owns the job.
         public var owner: String
+        /// Always 0: a job has a single owner, so there is nothing to rank.
         public var priority: Int { 0 }
         /// True while its owner restarts: calls wait for it (bounded).
         public var restarting: Bool
+        /// True when the owner is a plugin reached over a session rather than in-process.
         public var remote: Bool
     }
 
     /// One provider of an extension point.
     public struct Provider: Sendable, PrioritizedRegistration {
+        /// The extension point provided.
         public var extensionPoint: String
+        /// The plugin that provides it.
         public var owner: String
+        /// Higher ranks first (``Hub/callBest(_:_:timeout:)`` calls the top one); ties go by plugin name.
         public var priority: Int
+        /// Where the provider's handler is reached.
         public var participant: Participant
     }
 
@@ -63,6 +71,7 @@ public final class Hub: Sendable {
     /// The default deadline of a call.
     public static let defaultTimeout: Duration = .seconds(10)
 
+    /// Makes an empty hub that logs job registrations and departures to `logger`.
     public init(logger: Logger) {
         self.logger = logger
     }

@@ -15,10 +15,15 @@ import Routing
 public final class Pipeline: Sendable {
     /// One registration.
     public struct Registration: Sendable, PrioritizedRegistration {
+        /// The message type handled.
         public var type: String
+        /// The plugin that registered it.
         public var owner: String
+        /// Higher gets a message first; ties go by plugin name.
         public var priority: Int
+        /// How long one call to the handler may take.
         public var timeout: Duration
+        /// Where the handler is reached.
         public var participant: Participant
     }
 
@@ -29,6 +34,7 @@ public final class Pipeline: Sendable {
         /// Messages alive at once (queued plus final).
         public var maxMessages: Int
 
+        /// Makes limits of `maxHops` handler calls and `maxMessages` live messages per run.
         public init(maxHops: Int = 64, maxMessages: Int = 256) {
             self.maxHops = maxHops
             self.maxMessages = maxMessages
@@ -36,11 +42,13 @@ public final class Pipeline: Sendable {
     }
 
     private let registrations = NIOLockedValueBox<[String: [Registration]]>([:])
+    /// The bounds applied to every run.
     public let limits: Limits
     /// In-flight handler calls, by owner.
     public let inFlight = InFlightCalls()
     private let logger: Logger
 
+    /// Makes an empty pipeline that bounds each run by `limits`.
     public init(limits: Limits = Limits(), logger: Logger) {
         self.limits = limits
         self.logger = logger

@@ -2,9 +2,12 @@ import Chan
 
 /// A message routed by the pipeline: a type and a body.
 public struct PipelineMessage: Sendable, Hashable, CustomStringConvertible {
+    /// The message type; it decides which plugins receive the message.
     public var type: String
+    /// The payload, passed to handlers as it is.
     public var body: Value
 
+    /// Makes a message of `type` carrying `body`.
     public init(type: String, body: Value) {
         self.type = type
         self.body = body
@@ -21,6 +24,7 @@ public struct PipelineMessage: Sendable, Hashable, CustomStringConvertible {
         self.init(type: type, body: wire["body"] ?? .nil)
     }
 
+    /// `type(body)`, for logs and errors.
     public var description: String { "\(type)(\(body))" }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 /// Turns a ``Value`` into any `Decodable`, strictly: a missing key, a wrong type or an
 /// integer out of range is a `DecodingError` naming the coding path.
 public struct ValueDecoder: Sendable {
+    /// Makes a decoder.
     public init() {}
 
     /// Decodes a `T` from `value`.
@@ -16,6 +17,7 @@ public struct MsgpackDecoder: Sendable {
     /// Limits applied to the bytes.
     public var limits: DecodingLimits
 
+    /// Makes a decoder that applies `limits` (by default depth 32, frames up to 16 MiB).
     public init(limits: DecodingLimits = .default) { self.limits = limits }
 
     /// Decodes a `T` from exactly one msgpack value in `bytes`.
@@ -263,6 +265,9 @@ extension Value: Codable {
         }
     }
 
+    /// Takes the value as it is from ``ValueDecoder``; from other decoders, tries nil, bool,
+    /// integer, float, string, array, then a string-keyed map (sorted by key), and throws
+    /// `DecodingError.dataCorrupted` when none fits.
     public init(from decoder: any Decoder) throws {
         if let impl = decoder as? ValueDecoderImpl {
             self = impl.value

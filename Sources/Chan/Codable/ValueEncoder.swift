@@ -6,6 +6,7 @@ import Foundation
 /// (``Sender``, ``Receiver``, ``ByteStreamReader``, ``ByteStreamWriter``) become
 /// ``Value/channel(_:)`` for the session to send.
 public struct ValueEncoder: Sendable {
+    /// Makes an encoder.
     public init() {}
 
     /// Encodes `value` into a ``Value`` tree.
@@ -28,6 +29,7 @@ public struct ValueEncoder: Sendable {
 
 /// Encodes `Encodable` values to msgpack bytes through msgpack-c.
 public struct MsgpackEncoder: Sendable {
+    /// Makes an encoder.
     public init() {}
 
     /// Encodes `value` to msgpack bytes.

@@ -15,9 +15,12 @@ public struct ChannelReference: Hashable, Sendable {
         case byteStreamWriter = 0x53
     }
 
+    /// Which end the reference hands over.
     public var kind: Kind
+    /// The channel id, unique within the session.
     public var id: UInt64
 
+    /// A reference to the `kind` end of channel `id`.
     public init(kind: Kind, id: UInt64) {
         self.kind = kind
         self.id = id

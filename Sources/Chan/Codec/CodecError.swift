@@ -7,6 +7,7 @@ public struct CodecError: Error, Hashable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
         private init(_ name: String) { self.name = name }
+        /// The code's name, as shown in messages.
         public var description: String { name }
 
         /// Bytes remain after the one value a frame may hold.
@@ -38,12 +39,15 @@ public struct CodecError: Error, Hashable, CustomStringConvertible {
     /// A sentence for a person.
     public var reason: String
 
+    /// Makes an error with `code`, the byte `offset` where it was found (when known), and
+    /// a `reason`.
     public init(_ code: Code, offset: Int? = nil, _ reason: String) {
         self.code = code
         self.offset = offset
         self.reason = reason
     }
 
+    /// `code: reason`, with the byte offset when it is known.
     public var description: String {
         if let offset { return "\(code) at byte \(offset): \(reason)" }
         return "\(code): \(reason)"
@@ -65,6 +69,7 @@ public struct DecodingLimits: Sendable, Hashable {
     /// 16 MiB, the protocol's default maximum frame size.
     public static let defaultMaxFrameSize = 16 * 1024 * 1024
 
+    /// Makes limits; `maxDepth` is clamped to 1...32, the most msgpack-c can unpack.
     public init(maxDepth: Int = DecodingLimits.msgpackCStackLimit, maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize) {
         self.maxDepth = min(max(1, maxDepth), DecodingLimits.msgpackCStackLimit)
         self.maxFrameSize = maxFrameSize

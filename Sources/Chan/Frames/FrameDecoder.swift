@@ -5,11 +5,13 @@ import NIOCore
 /// The length is checked against ``maxFrameSize`` as soon as its four bytes are present,
 /// before any of the body is waited for, so an oversized frame costs nothing to refuse.
 public struct FrameDecoder: ByteToMessageDecoder {
+    /// Each frame body is passed on as a `ByteBuffer` slice, without its length prefix.
     public typealias InboundOut = ByteBuffer
 
     /// The largest body accepted.
     public let maxFrameSize: Int
 
+    /// Makes a decoder that refuses bodies over `maxFrameSize` bytes (16 MiB by default).
     public init(maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize) {
         self.maxFrameSize = maxFrameSize
     }
@@ -30,12 +32,16 @@ public struct FrameDecoder: ByteToMessageDecoder {
         return buffer.readSlice(length: Int(length))
     }
 
+    /// Passes on one complete frame body, or asks for more data; throws ``CodecError`` with
+    /// ``CodecError/Code/frameTooLarge`` or ``CodecError/Code/emptyFrame`` for a bad length prefix.
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let frame = try decodeFrame(&buffer) else { return .needMoreData }
         context.fireChannelRead(Self.wrapInboundOut(frame))
         return .continue
     }
 
+    /// Like ``decode(context:buffer:)`` at the end of the stream; bytes left over after EOF
+    /// that do not make a whole frame throw ``CodecError/Code/truncated``.
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         if let frame = try decodeFrame(&buffer) {
             context.fireChannelRead(Self.wrapInboundOut(frame))

@@ -5,6 +5,7 @@ public struct ChanError: Error, Hashable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
         private init(_ name: String) { self.name = name }
+        /// The code's name, as shown in messages.
         public var description: String { name }
 
         /// The peer died, closed the transport, or said goodbye.
@@ -42,12 +43,15 @@ public struct ChanError: Error, Hashable, CustomStringConvertible {
     /// For ``Code/remote``: the error code the peer sent.
     public var remoteCode: String?
 
+    /// Makes an error with `code` and a `reason`; `remoteCode` is the peer's own error code,
+    /// for ``Code/remote``.
     public init(_ code: Code, _ reason: String, remoteCode: String? = nil) {
         self.code = code
         self.reason = reason
         self.remoteCode = remoteCode
     }
 
+    /// `code: reason`, with the peer's error code in brackets when there is one.
     public var description: String {
         if let remoteCode { return "\(code) [\(remoteCode)]: \(reason)" }
         return "\(code): \(reason)"

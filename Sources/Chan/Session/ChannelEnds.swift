@@ -21,7 +21,9 @@ public class ChannelEndCore: @unchecked Sendable {
 /// for credit (see ``Session/Configuration/window``). Dropping the last reference closes
 /// the channel, so the receiver sees the end rather than waiting forever.
 public final class Sender: ChannelEndCore, ChannelEndConvertible, @unchecked Sendable {
+    /// This sender, wrapped as ``ChannelEnd/sender(_:)``.
     public var channelEnd: ChannelEnd { .sender(self) }
+    /// The sender inside `end`, or `nil` for any other kind of end.
     public static func fromChannelEnd(_ end: ChannelEnd) -> Sender? {
         if case .sender(let s) = end { return s }
         return nil
@@ -67,7 +69,9 @@ public final class Receiver: ChannelEndCore, ChannelEndConvertible, @unchecked S
         super.init(session: session, id: id)
     }
 
+    /// This receiver, wrapped as ``ChannelEnd/receiver(_:)``.
     public var channelEnd: ChannelEnd { .receiver(self) }
+    /// The receiver inside `end`, or `nil` for any other kind of end.
     public static func fromChannelEnd(_ end: ChannelEnd) -> Receiver? {
         if case .receiver(let r) = end { return r }
         return nil
@@ -99,13 +103,17 @@ public final class Receiver: ChannelEndCore, ChannelEndConvertible, @unchecked S
 }
 
 extension Receiver: AsyncSequence {
+    /// Each element is one message.
     public typealias Element = Value
 
+    /// Receives messages one by one until the sender closes the channel.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let receiver: Receiver
+        /// The next message, or `nil` at the end; throws as ``Receiver/receive(timeout:)`` does.
         public mutating func next() async throws -> Value? { try await receiver.receive() }
     }
 
+    /// An iterator that receives without a timeout.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(receiver: self) }
 }
 
@@ -118,7 +126,9 @@ public final class ByteStreamWriter: ChannelEndConvertible, Hashable, @unchecked
 
     init(sender: Sender) { self.sender = sender }
 
+    /// This writer, wrapped as ``ChannelEnd/byteStreamWriter(_:)``.
     public var channelEnd: ChannelEnd { .byteStreamWriter(self) }
+    /// The writer inside `end`, or `nil` for any other kind of end.
     public static func fromChannelEnd(_ end: ChannelEnd) -> ByteStreamWriter? {
         if case .byteStreamWriter(let w) = end { return w }
         return nil
@@ -145,7 +155,9 @@ public final class ByteStreamWriter: ChannelEndConvertible, Hashable, @unchecked
     /// Aborts the stream: the reader's next read fails with `reason`.
     public func reset(reason: String) { sender.reset(reason: reason) }
 
+    /// Equal only to the same object.
     public static func == (a: ByteStreamWriter, b: ByteStreamWriter) -> Bool { a === b }
+    /// Hashes the object's identity.
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
 
@@ -155,7 +167,9 @@ public final class ByteStreamReader: ChannelEndConvertible, Hashable, @unchecked
 
     init(receiver: Receiver) { self.receiver = receiver }
 
+    /// This reader, wrapped as ``ChannelEnd/byteStreamReader(_:)``.
     public var channelEnd: ChannelEnd { .byteStreamReader(self) }
+    /// The reader inside `end`, or `nil` for any other kind of end.
     public static func fromChannelEnd(_ end: ChannelEnd) -> ByteStreamReader? {
         if case .byteStreamReader(let r) = end { return r }
         return nil
@@ -186,6 +200,8 @@ public final class ByteStreamReader: ChannelEndConvertible, Hashable, @unchecked
     /// Stops reading: the writer's next write fails.
     public func close() { receiver.close() }
 
+    /// Equal only to the same object.
     public static func == (a: ByteStreamReader, b: ByteStreamReader) -> Bool { a === b }
+    /// Hashes the object's identity.
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }

@@ -48,9 +48,13 @@ final class ChannelState {
 
 /// Counters describing a session's traffic and trouble.
 public struct SessionStats: Sendable, Hashable {
+    /// Frames received from the peer, malformed ones included.
     public var framesIn = 0
+    /// Frames written to the transport.
     public var framesOut = 0
+    /// Bytes received, length prefixes included (wire transports only).
     public var bytesIn = 0
+    /// Bytes written, length prefixes included (wire transports only).
     public var bytesOut = 0
     /// Messages that arrived for a channel this side had already closed (counted, not lost silently).
     public var droppedAfterClose = 0

@@ -156,6 +156,7 @@ public struct Hello: Sendable, Hashable {
     /// Free-form metadata (a plugin's declaration rides here).
     public var meta: Value
 
+    /// Makes a HELLO; the version defaults to ``currentProtocol`` and `meta` to an empty map.
     public init(protocolVersion: Int64 = Hello.currentProtocol, name: String, maxFrameSize: Int, window: Int, meta: Value = .map([])) {
         self.protocolVersion = protocolVersion
         self.name = name

@@ -38,6 +38,8 @@ public final class Session: @unchecked Sendable {
         /// Free-form metadata sent in HELLO.
         public var meta: Value
 
+        /// Makes a configuration; only the name is required (defaults: 16 MiB frames, a 256 KiB
+        /// window, depth 32, a 10-second handshake, empty metadata).
         public init(
             name: String,
             maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize,

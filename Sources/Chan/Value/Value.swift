@@ -8,13 +8,21 @@
 /// only inside a message on the session that created it; the plain msgpack codec
 /// refuses it with ``CodecError/Code/channelOutsideSession``.
 public enum Value: Sendable {
+    /// The msgpack nil.
     case `nil`
+    /// A boolean.
     case bool(Bool)
+    /// A signed integer; every integer that fits in `Int64` decodes as this.
     case int(Int64)
+    /// An unsigned integer; decoding makes one only for values above `Int64.max`.
     case uint(UInt64)
+    /// A floating-point number; msgpack float32 and float64 both decode as `Double`.
     case float(Double)
+    /// A string; the codec refuses bytes that are not valid UTF-8.
     case string(String)
+    /// Raw bytes (msgpack bin).
     case binary([UInt8])
+    /// An array of values.
     case array([Value])
     /// A map keeps its entries in wire order; keys may be any value.
     case map([(key: Value, value: Value)])
@@ -121,6 +129,8 @@ extension Value {
 }
 
 extension Value: Equatable {
+    /// Structural equality; integers compare by number across ``int(_:)`` and ``uint(_:)``,
+    /// NaN equals NaN, and maps compare their entries in order.
     public static func == (lhs: Value, rhs: Value) -> Bool {
         switch (lhs, rhs) {
         case (.nil, .nil): return true
@@ -144,6 +154,7 @@ extension Value: Equatable {
 }
 
 extension Value: Hashable {
+    /// Hashes consistently with `==`: a non-negative integer hashes the same as `.int` or `.uint`.
     public func hash(into hasher: inout Hasher) {
         switch self {
         case .nil: hasher.combine(0)
@@ -165,6 +176,7 @@ extension Value: Hashable {
 }
 
 extension Value: CustomStringConvertible {
+    /// A short rendering for logs: strings quoted, binary and ext shown by their byte count.
     public var description: String {
         switch self {
         case .nil: return "nil"
@@ -188,12 +200,19 @@ extension Value: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, Expressib
     ExpressibleByFloatLiteral, ExpressibleByStringLiteral, ExpressibleByArrayLiteral,
     ExpressibleByDictionaryLiteral
 {
+    /// Makes `.nil` from a `nil` literal.
     public init(nilLiteral: ()) { self = .nil }
+    /// Makes `.bool` from a boolean literal.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// Makes `.int` from an integer literal.
     public init(integerLiteral value: Int64) { self = .int(value) }
+    /// Makes `.float` from a floating-point literal.
     public init(floatLiteral value: Double) { self = .float(value) }
+    /// Makes `.string` from a string literal.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// Makes `.array` from an array literal.
     public init(arrayLiteral elements: Value...) { self = .array(elements) }
+    /// Makes `.map` from a dictionary literal, keeping the entries in the order written.
     public init(dictionaryLiteral elements: (Value, Value)...) {
         self = .map(elements.map { (key: $0.0, value: $0.1) })
     }
