@@ -6,13 +6,12 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
-let routingDeps: [Target.Dependency] = [
-    "Chan", "Routing",
-    .product(name: "Logging", package: "swift-log"),
-    .product(name: "NIOCore", package: "swift-nio"),
-    .product(name: "NIOPosix", package: "swift-nio"),
-    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-]
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
+let nioLocks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics")
 
 let package = Package(
     name: "Plugboard",
@@ -24,6 +23,7 @@ let package = Package(
         .library(name: "Hooks", targets: ["Hooks"]),
         .library(name: "Engine", targets: ["Engine"]),
         .library(name: "PluginKit", targets: ["PluginKit"]),
+        .library(name: "AdminProtocol", targets: ["AdminProtocol"]),
         .executable(name: "plugboardd", targets: ["plugboardd"]),
         .executable(name: "plugboard", targets: ["plugboard"]),
         .executable(name: "plugboard-sh", targets: ["plugboard-sh"]),
@@ -50,127 +50,61 @@ let package = Package(
             pkgConfig: "msgpack",
             providers: [.apt(["libmsgpack-dev"])]
         ),
-        .target(
-            name: "Chan",
-            dependencies: [
-                "CMsgpack", "Spawn", "CSpawn",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict
-        ),
-        // glibc's posix_spawn GNU extensions (closefrom, chdir) and pipe2, which need _GNU_SOURCE.
+        // Messaging only: values, frames, sessions, transports. Nothing of ours but CMsgpack.
+        .target(name: "Chan", dependencies: ["CMsgpack", nioCore, nioPosix, nioLocks, log], swiftSettings: strict),
+        // glibc's posix_spawn GNU extensions (closefrom, chdir), pipe2 and pidfd_open, which need _GNU_SOURCE.
         .target(name: "CSpawn"),
-        .target(
-            name: "Spawn",
-            dependencies: [
-                "CSpawn",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
-        // What the three routing models share: participants (in process or remote),
-        // deadlines, in-flight tracking, priority order.
-        .target(
-            name: "Routing",
-            dependencies: [
-                "Chan",
-                .product(name: "CoreMetrics", package: "swift-metrics"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
-        .target(name: "Hub", dependencies: routingDeps, swiftSettings: strict),
-        .target(name: "Pipeline", dependencies: routingDeps, swiftSettings: strict),
-        .target(name: "Hooks", dependencies: routingDeps, swiftSettings: strict),
+        .target(name: "Spawn", dependencies: ["CSpawn", log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
+        // A child process with its session on fds 3/4: Chan over Spawn.
+        .target(name: "PluginProcess", dependencies: ["Chan", "Spawn", log], swiftSettings: strict),
+        // What both ends of the admin socket share: the socket's place, requests, replies, error codes.
+        .target(name: "AdminProtocol", dependencies: ["Chan"], swiftSettings: strict),
+        // What the routing models share: participants (in process or remote), deadlines,
+        // in-flight tracking, priority order.
+        .target(name: "Routing", dependencies: ["Chan", coreMetrics, nioLocks], swiftSettings: strict),
+        .target(name: "Hub", dependencies: ["Chan", "Routing", log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
+        .target(name: "Pipeline", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
+        .target(name: "Hooks", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
+        .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", log], swiftSettings: strict),
         // Containers on runc: plugin manifests and privileges, the OCI spec we write, runc
-        // itself, and the container lifecycle the built-in containers plugin serves.
-        .target(
-            name: "Containers",
-            dependencies: [
-                "Chan", "Spawn",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict
-        ),
+        // itself, and the container lifecycle the containers plugin serves.
+        .target(name: "Containers", dependencies: ["Chan", "Spawn", log, nioLocks], swiftSettings: strict),
         .target(
             name: "Engine",
-            dependencies: [
-                "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "Routing", "PluginKit", "Containers",
-                .product(name: "CoreMetrics", package: "swift-metrics"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
+            dependencies: ["AdminProtocol", "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "PluginProcess", "Routing", "PluginKit", "Containers", coreMetrics, nioCore, nioPosix, nioLocks, log],
             swiftSettings: strict
         ),
+        // The services every plugboardd runs that reach into the engine (its event bus, its
+        // supervisors' status): events and metrics. See README, Layout.
         .target(
-            name: "PluginKit",
-            dependencies: ["Chan", "Routing", "Hooks", "Pipeline", .product(name: "Logging", package: "swift-log")],
+            name: "Services",
+            dependencies: [
+                "Chan", "Engine", "PluginKit", coreMetrics, nioCore, nioPosix, log,
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "Engine", "PluginKit", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "Containers", "EventsPlugin", "StatePlugin", "MetricsPlugin",
+                "AdminProtocol", "Engine", "PluginKit", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StatePlugin", nioLocks,
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
+                argumentParser, log,
             ],
             swiftSettings: strict
         ),
-        .executableTarget(
-            name: "plugboard",
-            dependencies: [
-                "Chan", "Engine", "Containers",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict
-        ),
+        // The CLI links only what both ends of the admin socket share, never the engine.
+        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", argumentParser, log], swiftSettings: strict),
         // Shell scripts as plugins: header registrations, the env format, call and stream
         // modes, the callback socket. plugboard-sh is the thin executable over it.
-        .target(
-            name: "ShellAdapter",
-            dependencies: [
-                "Chan", "PluginKit", "Hooks", "Spawn", "Routing",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
-        .executableTarget(
-            name: "plugboard-sh",
-            dependencies: [
-                "PluginKit", "ShellAdapter", "Chan",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
+        .target(name: "ShellAdapter", dependencies: ["Chan", "PluginKit", "Hooks", "Spawn", "Routing", log, nioLocks], swiftSettings: strict),
+        .executableTarget(name: "plugboard-sh", dependencies: ["PluginKit", "ShellAdapter", "Chan", argumentParser, log, nioLocks], swiftSettings: strict),
         .executableTarget(
             name: "plugboard-bench",
-            dependencies: [
-                "Chan", "Spawn", "Routing", "Hub", "Hooks", "Engine", "Containers", "PluginKit",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
+            dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", "Hub", "Hooks", "Engine", "Containers", "PluginKit", argumentParser, log, nioLocks],
             swiftSettings: strict
         ),
         // The plugins we ship: each links into plugboardd and builds as plugboard-plugin-NAME.
@@ -180,22 +114,7 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
         // The state service: SQLite through GRDB (libsqlite3-dev), WAL mode.
         .target(name: "StatePlugin", dependencies: ["PluginKit", "Chan", .product(name: "GRDB", package: "GRDB.swift")], path: "plugins/state", swiftSettings: strict),
-        // The metrics service: swift-metrics backed by swift-prometheus, and its HTTP endpoint.
-        .target(
-            name: "MetricsPlugin",
-            dependencies: [
-                "PluginKit", "Chan", "Engine",
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "CoreMetrics", package: "swift-metrics"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            path: "plugins/metrics", swiftSettings: strict
-        ),
-        .target(name: "EventsPlugin", dependencies: ["PluginKit", "Chan", "Engine"], path: "plugins/events", swiftSettings: strict),
-        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", .product(name: "Logging", package: "swift-log")], path: "plugins/containers", swiftSettings: strict),
+        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", log], path: "plugins/containers", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
         .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-label", dependencies: ["LabelPlugin", "PluginKit"], path: "plugins/label/main", swiftSettings: strict),
@@ -204,59 +123,35 @@ let package = Package(
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
         .executableTarget(name: "plugboard-exec-shim"),
         // make chaos: hurts plugins under load, then accounts for calls, fds, processes, containers.
-        .executableTarget(
-            name: "plugboard-chaos",
-            dependencies: [
-                "Chan", "Spawn",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
+        .executableTarget(name: "plugboard-chaos", dependencies: ["Chan", "Spawn", argumentParser, log, nioLocks], swiftSettings: strict),
         // libFuzzer targets (make fuzz); built normally it replays the corpus and the crashers.
-        .executableTarget(
-            name: "plugboard-fuzz",
-            dependencies: [
-                "Chan", "Spawn",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            swiftSettings: strict
-        ),
+        .executableTarget(name: "plugboard-fuzz", dependencies: ["Chan", "Spawn", log, nioCore], swiftSettings: strict),
         // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.
-        .executableTarget(
-            name: "plugboard-test-peer",
-            dependencies: ["Chan", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: strict
-        ),
+        .executableTarget(name: "plugboard-test-peer", dependencies: ["Chan", log], swiftSettings: strict),
         // Helpers every test target shares: deadlines, spawning the test peer, signals.
-        .target(
-            name: "TestSupport",
-            dependencies: [
-                "Chan", "Spawn", "Routing",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
-            path: "Tests/TestSupport",
-            swiftSettings: strict
-        ),
+        .target(name: "TestSupport", dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", log, nioLocks], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(
             name: "ChanTests",
             dependencies: [
-                "Chan", "Spawn", "TestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
+                "Chan", "Spawn", "PluginProcess", "TestSupport", nioCore, log, nioLocks,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
-        .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin", "Containers", "LabelPlugin", "ShellAdapter", "EventsPlugin", "StatePlugin"], swiftSettings: strict),
-        .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(
+            name: "EngineTests",
+            dependencies: [
+                "AdminProtocol", "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
+                "Containers", "LabelPlugin", "ShellAdapter", "StatePlugin", log, nioLocks,
+            ],
+            swiftSettings: strict
+        ),
     ]
 )

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AdminProtocol
 import Chan
 import Foundation
 import Hub
@@ -23,14 +24,6 @@ public final class AdminServer: Sendable {
     private init(listener: SessionListener, path: String) {
         self.listener = listener
         self.path = path
-    }
-
-    /// /run/plugboard/admin.sock for root, else $XDG_RUNTIME_DIR/plugboard/admin.sock, or
-    /// /tmp/plugboard-UID/admin.sock without XDG_RUNTIME_DIR.
-    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        if getuid() == 0 { return "/run/plugboard/admin.sock" }
-        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/plugboard/admin.sock" }
-        return "/tmp/plugboard-\(getuid())/admin.sock"
     }
 
     /// Looks up a built-in plugin by name (the daemon's table), for `plugin add --builtin`.

@@ -62,33 +62,3 @@ public struct PluginDescription: Sendable, Hashable {
         }
     }
 }
-
-/// Why the engine could not do what was asked.
-public struct EngineError: Error, Hashable, CustomStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private let name: String
-        private init(_ name: String) { self.name = name }
-        public var description: String { name }
-
-        public static let unknownBuiltin = Code("unknown built-in")
-        public static let badDeclaration = Code("bad declaration")
-        public static let bootOrder = Code("boot order")
-        public static let startFailed = Code("start failed")
-        public static let permissionDenied = Code("permission denied")
-        public static let duplicateName = Code("duplicate plugin name")
-        public static let unknownPlugin = Code("unknown plugin")
-        public static let inUse = Code("in use")
-        public static let adminSocket = Code("admin socket")
-        public static let badSetting = Code("bad setting")
-    }
-
-    public var code: Code
-    public var reason: String
-
-    public init(_ code: Code, _ reason: String) {
-        self.code = code
-        self.reason = reason
-    }
-
-    public var description: String { "\(code): \(reason)" }
-}

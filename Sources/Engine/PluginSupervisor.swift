@@ -8,6 +8,7 @@ import Foundation
 import Hooks
 import Hub
 import Logging
+import PluginProcess
 import NIOConcurrencyHelpers
 import Pipeline
 import PluginKit
@@ -147,9 +148,9 @@ actor PluginSupervisor {
     private func launchProcess(executable: String, arguments argv: [String], environment: [String: String], what command: String) async throws -> PluginDescription {
         let out = try PipeDescriptors.make()
         let err = try PipeDescriptors.make()
-        let launched: LaunchedSession
+        let launched: PluginProcess
         do {
-            launched = try await Session.launch(
+            launched = try await PluginProcess.launch(
                 executable: executable, arguments: argv, environment: environment,
                 extraDescriptors: [1: out.writeEnd, 2: err.writeEnd],
                 configuration: .init(name: "plugboardd", maxFrameSize: Self.maxFrameFromPlugin, handshakeTimeout: spec.startTimeout), logger: logger
@@ -493,9 +494,9 @@ actor PluginSupervisor {
                 guard channel.label == "engine" else { channel.close(); continue }
                 Task {
                     while let request = try? await channel.nextRequest() {
-                        await slots.acquire()
+                        guard (try? await slots.acquire()) != nil else { return }
                         Task {
-                            defer { Task { await slots.release() } }
+                            defer { slots.release() }
                             guard let job = request.body["job"]?.stringValue else {
                                 try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
                                 return

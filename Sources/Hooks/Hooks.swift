@@ -119,7 +119,7 @@ public final class Hooks: Sendable {
     }
 
     private func runChain(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
-        await gate.enter(object)
+        try await gate.enter(object)
         defer { gate.leave(object) }
 
         var outcome = HookOutcome(payload: payload, attribution: [:], steps: [], skipped: [])

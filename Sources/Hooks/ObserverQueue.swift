@@ -50,33 +50,58 @@ final class ObserverQueue: Sendable {
     }
 }
 
-/// Lets one task at a time through per key; others wait in arrival order.
+/// Lets one task at a time through per key; others wait in arrival order. A waiter whose
+/// task is cancelled leaves the line at once with `CancellationError`.
 final class KeyedGate: Sendable {
-    private let state = NIOLockedValueBox<[String: [UnsafeContinuation<Void, Never>]]>([:])
+    private struct State {
+        var nextID: UInt64 = 0
+        /// Keys someone is inside, with who waits for each.
+        var waiting: [String: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)]] = [:]
+    }
 
-    func enter(_ key: String) async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let enterNow: Bool = state.withLockedValue { s in
-                if s[key] == nil {
-                    s[key] = []
-                    return true
+    private let state = NIOLockedValueBox(State())
+
+    /// Enters `key`'s gate, waiting for the task inside to ``leave(_:)``; pair with it.
+    func enter(_ key: String) async throws {
+        let id = state.withLockedValue { s in
+            defer { s.nextID += 1 }
+            return s.nextID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = state.withLockedValue { s in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if s.waiting[key] == nil {
+                        s.waiting[key] = []
+                        return .success(())
+                    }
+                    s.waiting[key]?.append((id, continuation))
+                    return nil
                 }
-                s[key]?.append(continuation)
-                return false
+                if let now { continuation.resume(with: now) }
             }
-            if enterNow { continuation.resume() }
+        } onCancel: {
+            let cancelled = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
+                guard let i = s.waiting[key]?.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiting[key]?.remove(at: i).continuation
+            }
+            cancelled?.resume(throwing: CancellationError())
         }
     }
 
+    /// How many wait for `key` now.
+    func waiters(_ key: String) -> Int { state.withLockedValue { $0.waiting[key]?.count ?? 0 } }
+
+    /// Leaves `key`'s gate; the next waiter, if any, enters.
     func leave(_ key: String) {
-        let next: UnsafeContinuation<Void, Never>? = state.withLockedValue { s in
-            guard var waiting = s[key], !waiting.isEmpty else {
-                s[key] = nil
+        let next = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
+            guard var waiting = s.waiting[key], !waiting.isEmpty else {
+                s.waiting[key] = nil
                 return nil
             }
             let first = waiting.removeFirst()
-            s[key] = waiting
-            return first
+            s.waiting[key] = waiting
+            return first.continuation
         }
         next?.resume()
     }

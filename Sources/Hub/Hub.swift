@@ -55,7 +55,9 @@ public final class Hub: Sendable {
         var slots: [String: Slot] = [:]
         var providers: [String: [Provider]] = [:]
         /// Calls waiting for a restarting owner, by owner.
-        var waiting: [String: [UnsafeContinuation<Void, any Error>]] = [:]
+        var waiting: [String: [UInt64: UnsafeContinuation<Void, any Error>]] = [:]
+        /// Ids for waiting calls, so a cancelled one can take itself out.
+        var nextWaiterID: UInt64 = 0
         /// Jobs whose owner left for good (failed, stopped, removed), with why: a call
         /// to one is told that, not just "no job named".
         var departed: [String: (owner: String, reason: String)] = [:]
@@ -100,7 +102,7 @@ public final class Hub: Sendable {
             for (name, slot) in s.slots {
                 if case .restarting(let owner, _, _) = slot, owner == participant.name { s.slots[name] = nil }
             }
-            return s.waiting.removeValue(forKey: participant.name) ?? []
+            return s.waiting.removeValue(forKey: participant.name).map { Array($0.values) } ?? []
         }
         logger.debug("jobs registered", metadata: ["plugin.name": "\(participant.name)", "hub.jobs": "\(jobs)"])
         for waiter in released { waiter.resume() }
@@ -199,6 +201,9 @@ public final class Hub: Sendable {
         .nanoseconds((NIODeadline.now() - start).nanoseconds)
     }
 
+    /// Calls waiting now for a restarting owner to come back.
+    var waitingCalls: Int { state.withLockedValue { $0.waiting.values.reduce(0) { $0 + $1.count } } }
+
     private func waitForReturn(of owner: String, job: String, until deadline: NIODeadline) async throws {
         if deadline <= .now() {
             throw RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner)
@@ -207,19 +212,29 @@ public final class Hub: Sendable {
             self?.expireWaiters(owner: owner, job: job)
         }
         defer { timer.cancel() }
-        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-            let stillRestarting: Bool = state.withLockedValue { s in
-                guard case .restarting(let o, _, _)? = s.slots[job], o == owner else { return false }
-                s.waiting[owner, default: []].append(continuation)
-                return true
+        let id = state.withLockedValue { s in
+            defer { s.nextWaiterID += 1 }
+            return s.nextWaiterID
+        }
+        // A cancelled caller leaves at once; nothing keeps its continuation.
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = state.withLockedValue { s in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    guard case .restarting(let o, _, _)? = s.slots[job], o == owner else { return .success(()) }
+                    s.waiting[owner, default: [:]][id] = continuation
+                    return nil
+                }
+                if let now { continuation.resume(with: now) }
             }
-            if !stillRestarting { continuation.resume() }
+        } onCancel: {
+            state.withLockedValue { $0.waiting[owner]?.removeValue(forKey: id) }?.resume(throwing: CancellationError())
         }
     }
 
     private func expireWaiters(owner: String, job: String) {
         let expired: [UnsafeContinuation<Void, any Error>] = state.withLockedValue { s in
-            s.waiting.removeValue(forKey: owner) ?? []
+            s.waiting.removeValue(forKey: owner).map { Array($0.values) } ?? []
         }
         for w in expired {
             w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner))
@@ -265,7 +280,7 @@ public final class Hub: Sendable {
                 if s.providers[point]?.isEmpty == true { s.providers[point] = nil }
             }
             // Without a comeback, anyone waiting for this owner fails now.
-            return (expectBackWithin == nil ? (s.waiting.removeValue(forKey: owner) ?? []) : [], count)
+            return (expectBackWithin == nil ? (s.waiting.removeValue(forKey: owner).map { Array($0.values) } ?? []) : [], count)
         }
         logger.debug("plugin withdrawn", metadata: [
             "plugin.name": "\(owner)", "hub.endpoints": "\(count)", "hub.reason": "\(reason)",

@@ -1,39 +1,74 @@
-/// At most `limit` holders at once; the rest wait in order: a shell script's processes, a
-/// plugin's engine calls in flight.
-public actor Limiter {
-    private let limit: Int
-    private var held = 0
-    private var waiting: [CheckedContinuation<Void, Never>] = []
+import NIOConcurrencyHelpers
 
+/// At most `limit` holders at once; the rest wait in arrival order: a shell script's
+/// processes, a plugin's engine calls in flight. A waiter whose task is cancelled leaves
+/// the line at once with `CancellationError` and takes no place.
+public final class Limiter: Sendable {
+    private struct State {
+        var held = 0
+        var nextID: UInt64 = 0
+        var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    }
+
+    private let limit: Int
+    private let state = NIOLockedValueBox(State())
+
+    /// A limiter admitting `limit` holders at once (at least one).
     public init(limit: Int) {
         self.limit = max(1, limit)
     }
 
     /// How many are waiting now.
-    public var queued: Int { waiting.count }
+    public var queued: Int { state.withLockedValue { $0.waiting.count } }
 
-    /// Runs `body` once a place is free.
+    /// How many places are taken now.
+    public var held: Int { state.withLockedValue { $0.held } }
+
+    /// Runs `body` once a place is free; throws `CancellationError` if cancelled while waiting.
     public func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
-        await acquire()
+        try await acquire()
         defer { release() }
         return try await body()
     }
 
-    /// Takes a place, waiting for one; pair with ``release()``.
-    public func acquire() async {
-        if held < limit {
-            held += 1
-        } else {
-            await withCheckedContinuation { waiting.append($0) }
+    /// Takes a place, waiting for one; pair with ``release()``. Throws `CancellationError`
+    /// (holding no place) if the calling task is cancelled before a place is free.
+    public func acquire() async throws {
+        let id = state.withLockedValue { s in
+            defer { s.nextID += 1 }
+            return s.nextID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = state.withLockedValue { s in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if s.held < limit {
+                        s.held += 1
+                        return .success(())
+                    }
+                    s.waiting.append((id, continuation))
+                    return nil
+                }
+                if let now { continuation.resume(with: now) }
+            }
+        } onCancel: {
+            let cancelled = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
+                guard let i = s.waiting.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiting.remove(at: i).continuation
+            }
+            cancelled?.resume(throwing: CancellationError())
         }
     }
 
-    /// Gives a place back.
+    /// Gives a place back; it passes straight to the next in line, if any.
     public func release() {
-        if waiting.isEmpty {
-            held -= 1
-        } else {
-            waiting.removeFirst().resume()  // the place passes straight to the next in line
+        let next = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
+            if s.waiting.isEmpty {
+                s.held -= 1
+                return nil
+            }
+            return s.waiting.removeFirst().continuation
         }
+        next?.resume()
     }
 }

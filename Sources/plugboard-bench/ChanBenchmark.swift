@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Chan
 import Logging
+import PluginProcess
 import NIOConcurrencyHelpers
 import Spawn
 
@@ -140,7 +141,7 @@ struct ChanBenchmark: AsyncParsableCommand {
     }
 
     func startPeer(logger: Logger) async throws -> Peer {
-        let launched = try await Session.launch(
+        let launched = try await PluginProcess.launch(
             executable: try selfExecutable(), arguments: ["chan-peer"], environment: ["PATH": "/usr/bin:/bin"],
             extraDescriptors: [2: 2], configuration: .init(name: "bench"), logger: logger
         )

@@ -6,6 +6,7 @@ import Chan
 import Hooks
 import Hub
 import Logging
+import PluginProcess
 import Routing
 import Spawn
 
@@ -127,7 +128,7 @@ struct SpawnedPeer {
     let participant: Participant
 
     static func start(name: String, logger: Logger) async throws -> SpawnedPeer {
-        let launched = try await Session.launch(
+        let launched = try await PluginProcess.launch(
             executable: try selfExecutable(), arguments: ["routing-peer", name], environment: ["PATH": "/usr/bin:/bin"],
             extraDescriptors: [2: 2], configuration: .init(name: "bench"), logger: logger
         )

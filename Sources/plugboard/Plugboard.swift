@@ -3,7 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import Chan
-import Engine
+import AdminProtocol
 import Foundation
 import Logging
 
@@ -23,7 +23,7 @@ struct Connection: ParsableArguments {
     var socket: String?
 
     var path: String {
-        socket ?? ProcessInfo.processInfo.environment["PLUGBOARD_SOCKET"] ?? AdminServer.defaultPath()
+        socket ?? ProcessInfo.processInfo.environment["PLUGBOARD_SOCKET"] ?? AdminSocket.defaultPath()
     }
 
     /// Sends one admin command and returns its result, or exits with an error a person can act on.

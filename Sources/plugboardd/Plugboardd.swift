@@ -1,52 +1,17 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AdminProtocol
 import ArgumentParser
 import Containers
-import ContainersPlugin
-import EchoPlugin
-import EventsPlugin
-import Metrics
-import MetricsPlugin
-import Prometheus
-import StatePlugin
 import Engine
 import Foundation
-import HostMountPlugin
 import Logging
+import Metrics
 import PluginKit
+import Prometheus
 import ServiceLifecycle
-
-/// The built-in plugins, by name. `containers` needs the engine's hooks and runc.
-func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
-    var builtins: [String: any Plugin] = [
-        "echo": EchoPlugin(),
-        "host-mount": HostMountPlugin(),
-    ]
-    if let runtime = engine.containers {
-        builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: logger)
-    }
-    return builtins
-}
-
-/// Every built-in's name, whether or not it can run here.
-let builtinNames = ["containers", "echo", "host-mount"]
-
-/// The services every plugboardd runs, before any other plugin: events, state, metrics.
-func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin) throws -> [PluginSpec] {
-    let store: StateStore
-    do {
-        store = try StateStore(path: stateDirectory + "/state.sqlite")
-    } catch {
-        throw ValidationError("cannot open the state store \(stateDirectory)/state.sqlite: \(error)")
-    }
-    return [
-        PluginSpec(name: "events", kind: .builtin(EventsPlugin(bus: engine.bus)), openToAll: true),
-        PluginSpec(name: "state", kind: .builtin(StatePlugin(store: store) { caller, grant in await engine.isGranted(caller, grant) }), openToAll: true),
-        PluginSpec(name: "metrics", kind: .builtin(metrics), openToAll: true),
-    ]
-}
-let serviceNames = ["events", "state", "metrics"]
+import Services
 
 struct Plugboardd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -97,6 +62,68 @@ struct Plugboardd: AsyncParsableCommand {
     var shutdownGrace: Double = 5
 
     func run() async throws {
+        let logger = bootstrapLogging()
+        // Libraries record through swift-metrics; the daemon backs it with Prometheus.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
+        let socketPath = adminSocket ?? AdminSocket.defaultPath()
+        // The state directory is ours alone before anything in it is touched: a second daemon
+        // would otherwise take the first one's containers for leftovers and delete them.
+        let lock: StateDirectoryLock
+        do {
+            lock = try StateDirectoryLock(directory: stateDirectory, adminSocket: socketPath)
+        } catch let error as EngineError {
+            throw ValidationError(error.reason)
+        }
+        // Containers need runc; without it the daemon runs and says so when one is asked for.
+        var runtime: ContainerRuntime?
+        var noRuntime = ""
+        do {
+            runtime = try ContainerRuntime(stateDirectory: stateDirectory, shim: Engine.defaultShimPath())
+        } catch {
+            noRuntime = "\(error)"
+        }
+        let engine = Engine(logger: logger, containers: runtime)
+        let builtins = makeBuiltins(engine: engine, logger: logger)
+        let metrics = MetricsPlugin(registry: registry, engine: engine)
+        let metricsAddress = try metricsListen.map(Self.parseHostPort)
+        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory, metrics: metrics) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
+        var groupID: gid_t?
+        if let adminGroup {
+            guard let group = getgrnam(adminGroup) else { throw ValidationError("no group named \(adminGroup)") }
+            groupID = group.pointee.gr_gid
+        }
+        logger.info("starting", metadata: [
+            "plugboard.plugins": "\(specs.count)", "plugboard.state_dir": "\(stateDirectory)", "plugboard.admin_socket": "\(socketPath)",
+        ])
+        // Refuse early, before starting any plugin, when another daemon serves the socket.
+        try AdminServer.prepareForDaemon(path: socketPath)
+        // Three services in one group: each starts once what it needs is up, and graceful
+        // shutdown runs in reverse (the admin socket closes, then metrics, then the plugins).
+        let booted = ReadinessGate()
+        let metricsServing = ReadinessGate()
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: EngineService(engine: engine, specs: specs, booted: booted, grace: .clampedSeconds(shutdownGrace), logger: logger), failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let metricsAddress {
+            services.append(.init(
+                service: MetricsHTTPService(address: metricsAddress, scrape: metrics.scrape, after: booted, serving: metricsServing, logger: logger),
+                failureTerminationBehavior: .gracefullyShutdownGroup
+            ))
+        } else {
+            metricsServing.open()
+        }
+        services.append(.init(service: AdminService(
+            engine: engine, path: socketPath, adminGroup: groupID, builtins: builtins, after: [booted, metricsServing], logger: logger
+        ), failureTerminationBehavior: .gracefullyShutdownGroup))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        withExtendedLifetime(lock) {}
+    }
+
+    /// Logging for the whole process: text or JSON lines on stderr, at `--log-level`.
+    private func bootstrapLogging() -> Logger {
         let level = logLevel
         let format = logFormat
         LoggingSystem.bootstrap { label in
@@ -109,51 +136,15 @@ struct Plugboardd: AsyncParsableCommand {
                 return JSONLogHandler(label: label, level: level)
             }
         }
-        let logger = Logger(label: "plugboardd")
-        // Libraries record through swift-metrics; the daemon backs it with Prometheus.
-        let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let stateDirectory = stateDir ?? Plugboardd.defaultStateDirectory()
-        // Containers need runc; without it the daemon runs and says so when one is asked for.
-        var runtime: ContainerRuntime?
-        var noRuntime = ""
-        do {
-            runtime = try ContainerRuntime(stateDirectory: stateDirectory, shim: Engine.defaultShimPath())
-        } catch {
-            noRuntime = "\(error)"
+        return Logger(label: "plugboardd")
+    }
+
+    /// "HOST:PORT" for `--metrics-listen`.
+    static func parseHostPort(_ text: String) throws -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("--metrics-listen takes HOST:PORT, for example 127.0.0.1:9464, not \(text)")
         }
-        let engine = Engine(logger: logger, containers: runtime)
-        let builtins = makeBuiltins(engine: engine, logger: logger)
-        let metrics = MetricsPlugin(registry: registry, engine: engine)
-        var metricsAddress: (host: String, port: Int)?
-        if let metricsListen {
-            guard let colon = metricsListen.lastIndex(of: ":"), let port = Int(metricsListen[metricsListen.index(after: colon)...]), (0...65535).contains(port) else {
-                throw ValidationError("--metrics-listen takes HOST:PORT, for example 127.0.0.1:9464, not \(metricsListen)")
-            }
-            metricsAddress = (String(metricsListen[..<colon]), port)
-        }
-        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory, metrics: metrics) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
-        let socketPath = adminSocket ?? AdminServer.defaultPath()
-        var groupID: gid_t?
-        if let adminGroup {
-            guard let group = getgrnam(adminGroup) else { throw ValidationError("no group named \(adminGroup)") }
-            groupID = group.pointee.gr_gid
-        }
-        logger.info("starting", metadata: [
-            "plugboard.plugins": "\(specs.count)", "plugboard.state_dir": "\(stateDirectory)", "plugboard.admin_socket": "\(socketPath)",
-        ])
-        // Refuse early, before starting any plugin, when another daemon serves the socket.
-        try AdminServer.prepareForDaemon(path: socketPath)
-        let service = EngineService(
-            engine: engine, specs: specs, builtins: builtins, metrics: metrics, metricsAddress: metricsAddress, grace: .milliseconds(Int64(shutdownGrace * 1000)),
-            socketPath: socketPath, adminGroup: groupID, logger: logger
-        )
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: service)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
-        try await group.run()
+        return (String(text[..<colon]), port)
     }
 
     func makeSpecs(builtins: [String: any Plugin], noRuntime: String) throws -> [PluginSpec] {
@@ -182,46 +173,6 @@ struct Plugboardd: AsyncParsableCommand {
         return specs
     }
 
-    /// "NAME=OPTION" → (NAME, OPTION); "NAME" → (NAME, "").
-    static func splitNameAndOption(_ entry: String) -> (String, String) {
-        guard let eq = entry.firstIndex(of: "=") else { return (entry, "") }
-        return (String(entry[..<eq]), String(entry[entry.index(after: eq)...]))
-    }
-
-    /// "[NAME=]COMMAND ARGS..." with shell-like quoting → (NAME?, [COMMAND, ARGS...]).
-    static func parseExec(_ entry: String) throws -> (String?, [String]) {
-        var name: String?
-        var rest = Substring(entry)
-        if let eq = rest.firstIndex(of: "="), !rest[..<eq].contains(" "), !rest[..<eq].contains("/") {
-            name = String(rest[..<eq])
-            rest = rest[rest.index(after: eq)...]
-        }
-        return (name, try splitWords(String(rest)))
-    }
-
-    static func splitWords(_ text: String) throws -> [String] {
-        var words: [String] = []
-        var current = ""
-        var quote: Character?
-        var inWord = false
-        for c in text {
-            if let q = quote {
-                if c == q { quote = nil } else { current.append(c) }
-            } else if c == "\"" || c == "'" {
-                quote = c
-                inWord = true
-            } else if c == " " || c == "\t" {
-                if inWord { words.append(current); current = ""; inWord = false }
-            } else {
-                current.append(c)
-                inWord = true
-            }
-        }
-        if quote != nil { throw ValidationError("unbalanced quote in \"\(text)\"") }
-        if inWord { words.append(current) }
-        return words
-    }
-
     static func defaultStateDirectory() -> String {
         if getuid() == 0 { return "/var/lib/plugboard" }
         let env = ProcessInfo.processInfo.environment
@@ -235,75 +186,3 @@ enum LogFormat: String, ExpressibleByArgument, CaseIterable {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
-
-/// Boots the engine, runs until graceful shutdown, then stops the plugins in reverse order.
-struct EngineService: Service {
-    let engine: Engine
-    let specs: [PluginSpec]
-    let builtins: [String: any Plugin]
-    let metrics: MetricsPlugin
-    let metricsAddress: (host: String, port: Int)?
-    let grace: Duration
-    let socketPath: String
-    let adminGroup: gid_t?
-    let logger: Logger
-
-    func run() async throws {
-        try await engine.boot(specs)
-        let admin = try await AdminServer.start(path: socketPath, engine: engine, adminGroup: adminGroup, builtins: { [builtins] in builtins[$0] }, logger: logger)
-        defer { Task { await admin.close() } }
-        var http: MetricsHTTPServer?
-        if let metricsAddress {
-            do {
-                http = try await MetricsHTTPServer.start(host: metricsAddress.host, port: metricsAddress.port, scrape: metrics.scrape, logger: logger)
-            } catch {
-                await engine.shutdown(grace: grace)
-                throw ValidationError("cannot serve metrics on \(metricsAddress.host):\(metricsAddress.port): \(error)")
-            }
-            logger.info("metrics listening", metadata: ["metrics.url": "http://\(metricsAddress.host):\(http?.port ?? 0)/metrics"])
-        }
-        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
-        try? await gracefulShutdown()
-        await admin.close()
-        await http?.close()
-        logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
-        await engine.shutdown(grace: grace)
-        logger.info("stopped")
-    }
-}
-
-/// `--plugin NAME OPTION` is rewritten to `--plugin NAME=OPTION` before parsing, so both
-/// spellings of the design's example work.
-func rewritePluginArguments(_ arguments: [String]) -> [String] {
-    var out: [String] = []
-    var i = 0
-    while i < arguments.count {
-        let a = arguments[i]
-        if a == "--plugin", i + 2 < arguments.count, !arguments[i + 1].contains("="), !arguments[i + 2].hasPrefix("-") {
-            out.append(a)
-            out.append(arguments[i + 1] + "=" + arguments[i + 2])
-            i += 3
-            continue
-        }
-        out.append(a)
-        i += 1
-    }
-    return out
-}
-
-@main
-enum Main {
-    static func main() async {
-        let arguments = rewritePluginArguments(Array(CommandLine.arguments.dropFirst()))
-        do {
-            var command = try Plugboardd.parseAsRoot(arguments)
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            Plugboardd.exit(withError: error)
-        }
-    }
-}

@@ -144,7 +144,8 @@ struct AdminTests {
         var info = stat()
         #expect(stat(socket, &info) == 0 && info.st_mode & 0o777 == 0o600)
         #expect(stat(dir, &info) == 0 && info.st_mode & 0o777 == 0o700)
-        let second = try await runCommand(try builtExecutable("plugboardd"), ["--plugin", "echo", "--admin-socket", socket])
+        let second = try await runCommand(try builtExecutable("plugboardd"), ["--plugin", "echo", "--admin-socket", socket, "--state-dir", dir + "-second-state"])
+        try? FileManager.default.removeItem(atPath: dir + "-second-state")
         #expect(second.status != .exited(0))
         #expect(second.err.contains("another plugboardd is serving \(socket)"))
         // SIGKILL leaves the socket file behind: the next daemon must replace it.
@@ -153,6 +154,24 @@ struct AdminTests {
         #expect(access(socket, F_OK) == 0, "the dead daemon's socket file is still there")
         let next = try await startDaemon()
         #expect(try await cli(["call", "echo", "1"]).status == .exited(0))
+        await stop(next)
+    }
+
+    @Test("a second daemon on the same state directory exits at once, naming the first one's pid and socket, and harms nothing")
+    func stateDirectoryLocked() async throws {
+        let daemon = try await startDaemon()
+        let otherSocket = dir + "-other/admin.sock"
+        let second = try await runCommand(try builtExecutable("plugboardd"), ["--plugin", "echo", "--admin-socket", otherSocket, "--state-dir", dir + "-state"])
+        #expect(second.status != .exited(0))
+        #expect(second.err.contains("another plugboardd (pid \(daemon.process.pid), admin socket \(socket)) is using the state directory \(dir)-state"), "\(second.err)")
+        #expect(access(otherSocket, F_OK) != 0, "the refused daemon made its socket")
+        // The first daemon is untouched and serves on.
+        #expect(try await cli(["call", "echo", "1"]).status == .exited(0))
+        await stop(daemon)
+        try? FileManager.default.removeItem(atPath: dir + "-other")
+        // Once the first is gone, the directory is free again.
+        let next = try await startDaemon()
+        #expect(try await cli(["call", "echo", "2"]).status == .exited(0))
         await stop(next)
     }
 

@@ -25,7 +25,13 @@ struct Daemon {
         return daemon
     }
 
-    static func start(_ arguments: [String]) async throws -> Daemon {
+    /// Starts plugboardd with its own admin socket and state directory under `directory`
+    /// (a test never touches the machine's defaults), plus `arguments`.
+    static func start(in directory: String, _ arguments: [String]) async throws -> Daemon {
+        try await start(["--admin-socket", directory + "/admin.sock", "--state-dir", directory + "/state"] + arguments)
+    }
+
+    private static func start(_ arguments: [String]) async throws -> Daemon {
         let err = try PipeDescriptors.make()
         let process = try ProcessSpawner.spawn(SpawnOptions(
             executable: try builtExecutable("plugboardd"), arguments: arguments,
@@ -131,6 +137,8 @@ final class NIOLockCompat: @unchecked Sendable {
 
 @Suite("plugboardd as a process", .serialized)
 struct DaemonTests {
+    let dir = "/tmp/plugboard-daemon-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
     func arguments() throws -> [String] {
         let plugin = try builtExecutable("plugboard-test-plugin")
         return [
@@ -142,7 +150,7 @@ struct DaemonTests {
 
     @Test("SIGTERM stops plugins in reverse boot order and leaves no child process")
     func sigterm() async throws {
-        let daemon = try await Daemon.start(try arguments())
+        let daemon = try await Daemon.start(in: dir, try arguments())
         let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
         // The services (events, metrics, state) boot with the rest; nothing requires anything here.
         #expect(ready?.contains(#"["echo", "events", "first", "host-mount", "metrics", "second", "state"]"#) == true, "\(ready ?? "no line")")
@@ -160,7 +168,7 @@ struct DaemonTests {
 
     @Test("SIGKILL of plugboardd leaves no child process")
     func sigkill() async throws {
-        let daemon = try await Daemon.start(try arguments())
+        let daemon = try await Daemon.start(in: dir, try arguments())
         _ = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
         let children = ProcessWatch.children(of: daemon.process.pid)
         #expect(children.count == 2)
@@ -171,7 +179,7 @@ struct DaemonTests {
 
     @Test("an unknown built-in is a clear error listing the known ones")
     func unknownBuiltin() async throws {
-        let daemon = try await Daemon.start(["--plugin", "nope"])
+        let daemon = try await Daemon.start(in: dir, ["--plugin", "nope"])
         let line = try await withDeadline(30) { await daemon.log.waitFor("unknown built-in") }
         #expect(line?.contains("echo, host-mount") == true)
         #expect(await daemon.process.waitForExit() != .exited(0))

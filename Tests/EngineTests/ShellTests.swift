@@ -119,7 +119,7 @@ struct ShellDaemonTests {
         let sh = try builtExecutable("plugboard-sh")
         let check = try await runCommand(sh, ["--check", dir + "/broken.sh"])
         #expect(check.status == .exited(2) && check.err.contains("broken.sh line 3: priority must be a whole number"), "\(check.err)")
-        let daemon = try await Daemon.start(["--admin-socket", dir + "/admin.sock", "--plugin-exec", "broken=\(sh) \(dir)/broken.sh"])
+        let daemon = try await Daemon.start(in: dir, ["--plugin-exec", "broken=\(sh) \(dir)/broken.sh"])
         let status = try await withDeadline(60, "plugboardd to give up") { await daemon.process.waitForExit() }
         #expect(status != .exited(0))
         #expect(daemon.log.all.contains { $0.contains("broken.sh line 3") }, "\(daemon.log.all.suffix(5))")

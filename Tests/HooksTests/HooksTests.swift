@@ -275,3 +275,25 @@ struct HooksSubprocessTests {
         }
     }
 }
+
+@Suite("KeyedGate: one task per key, waiters that honour cancellation")
+struct KeyedGateTests {
+    @Test("a cancelled waiter leaves the line at once; the next one still gets in when the key is left")
+    func cancelledWaiter() async throws {
+        let gate = KeyedGate()
+        try await gate.enter("c1")
+        let cancelled = Task { try await gate.enter("c1") }
+        let next = Task { try await gate.enter("c1") }
+        try await withDeadline(10, "both waiters to queue") { while gate.waiters("c1") < 2 { await Task.yield() } }
+        // Another key is not held up by c1.
+        try await withDeadline(10, "another key") { try await gate.enter("c2") }
+        cancelled.cancel()
+        let outcome = try await withDeadline(10, "the cancelled waiter") { await cancelled.result }
+        #expect(throws: CancellationError.self) { try outcome.get() }
+        #expect(gate.waiters("c1") == 1)
+        gate.leave("c1")
+        try await withDeadline(10, "the next waiter to enter") { try await next.value }
+        gate.leave("c1")
+        #expect(gate.waiters("c1") == 0)
+    }
+}

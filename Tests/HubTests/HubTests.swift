@@ -19,6 +19,22 @@ struct HubTests {
         #expect(hub.endpoints == [Hub.Endpoint(name: "echo", owner: "echo-plugin", restarting: false, remote: false)])
     }
 
+    @Test("a call waiting for a restarting owner leaves at once when its task is cancelled")
+    func cancelledWaiterLeaves() async throws {
+        let hub = Hub(logger: quietLogger)
+        try hub.register(jobs: ["slow.job"], for: echo("p"))
+        hub.withdraw(owner: "p", reason: "restarting", expectBackWithin: .seconds(3600))
+        let caller = Task { try await hub.call("slow.job", 1, timeout: .seconds(3600)) }
+        try await withDeadline(10, "the call to wait for p") { while hub.waitingCalls < 1 { await Task.yield() } }
+        caller.cancel()
+        let outcome = try await withDeadline(10, "the cancelled call to return") { await caller.result }
+        #expect(throws: CancellationError.self) { try outcome.get() }
+        #expect(hub.waitingCalls == 0, "nothing keeps the cancelled caller")
+        // The owner comes back: new calls go through.
+        try hub.register(jobs: ["slow.job"], for: echo("p"))
+        #expect(try await hub.call("slow.job", 2) == 2)
+    }
+
     @Test("registering a taken name fails with an error naming the owner, and registers nothing")
     func nameConflict() async throws {
         let hub = Hub(logger: quietLogger)

@@ -4,6 +4,7 @@ import Glibc
 import Chan
 import Foundation
 import Logging
+import PluginProcess
 import NIOConcurrencyHelpers
 import Routing
 import Spawn
@@ -64,7 +65,7 @@ public struct PeerProcess: Sendable {
 
     /// Starts the peer with `arguments` (its mode and options).
     public static func start(_ arguments: [String] = ["serve"], configuration: Session.Configuration = .init(name: "test-engine")) async throws -> PeerProcess {
-        let launched = try await Session.launch(
+        let launched = try await PluginProcess.launch(
             executable: try builtExecutable("plugboard-test-peer"), arguments: arguments,
             environment: childEnvironment(["PATH": "/usr/bin:/bin"]), extraDescriptors: [2: 2],
             configuration: configuration, logger: quietLogger

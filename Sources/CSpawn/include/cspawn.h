@@ -8,6 +8,4 @@ int cspawn_file_actions_addchdir(posix_spawn_file_actions_t *actions, const char
 int cspawn_pipe_cloexec(int fds[2]);
 /// A pidfd for any process (Linux 5.3+): readable when it exits. -1 and errno on failure.
 int cspawn_pidfd_open(int pid);
-/// The layout of Linux's struct ucred (which needs _GNU_SOURCE): SO_PEERCRED fills it.
-typedef struct { int pid; unsigned int uid; unsigned int gid; } cspawn_peer_credentials;
 #endif

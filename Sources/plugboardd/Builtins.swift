@@ -1,0 +1,40 @@
+import ArgumentParser
+import ContainersPlugin
+import EchoPlugin
+import Engine
+import HostMountPlugin
+import Logging
+import PluginKit
+import Services
+import StatePlugin
+
+/// The built-in plugins, by name. `containers` needs the engine's hooks and runc.
+func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
+    var builtins: [String: any Plugin] = [
+        "echo": EchoPlugin(),
+        "host-mount": HostMountPlugin(),
+    ]
+    if let runtime = engine.containers {
+        builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: logger)
+    }
+    return builtins
+}
+
+/// Every built-in's name, whether or not it can run here.
+let builtinNames = ["containers", "echo", "host-mount"]
+
+/// The services every plugboardd runs, before any other plugin: events, state, metrics.
+func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin) throws -> [PluginSpec] {
+    let store: StateStore
+    do {
+        store = try StateStore(path: stateDirectory + "/state.sqlite")
+    } catch {
+        throw ValidationError("cannot open the state store \(stateDirectory)/state.sqlite: \(error)")
+    }
+    return [
+        PluginSpec(name: "events", kind: .builtin(EventsPlugin(bus: engine.bus)), openToAll: true),
+        PluginSpec(name: "state", kind: .builtin(StatePlugin(store: store) { caller, grant in await engine.isGranted(caller, grant) }), openToAll: true),
+        PluginSpec(name: "metrics", kind: .builtin(metrics), openToAll: true),
+    ]
+}
+let serviceNames = ["events", "state", "metrics"]

@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Engine
+import Logging
+import NIOConcurrencyHelpers
+import PluginKit
+import ServiceLifecycle
+import Services
+
+/// Opens once; waiters before that wait, cancellably (a cancelled waiter leaves at once).
+final class ReadinessGate: Sendable {
+    private struct State {
+        var isOpen = false
+        var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var next: UInt64 = 0
+    }
+    private let state = NIOLockedValueBox(State())
+
+    /// Lets every waiter, present and future, through.
+    func open() {
+        let waiters = state.withLockedValue { s in
+            s.isOpen = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Returns once the gate is open; throws `CancellationError` if the task is cancelled first.
+    func wait() async throws {
+        let id = state.withLockedValue { s in
+            defer { s.next += 1 }
+            return s.next
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = state.withLockedValue { s in
+                    if s.isOpen { return .success(()) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    s.waiters[id] = c
+                    return nil
+                }
+                if let now { c.resume(with: now) }
+            }
+        } onCancel: {
+            state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
+        }
+    }
+}
+
+/// Boots the plugins in order, then keeps them until graceful shutdown, when it stops them
+/// in reverse order.
+struct EngineService: Service {
+    let engine: Engine
+    let specs: [PluginSpec]
+    let booted: ReadinessGate
+    let grace: Duration
+    let logger: Logger
+
+    func run() async throws {
+        try await engine.boot(specs)
+        booted.open()
+        try? await gracefulShutdown()
+        logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
+        await engine.shutdown(grace: grace)
+        logger.info("stopped")
+    }
+}
+
+/// Serves the metrics over HTTP (`--metrics-listen`) once the engine has booted.
+struct MetricsHTTPService: Service {
+    let address: (host: String, port: Int)
+    let scrape: @Sendable () async -> String
+    let after: ReadinessGate
+    let serving: ReadinessGate
+    let logger: Logger
+
+    func run() async throws {
+        // A graceful shutdown before boot completes (boot failed) ends the wait too.
+        try await cancelWhenGracefulShutdown { try await after.wait() }
+        let http: MetricsHTTPServer
+        do {
+            http = try await MetricsHTTPServer.start(host: address.host, port: address.port, scrape: scrape, logger: logger)
+        } catch {
+            throw ValidationError("cannot serve metrics on \(address.host):\(address.port): \(error)")
+        }
+        logger.info("metrics listening", metadata: ["metrics.url": "http://\(address.host):\(http.port)/metrics"])
+        serving.open()
+        try? await gracefulShutdown()
+        await http.close()
+    }
+}
+
+/// The admin socket, once the engine has booted (and metrics serve, when asked for); its
+/// opening is when plugboardd is ready.
+struct AdminService: Service {
+    let engine: Engine
+    let path: String
+    let adminGroup: gid_t?
+    let builtins: [String: any Plugin]
+    let after: [ReadinessGate]
+    let logger: Logger
+
+    func run() async throws {
+        // A graceful shutdown before boot completes (boot failed) ends the wait too.
+        for gate in after { try await cancelWhenGracefulShutdown { try await gate.wait() } }
+        let admin = try await AdminServer.start(path: path, engine: engine, adminGroup: adminGroup, builtins: { [builtins] in builtins[$0] }, logger: logger)
+        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
+        try? await gracefulShutdown()
+        await admin.close()
+    }
+}
