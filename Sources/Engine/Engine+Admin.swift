@@ -149,7 +149,7 @@ extension Engine {
                 ("granted_all_asked", .bool(spec.grantAll)),
                 ("granted", .array(grants.sorted().map { .string($0) }))
             )),
-            ("history", .array(history.map { .fields(("reason", .string($0.reason))) }))
+            ("history", .array(history.ends.map { .fields(("reason", .string("\($0.reason)")), ("end", .string($0.reason.kind))) }))
         )
     }
 }

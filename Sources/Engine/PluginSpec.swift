@@ -38,13 +38,6 @@ public struct Backoff: Sendable, Hashable {
         }
         return min(d, maximum)
     }
-
-    /// `delay` with jitter applied.
-    public func jittered(_ delay: Duration) -> Duration {
-        guard jitter > 0 else { return delay }
-        let factor = 1 + Double.random(in: -jitter...jitter)
-        return delay * factor
-    }
 }
 
 /// Too many restarts in a window: the plugin is marked `failed` instead of restarted.

@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import PluginProcess
+import Routing
+import Spawn
+
+/// A subprocess plugin: the command with its session on fds 3/4, started through
+/// `plugboard-exec-shim` (the parent-death signal) when the shim is there.
+struct ExecLauncher: PluginLauncher {
+    let command: String
+    let arguments: [String]
+    let engine: EngineParts
+
+    func launch(_ request: LaunchRequest) async throws -> LaunchedPlugin {
+        var environment = ProcessInfo.processInfo.environment
+        environment.merge(pluginEnvironment(request)) { _, ours in ours }
+        let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, [String(getpid()), command] + arguments) } ?? (command, arguments)
+        return try await startPluginProcess(
+            request, executable: executable, arguments: argv, environment: environment, what: command, engine: engine
+        )
+    }
+}
+
+/// The largest frame a plugin may send plugboardd (its HELLO says so): big data goes as
+/// byte streams in 64 KiB chunks, and this bounds what one frame can cost.
+let maxFrameFromPlugin = 1 << 20
+
+/// Starts a process with its session on fds 3/4 and its output in the log, and waits for
+/// its HELLO: the declaration. Exec and container plugins both start here.
+func startPluginProcess(
+    _ request: LaunchRequest, executable: String, arguments: [String], environment: [String: String], what command: String, engine: EngineParts
+) async throws -> LaunchedPlugin {
+    let logger = {
+        var logger = engine.logger
+        logger[metadataKey: "plugin.name"] = "\(request.name)"
+        return logger
+    }()
+    let out = try PipeDescriptors.make()
+    let err = try PipeDescriptors.make()
+    let launched: PluginProcess
+    do {
+        launched = try await PluginProcess.launch(
+            executable: executable, arguments: arguments, environment: environment,
+            extraDescriptors: [1: out.writeEnd, 2: err.writeEnd],
+            configuration: .init(name: "plugboardd", maxFrameSize: maxFrameFromPlugin, handshakeTimeout: request.spec.startTimeout), logger: logger
+        )
+    } catch {
+        for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] { close(fd) }
+        throw EngineError(.startFailed, "plugin \(request.name): cannot start \(command): \(error)")
+    }
+    close(out.writeEnd)
+    close(err.writeEnd)
+    let name = request.name
+    let lastErrors = NIOLockedValueBox<[String]>([])
+    let stderrDone = ReadinessSignal()
+    // One task owns both readers; the run cancels it when it is over.
+    let readOut = out.readEnd
+    let readErr = err.readEnd
+    let output = Task {
+        await withDiscardingTaskGroup { group in
+            group.addTask { try? await OutputLines.follow(fd: readOut, plugin: name, stream: "stdout", logger: logger) }
+            group.addTask {
+                try? await OutputLines.follow(fd: readErr, plugin: name, stream: "stderr", logger: logger, recent: lastErrors)
+                stderrDone.fire()
+            }
+        }
+    }
+    do {
+        let hello = try await launched.session.start()
+        let description = try PluginDescription(wire: hello.meta, fallbackName: name)
+        let runName = request.nameIsKnown ? name : description.name
+        let calls = try launched.session.open(label: "calls")
+        let process = launched.process
+        let participant = Participant.remote(runName, calls: calls) {
+            await process.waitForExit(timeout: .seconds(2)).map { "\($0)" }
+        }
+        return LaunchedPlugin(
+            description: description, participant: participant,
+            process: PluginProcessRun(process: launched.process, session: launched.session, output: output), onStop: nil
+        )
+    } catch {
+        launched.session.close(reason: "start failed")
+        launched.process.signal(SIGKILL)
+        let status = await launched.process.waitForExit()
+        // What it said on stderr as it died (runc's reason, a missing library) is the
+        // useful part: wait, briefly, for the pipe to drain.
+        _ = await stderrDone.wait(atMost: .seconds(1))
+        output.cancel()
+        let said = lastErrors.withLockedValue { $0 }
+        throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)" + (said.isEmpty ? "" : "; its last words on stderr: \(said.joined(separator: " | "))"))
+    }
+}

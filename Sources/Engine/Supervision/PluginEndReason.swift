@@ -1,0 +1,57 @@
+import Spawn
+
+/// Why one run of a plugin ended: what the log and `plugboard plugin inspect` show, and
+/// what the restart decision reads (never a message's wording).
+public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
+    /// The process exited with this status, its session in order until then.
+    case exited(Int32)
+    /// A signal ended the process, its session in order until then.
+    case signalled(Int32)
+    /// It broke the protocol (a malformed frame, an overrun window, …) and was cut off;
+    /// `then` is how its process ended afterwards, when known.
+    case protocolViolation(String, then: ExitStatus?)
+    /// Its session ended (it closed fd 4, sent GOAWAY) while the process lived on; the
+    /// daemon then stopped it, and `then` is how it ended.
+    case sessionEnded(String, then: ExitStatus?)
+    /// Starting it again failed.
+    case startFailed(String)
+
+    /// The reason for a process that ended with `status`.
+    public init(_ status: ExitStatus) {
+        switch status {
+        case .exited(let code): self = .exited(code)
+        case .signaled(let signal): self = .signalled(signal)
+        }
+    }
+
+    /// An ordinary `exit(0)`: the only end the `on-failure` policy leaves alone.
+    public var isCleanExit: Bool { self == .exited(0) }
+
+    /// The plugin was cut off for breaking the protocol.
+    public var isProtocolViolation: Bool {
+        if case .protocolViolation = self { return true }
+        return false
+    }
+
+    /// "exited with status 3", "killed by signal 9", "broke the protocol (…); then exited with status 0", …
+    public var description: String {
+        switch self {
+        case .exited(let code): return ExitStatus.exited(code).description
+        case .signalled(let signal): return ExitStatus.signaled(signal).description
+        case .protocolViolation(let detail, let then): return "broke the protocol (\(detail))" + (then.map { "; then \($0)" } ?? "")
+        case .sessionEnded(let detail, let then): return "its session ended (\(detail))" + (then.map { "; then \($0)" } ?? "")
+        case .startFailed(let detail): return "its restart failed: \(detail)"
+        }
+    }
+
+    /// A short machine-readable kind: exited, signalled, protocol-violation, session-ended, start-failed.
+    public var kind: String {
+        switch self {
+        case .exited: return "exited"
+        case .signalled: return "signalled"
+        case .protocolViolation: return "protocol-violation"
+        case .sessionEnded: return "session-ended"
+        case .startFailed: return "start-failed"
+        }
+    }
+}

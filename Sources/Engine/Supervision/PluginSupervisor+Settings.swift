@@ -1,0 +1,76 @@
+import Containers
+
+/// What an operator changes on a plugin while it runs: settings and grants.
+extension PluginSupervisor {
+    /// Changes how the plugin is supervised from now on (`plugboard plugin set`).
+    func apply(_ settings: [String: String]) throws {
+        var next = spec
+        for (key, value) in settings.sorted(by: { $0.key < $1.key }) {
+            switch key {
+            case "restart-policy":
+                guard let policy = RestartPolicy(rawValue: value) else {
+                    throw EngineError(.badSetting, "restart-policy is always, on-failure or never, not \(value)")
+                }
+                next.restartPolicy = policy
+            case "backoff-initial": next.backoff.initial = try Self.duration(key, value)
+            case "backoff-max": next.backoff.maximum = try Self.duration(key, value)
+            case "backoff-reset": next.backoff.resetAfter = try Self.duration(key, value)
+            case "start-timeout": next.startTimeout = try Self.duration(key, value)
+            case "crash-loop-restarts":
+                guard let n = Int(value), n >= 0 else { throw EngineError(.badSetting, "crash-loop-restarts is a count, not \(value)") }
+                next.crashLoop.restarts = n
+            case "crash-loop-window": next.crashLoop.window = try Self.duration(key, value)
+            case _ where key.hasPrefix("priority:"):
+                guard let n = Int(value) else { throw EngineError(.badSetting, "\(key) is a whole number, not \(value)") }
+                let event = String(key.dropFirst("priority:".count))
+                try requireHook(event, key)
+                hookOverrides[event, default: (nil, nil)].priority = n
+            case _ where key.hasPrefix("timeout:"):
+                let event = String(key.dropFirst("timeout:".count))
+                try requireHook(event, key)
+                hookOverrides[event, default: (nil, nil)].timeout = try Self.duration(key, value)
+            case _ where key.hasPrefix("pipeline-priority:"):
+                guard let n = Int(value) else { throw EngineError(.badSetting, "\(key) is a whole number, not \(value)") }
+                let type = String(key.dropFirst("pipeline-priority:".count))
+                guard description?.messageTypes.contains(where: { $0.type == type }) == true else {
+                    throw EngineError(.badSetting, "plugin \(name) handles no pipeline type \(type)")
+                }
+                pipelineOverrides[type] = n
+            default:
+                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
+            }
+        }
+        spec = next
+        // A running plugin's hooks and pipeline types take the new priorities at once.
+        if state == .active { registerHooksAndPipeline() }
+    }
+
+    func requireHook(_ event: String, _ key: String) throws {
+        guard description?.hooks.contains(where: { $0.event == event }) == true else {
+            throw EngineError(.badSetting, "plugin \(name) has no hook for \(event) (\(key))")
+        }
+    }
+
+    /// "250ms", "2s", "1m", at most ``Duration/longestAccepted`` (one day).
+    static func duration(_ key: String, _ text: String) throws -> Duration {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
+        let longest = Duration.longestAccepted.saturatingMilliseconds
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let n = Int64(text.dropLast(suffix.count)), n >= 0 else { continue }
+            guard n <= longest / scale else {
+                throw EngineError(.badSetting, "\(key) is at most one day (86400s), not \(text)")
+            }
+            return .milliseconds(n * scale)
+        }
+        throw EngineError(.badSetting, "\(key) is a duration like 250ms, 2s or 1m, not \(text)")
+    }
+
+    func grant(_ jobs: [String], privileges: [Privilege] = []) {
+        extraGrants.formUnion(jobs)
+        extraPrivileges.formUnion(privileges)
+    }
+
+    func isGranted(_ job: String) -> Bool {
+        (spec.grantAll && (description?.calls.contains(job) ?? false)) || extraGrants.contains(job)
+    }
+}
