@@ -123,7 +123,7 @@ let package = Package(
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
         .executableTarget(name: "plugboard-exec-shim"),
         // make chaos: hurts plugins under load, then accounts for calls, fds, processes, containers.
-        .executableTarget(name: "plugboard-chaos", dependencies: ["Chan", "Spawn", argumentParser, log, nioLocks], swiftSettings: strict),
+        .executableTarget(name: "plugboard-chaos", dependencies: ["AdminProtocol", "Chan", "Spawn", argumentParser, log, nioLocks], swiftSettings: strict),
         // libFuzzer targets (make fuzz); built normally it replays the corpus and the crashers.
         .executableTarget(name: "plugboard-fuzz", dependencies: ["Chan", "Spawn", log, nioCore], swiftSettings: strict),
         // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.

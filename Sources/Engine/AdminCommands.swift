@@ -1,125 +1,130 @@
+import AdminProtocol
 import Chan
 import Containers
 import Foundation
-import Hooks
-import Hub
-import Pipeline
-import PluginKit
 import Routing
 
-/// The admin commands. A request body is `{"command": NAME, ...arguments}`; the reply's
-/// `ok` value is the result. See docs/ADMIN.md for each command's shape.
+/// The admin commands: each request decoded into its ``AdminRequest`` type, answered by
+/// the engine, its reply encoded back. docs/ADMIN.md shows each command's shape.
 enum AdminCommands {
     static func answer(_ request: Request, engine: Engine, builtins: @escaping AdminServer.BuiltinLookup) async {
         do {
             let result = try await run(request.body, engine: engine, builtins: builtins)
             try? await request.respond(result)
+        } catch let error as AdminError {
+            try? await request.fail(code: error.code.rawValue, message: error.message)
         } catch let error as EngineError {
-            try? await request.fail(code: "engine.\(error.code)".replacingOccurrences(of: " ", with: "-"), message: error.reason)
+            try? await request.fail(code: AdminError.Code.engine("\(error.code)").rawValue, message: error.reason)
         } catch let error as RoutingError {
-            try? await request.fail(code: "routing.\(error.code)".replacingOccurrences(of: " ", with: "-"), message: error.reason)
+            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
         } catch {
-            try? await request.fail(code: "admin.error", message: "\(error)")
+            try? await request.fail(code: AdminError.Code.failed.rawValue, message: "\(error)")
         }
     }
 
-    static func string(_ body: Value, _ key: String) throws -> String {
-        guard let s = body[key]?.stringValue else { throw EngineError(.badDeclaration, "the command needs \"\(key)\"") }
-        return s
+    /// Decodes `body` as `R`, answers it with `handle`, and encodes the reply.
+    private static func typed<R: AdminRequest>(_ type: R.Type, _ body: Value, _ handle: (R) async throws -> R.Reply) async throws -> Value {
+        try ValueEncoder().encode(try await handle(try R.decode(body)))
     }
 
     static func run(_ body: Value, engine: Engine, builtins: @escaping AdminServer.BuiltinLookup) async throws -> Value {
-        let command = try string(body, "command")
-        let force = body["force"]?.boolValue ?? false
-        switch command {
-        case "plugin.ls":
-            var rows: [Value] = []
-            for s in await engine.status() {
-                let registrations = (s.description?.jobs.count ?? 0) + (s.description?.hooks.count ?? 0) + (s.description?.messageTypes.count ?? 0)
-                rows.append(.fields(
-                    ("name", .string(s.name)), ("kind", .string(s.kind)), ("state", .string(s.state.rawValue)),
-                    ("pid", s.pid.map { .int(Int64($0)) } ?? .nil), ("restarts", .int(Int64(s.restarts))),
-                    ("uptime_s", s.uptime.map { .float(($0 * 10).rounded() / 10) } ?? .nil),
-                    ("registrations", .int(Int64(registrations)))
-                ))
-            }
-            return .array(rows)
-        case "plugin.inspect":
-            return try await engine.inspect(try string(body, "name"))
-        case "plugin.restart":
-            try await engine.restart(try string(body, "name"))
-            return "restarted"
-        case "plugin.disable":
-            try await engine.disable(try string(body, "name"), force: force)
-            return "disabled"
-        case "plugin.enable":
-            try await engine.enable(try string(body, "name"))
-            return "enabled"
-        case "plugin.rm":
-            try await engine.remove(try string(body, "name"), force: force)
-            return "removed"
-        case "plugin.set":
-            var settings: [String: String] = [:]
-            for entry in body["settings"]?.mapValue ?? [] {
-                if let k = entry.key.stringValue, let v = entry.value.stringValue { settings[k] = v }
-            }
-            try await engine.set(try string(body, "name"), settings)
-            return "set"
-        case "plugin.grant":
-            // Privileges (network=host, mount=..., capability=..., device=...) and jobs share the list.
-            let items = (body["jobs"]?.arrayValue ?? []).compactMap(\.stringValue)
-            let privileges = items.compactMap(Privilege.init)
-            let jobs = items.filter { Privilege($0) == nil }
-            try await engine.grant(try string(body, "name"), jobs: jobs, privileges: privileges)
-            return "granted"
-        case "plugin.add":
-            let name = try string(body, "name")
-            let grantAll = body["grant_all_permissions"]?.boolValue ?? false
-            let kind: PluginSpec.Kind
-            var options = body["options"]?.stringValue ?? ""
-            if let exec = body["exec"]?.stringValue {
-                let words = exec.split(separator: " ").map(String.init)
-                guard let command = words.first else { throw EngineError(.startFailed, "--exec names no command") }
-                kind = .exec(command: command, arguments: Array(words.dropFirst()))
-            } else if let builtin = body["builtin"]?.stringValue {
-                guard let plugin = builtins(builtin) else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin)") }
-                kind = .builtin(plugin)
-                options = body["options"]?.stringValue ?? ""
-            } else if let bundle = body["container"]?.stringValue {
-                guard bundle.hasPrefix("/") else { throw EngineError(.startFailed, "--container needs an absolute bundle path, not \(bundle)") }
-                kind = .container(bundle: bundle)
-            } else {
-                throw EngineError(.startFailed, "plugin add needs --exec, --builtin or --container")
-            }
-            var privileges: Set<Privilege> = []
-            for text in (body["privileges"]?.arrayValue ?? []).compactMap(\.stringValue) {
-                guard let p = Privilege(text) else {
-                    throw EngineError(.badSetting, "\(text) is not a privilege; write network=host, mount=SOURCE:DESTINATION[:ro], capability=CAP_NAME or device=/dev/NAME")
-                }
-                privileges.insert(p)
-            }
-            let status = try await engine.add(PluginSpec(name: name, kind: kind, options: options, grantAll: grantAll, privileges: privileges, grantAllPrivileges: grantAll))
-            return .fields(("name", .string(status.name)), ("state", .string(status.state.rawValue)))
-        case "call":
-            return try await engine.hub.call(try string(body, "job"), body["argument"] ?? .nil, timeout: .clampedMilliseconds(body["timeout_ms"]?.intValue, default: .seconds(10)))
-        case "endpoints":
-            return .array(engine.hub.endpoints.map { .fields(("job", .string($0.name)), ("owner", .string($0.owner)), ("restarting", .bool($0.restarting))) })
-        case "hooks":
-            return .array(engine.hooks.allRegistrations.map {
-                .fields(("event", .string($0.event)), ("phase", .string($0.phase.rawValue)), ("owner", .string($0.owner)),
-                        ("priority", .int(Int64($0.priority))), ("policy", .string($0.policy.rawValue)), ("timeout", .string("\($0.timeout)")))
-            })
-        case "pipeline":
-            return .array(engine.pipeline.allRegistrations.map {
-                .fields(("type", .string($0.type)), ("owner", .string($0.owner)), ("priority", .int(Int64($0.priority))))
-            })
-        case "events":
-            // The client passes a Sender; events flow on it until the client stops reading.
-            guard case .channel(.sender(let sink))? = body["sink"] else { throw EngineError(.badDeclaration, "events needs a \"sink\" channel") }
-            engine.bus.subscribe(try EventFilter(wire: body), capacity: EventBus.clampedCapacity(body["buffer"]?.intValue)).pump(to: sink)
-            return "following"
-        default:
-            throw EngineError(.badDeclaration, "unknown admin command \(command)")
+        guard let name = body["command"]?.stringValue else {
+            throw AdminError(.badRequest, "an admin request is a map with a \"command\"")
         }
+        guard let command = AdminCommand(rawValue: name) else {
+            throw AdminError(.unknownCommand, "unknown admin command \(name); the commands are: \(AdminCommand.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        switch command {
+        case .pluginList:
+            return try await typed(Admin.PluginList.self, body) { _ in await pluginRows(engine) }
+        case .pluginInspect:
+            return try await typed(Admin.PluginInspect.self, body) { try await engine.inspect($0.name) }
+        case .pluginRestart:
+            return try await typed(Admin.PluginRestart.self, body) { try await engine.restart($0.name); return "restarted" }
+        case .pluginDisable:
+            return try await typed(Admin.PluginDisable.self, body) { try await engine.disable($0.name, force: $0.force); return "disabled" }
+        case .pluginEnable:
+            return try await typed(Admin.PluginEnable.self, body) { try await engine.enable($0.name); return "enabled" }
+        case .pluginRemove:
+            return try await typed(Admin.PluginRemove.self, body) { try await engine.remove($0.name, force: $0.force); return "removed" }
+        case .pluginSet:
+            return try await typed(Admin.PluginSet.self, body) { try await engine.set($0.name, $0.settings); return "set" }
+        case .pluginGrant:
+            return try await typed(Admin.PluginGrant.self, body) { r in
+                // Privileges (network=host, mount=..., capability=..., device=...) and jobs share the list.
+                let privileges = r.jobs.compactMap(Privilege.init)
+                let jobs = r.jobs.filter { Privilege($0) == nil }
+                try await engine.grant(r.name, jobs: jobs, privileges: privileges)
+                return "granted"
+            }
+        case .pluginAdd:
+            return try await typed(Admin.PluginAdd.self, body) { r in
+                let status = try await engine.add(try spec(for: r, builtins: builtins))
+                return Admin.PluginAdded(name: status.name, state: status.state.rawValue)
+            }
+        case .call:
+            return try await typed(Admin.Call.self, body) { r in
+                try await engine.hub.call(r.job, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: .seconds(10)))
+            }
+        case .endpoints:
+            return try await typed(Admin.Endpoints.self, body) { _ in
+                engine.hub.endpoints.map { Admin.EndpointRow(job: $0.name, owner: $0.owner, restarting: $0.restarting) }
+            }
+        case .hooks:
+            return try await typed(Admin.Hooks.self, body) { _ in
+                engine.hooks.allRegistrations.map {
+                    Admin.HookRow(event: $0.event, phase: $0.phase.rawValue, owner: $0.owner, priority: $0.priority, policy: $0.policy.rawValue, timeout: "\($0.timeout)")
+                }
+            }
+        case .pipeline:
+            return try await typed(Admin.Pipeline.self, body) { _ in
+                engine.pipeline.allRegistrations.map { Admin.PipelineRow(type: $0.type, owner: $0.owner, priority: $0.priority) }
+            }
+        case .events:
+            return try await typed(Admin.Events.self, body) { r in
+                // Events flow on the client's sink until it stops reading.
+                engine.bus.subscribe(EventFilter(types: r.types, attributes: r.attributes), capacity: EventBus.clampedCapacity(r.buffer)).pump(to: r.sink)
+                return "following"
+            }
+        }
+    }
+
+    static func pluginRows(_ engine: Engine) async -> [Admin.PluginRow] {
+        await engine.status().map { s in
+            let registrations = (s.description?.jobs.count ?? 0) + (s.description?.hooks.count ?? 0) + (s.description?.messageTypes.count ?? 0)
+            return Admin.PluginRow(
+                name: s.name, kind: s.kind, state: s.state.rawValue, pid: s.pid.map { Int64($0) }, restarts: s.restarts,
+                uptimeSeconds: s.uptime.map { ($0 * 10).rounded() / 10 }, registrations: registrations
+            )
+        }
+    }
+
+    static func spec(for r: Admin.PluginAdd, builtins: AdminServer.BuiltinLookup) throws -> PluginSpec {
+        let kind: PluginSpec.Kind
+        switch (r.exec, r.builtin, r.container) {
+        case (let exec?, nil, nil):
+            let words = exec.split(separator: " ").map(String.init)
+            guard let command = words.first else { throw EngineError(.startFailed, "--exec names no command") }
+            kind = .exec(command: command, arguments: Array(words.dropFirst()))
+        case (nil, let builtin?, nil):
+            guard let plugin = builtins(builtin) else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin)") }
+            kind = .builtin(plugin)
+        case (nil, nil, let bundle?):
+            guard bundle.hasPrefix("/") else { throw EngineError(.startFailed, "--container needs an absolute bundle path, not \(bundle)") }
+            kind = .container(bundle: bundle)
+        default:
+            throw EngineError(.startFailed, "plugin add needs exactly one of --exec, --builtin or --container")
+        }
+        var privileges: Set<Privilege> = []
+        for text in r.privileges ?? [] {
+            guard let p = Privilege(text) else {
+                throw EngineError(.badSetting, "\(text) is not a privilege; write network=host, mount=SOURCE:DESTINATION[:ro], capability=CAP_NAME or device=/dev/NAME")
+            }
+            privileges.insert(p)
+        }
+        return PluginSpec(
+            name: r.name, kind: kind, options: r.options ?? "", grantAll: r.grantAllPermissions,
+            privileges: privileges, grantAllPrivileges: r.grantAllPermissions
+        )
     }
 }

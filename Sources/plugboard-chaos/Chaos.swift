@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import AdminProtocol
 import Chan
 import Foundation
 import Logging
@@ -75,9 +76,8 @@ struct Chaos: AsyncParsableCommand {
         // Chaos hurts each plugin far more often than a real crash loop: keep them in play
         // (as an operator would for a flaky plugin) with a short backoff.
         for name in names {
-            _ = try await admin.channel.request(.fields(("command", "plugin.set"), ("name", .string(name)), ("settings", .fields(
-                ("crash-loop-restarts", "1000000"), ("backoff-initial", "50ms"), ("backoff-max", "500ms")
-            ))), timeout: .seconds(10))
+            let settings = Admin.PluginSet(name: name, settings: ["crash-loop-restarts": "1000000", "backoff-initial": "50ms", "backoff-max": "500ms"])
+            _ = try await admin.channel.request(try settings.wireBody(), timeout: .seconds(10))
         }
         let jobs = ["echo"] + names.map { "\($0).work" }
 
@@ -145,8 +145,8 @@ struct Chaos: AsyncParsableCommand {
         // Settle: every plugin active again (the crash-loop limit may have failed some:
         // restart those, as an operator would), then the accounting.
         for name in names {
-            if let row = try? await pluginRow(admin.channel, name), row["state"]?.stringValue == "failed" {
-                _ = try? await admin.channel.request(.fields(("command", "plugin.restart"), ("name", .string(name))), timeout: .seconds(30))
+            if let row = try? await pluginRow(admin.channel, name), row.state == "failed" {
+                _ = try? await admin.channel.request(try Admin.PluginRestart(name: name).wireBody(), timeout: .seconds(30))
             }
         }
         try await waitAllActive(admin.channel, names, deadline: .seconds(60))
@@ -213,7 +213,7 @@ struct Chaos: AsyncParsableCommand {
     func call(_ channel: Sender, _ job: String, _ argument: Value, timeoutMs: Int? = nil) async throws -> Value {
         let ms = timeoutMs ?? callTimeoutMs
         return try await channel.request(
-            .fields(("command", "call"), ("job", .string(job)), ("argument", argument), ("timeout_ms", .int(Int64(ms)))),
+            try Admin.Call(job: job, argument: argument, timeoutMilliseconds: Int64(ms)).wireBody(),
             // The daemon must answer by its deadline; we allow 5 s more before calling it hung.
             timeout: .milliseconds(Int64(ms) + 5000)
         )
@@ -241,16 +241,19 @@ struct Chaos: AsyncParsableCommand {
         String(text.map { $0.isNumber ? "#" : $0 }).replacingOccurrences(of: "##", with: "#").prefix(90).description
     }
 
-    func pluginRow(_ channel: Sender, _ name: String) async throws -> Value? {
-        let rows = try await channel.request(.fields(("command", "plugin.ls")), timeout: .seconds(10))
-        return rows.arrayValue?.first { $0["name"]?.stringValue == name }
+    func pluginRows(_ channel: Sender) async throws -> [Admin.PluginRow] {
+        try Admin.PluginList.decodeReply(try await channel.request(try Admin.PluginList().wireBody(), timeout: .seconds(10)))
+    }
+
+    func pluginRow(_ channel: Sender, _ name: String) async throws -> Admin.PluginRow? {
+        try await pluginRows(channel).first { $0.name == name }
     }
 
     func waitAllActive(_ channel: Sender, _ names: [String], deadline: Duration) async throws {
         let end = ContinuousClock.now + deadline
         while ContinuousClock.now < end {
-            let rows = (try? await channel.request(.fields(("command", "plugin.ls")), timeout: .seconds(10)))?.arrayValue ?? []
-            let active = Set(rows.filter { $0["state"] == "active" }.compactMap { $0["name"]?.stringValue })
+            let rows = (try? await pluginRows(channel)) ?? []
+            let active = Set(rows.filter { $0.state == "active" }.map(\.name))
             if names.allSatisfy(active.contains) { return }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -260,7 +263,7 @@ struct Chaos: AsyncParsableCommand {
     /// The process to hurt: an exec plugin's own pid; for a container plugin, the
     /// plugin inside (runc's child).
     func pluginProcess(_ channel: Sender, _ name: String, daemon: pid_t) async -> pid_t? {
-        guard let row = try? await pluginRow(channel, name), row["state"] == "active", let pid = row["pid"]?.intValue else { return nil }
+        guard let row = try? await pluginRow(channel, name), row.state == "active", let pid = row.pid else { return nil }
         if name.hasPrefix("c") { return ProcessWatch.children(of: pid_t(pid)).first }
         return pid_t(pid)
     }

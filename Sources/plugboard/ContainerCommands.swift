@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AdminProtocol
 import ArgumentParser
 import Chan
 import Foundation
@@ -194,12 +195,14 @@ extension Connection {
 /// Calls `job` on an open admin channel; an unknown container.* job says how to load the plugin.
 func callJob(_ channel: Sender, _ job: String, _ argument: Value, timeout: Duration = .seconds(30)) async throws -> Value {
     do {
-        return try await channel.request(
-            .fields(("command", "call"), ("job", .string(job)), ("argument", argument), ("timeout_ms", .int(Int64(timeout.components.seconds * 1000)))),
+        let reply = try await channel.request(
+            try Admin.Call(job: job, argument: argument, timeoutMilliseconds: timeout.saturatingMilliseconds).wireBody(),
             timeout: timeout + .seconds(5)
         )
+        return try Admin.Call.decodeReply(reply)
     } catch let error as ChanError where error.code == .remote {
-        if error.reason.contains(job) && (error.reason.contains("unknown") || error.reason.contains("no job") || error.reason.contains("not served")) {
+        let jobMissing = [AdminError.Code.routing("unknown job"), .routing("owner gone")].map(\.rawValue).contains(error.remoteCode ?? "")
+        if jobMissing && job.hasPrefix("container.") {
             throw CLIError("\(error.reason)\nThe container commands need the containers plugin: start plugboardd with --plugin containers.")
         }
         throw CLIError(error.reason)

@@ -26,8 +26,13 @@ struct Connection: ParsableArguments {
         socket ?? ProcessInfo.processInfo.environment["PLUGBOARD_SOCKET"] ?? AdminSocket.defaultPath()
     }
 
-    /// Sends one admin command and returns its result, or exits with an error a person can act on.
-    func request(_ body: Value) async throws -> Value {
+    /// Sends one admin request and returns its reply, or throws an error a person can act on.
+    func send<R: AdminRequest>(_ request: R) async throws -> R.Reply {
+        try R.decodeReply(try await self.request(try request.wireBody()))
+    }
+
+    /// Sends one admin request body and returns the `ok` value.
+    private func request(_ body: Value) async throws -> Value {
         let (session, channel) = try await open()
         defer { session.close(reason: "done") }
         do {
@@ -69,8 +74,8 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Output as JSON (Value's Codable form).
-func printJSON(_ value: Value) throws {
+/// Output as JSON (a Value's, or a reply's, Codable form).
+func printJSON(_ value: some Encodable) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     let data = try encoder.encode(value)

@@ -1,6 +1,7 @@
+import AdminProtocol
 import ArgumentParser
-import Foundation
 import Chan
+import Foundation
 
 struct PluginGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,10 +16,10 @@ struct PluginGroup: AsyncParsableCommand {
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() async throws {
-            let rows = try await connection.request(.fields(("command", "plugin.ls")))
+            let rows = try await connection.send(Admin.PluginList())
             if format == .json { return try printJSON(rows) }
-            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], (rows.arrayValue ?? []).map { r in
-                [text(r["name"]), text(r["kind"]), text(r["state"]), text(r["pid"]), text(r["restarts"]), uptime(r["uptime_s"]), text(r["registrations"])]
+            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], rows.map { r in
+                [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]
             })
         }
     }
@@ -29,7 +30,7 @@ struct PluginGroup: AsyncParsableCommand {
         @Argument(help: "The plugin.") var name: String
 
         func run() async throws {
-            try printJSON(try await connection.request(.fields(("command", "plugin.inspect"), ("name", .string(name)))))
+            try printJSON(try await connection.send(Admin.PluginInspect(name: name)))
         }
     }
 
@@ -49,14 +50,12 @@ struct PluginGroup: AsyncParsableCommand {
 
         func run() async throws {
             guard [exec != nil, builtin != nil, container != nil].filter({ $0 }).count == 1 else { throw ValidationError("give exactly one of --exec, --builtin or --container") }
-            var body: [(String, Value)] = [("command", "plugin.add"), ("name", .string(name)), ("grant_all_permissions", .bool(grantAllPermissions))]
-            if let container { body.append(("container", .string(URL(fileURLWithPath: container).standardizedFileURL.path))) }
-            if !grant.isEmpty { body.append(("privileges", .array(grant.map { .string($0) }))) }
-            if let exec { body.append(("exec", .string(exec))) }
-            if let builtin { body.append(("builtin", .string(builtin))) }
-            if let options { body.append(("options", .string(options))) }
-            let result = try await connection.request(.map(body.map { (key: .string($0.0), value: $0.1) }))
-            print("\(text(result["name"])) \(text(result["state"]))")
+            let request = Admin.PluginAdd(
+                name: name, exec: exec, builtin: builtin, container: container.map { URL(fileURLWithPath: $0).standardizedFileURL.path },
+                options: options, grantAllPermissions: grantAllPermissions, privileges: grant.isEmpty ? nil : grant
+            )
+            let result = try await connection.send(request)
+            print("\(result.name) \(result.state)")
         }
     }
 
@@ -65,14 +64,14 @@ struct PluginGroup: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         @Argument var name: String
         @Flag var force = false
-        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.rm"), ("name", .string(name)), ("force", .bool(force)))))) }
+        func run() async throws { print(try await connection.send(Admin.PluginRemove(name: name, force: force))) }
     }
 
     struct Enable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Start a disabled plugin.")
         @OptionGroup var connection: Connection
         @Argument var name: String
-        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.enable"), ("name", .string(name)))))) }
+        func run() async throws { print(try await connection.send(Admin.PluginEnable(name: name))) }
     }
 
     struct Disable: AsyncParsableCommand {
@@ -80,14 +79,14 @@ struct PluginGroup: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         @Argument var name: String
         @Flag var force = false
-        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.disable"), ("name", .string(name)), ("force", .bool(force)))))) }
+        func run() async throws { print(try await connection.send(Admin.PluginDisable(name: name, force: force))) }
     }
 
     struct Restart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Restart a plugin now; clears a crash loop.")
         @OptionGroup var connection: Connection
         @Argument var name: String
-        func run() async throws { print(text(try await connection.request(.fields(("command", "plugin.restart"), ("name", .string(name)))))) }
+        func run() async throws { print(try await connection.send(Admin.PluginRestart(name: name))) }
     }
 
     struct Grant: AsyncParsableCommand {
@@ -99,7 +98,7 @@ struct PluginGroup: AsyncParsableCommand {
         @Argument var name: String
         @Argument(help: ArgumentHelp("Jobs, or privileges: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME.", valueName: "job-or-privilege")) var jobs: [String]
         func run() async throws {
-            print(text(try await connection.request(.fields(("command", "plugin.grant"), ("name", .string(name)), ("jobs", .array(jobs.map { .string($0) }))))))
+            print(try await connection.send(Admin.PluginGrant(name: name, jobs: jobs)))
         }
     }
 
@@ -112,20 +111,20 @@ struct PluginGroup: AsyncParsableCommand {
         @Argument var name: String
         @Argument(help: "KEY=VALUE pairs.") var settings: [String]
         func run() async throws {
-            var pairs: [(key: Value, value: Value)] = []
+            var pairs: [String: String] = [:]
             for s in settings {
                 let kv = s.split(separator: "=", maxSplits: 1).map(String.init)
                 guard kv.count == 2 else { throw ValidationError("settings are KEY=VALUE, got \(s)") }
-                pairs.append((key: .string(kv[0]), value: .string(kv[1])))
+                pairs[kv[0]] = kv[1]
             }
-            print(text(try await connection.request(.fields(("command", "plugin.set"), ("name", .string(name)), ("settings", .map(pairs))))))
+            print(try await connection.send(Admin.PluginSet(name: name, settings: pairs)))
         }
     }
 }
 
 /// "4s", "12m", "3h", "2d", like `docker ps`.
-func uptime(_ v: Value?) -> String {
-    guard case .float(let seconds)? = v else { return "-" }
+func uptime(_ seconds: Double?) -> String {
+    guard let seconds else { return "-" }
     switch seconds {
     case ..<60: return "\(Int(seconds))s"
     case ..<3600: return "\(Int(seconds / 60))m"

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AdminProtocol
 import ArgumentParser
 import Chan
 import Foundation
@@ -23,24 +24,25 @@ struct Call: AsyncParsableCommand {
                 throw ValidationError("the argument is not valid JSON: \(json)")
             }
         }
-        try printJSON(try await connection.request(.fields(("command", "call"), ("job", .string(job)), ("argument", argument))))
+        try printJSON(try await connection.send(Admin.Call(job: job, argument: argument)))
     }
 }
 
-/// A registry listing: one admin command, printed as a table or JSON.
+/// A registry listing: one admin request, printed as a table or JSON.
 protocol RegistryListing: AsyncParsableCommand {
+    associatedtype Listing: AdminRequest where Listing.Reply: Sequence, Listing.Reply.Element: Encodable
     var connection: Connection { get }
     var format: OutputFormat { get }
-    static var command: String { get }
+    static var request: Listing { get }
     static var header: [String] { get }
-    static func row(_ v: Value) -> [String]
+    static func row(_ row: Listing.Reply.Element) -> [String]
 }
 
 extension RegistryListing {
     func run() async throws {
-        let rows = try await connection.request(.fields(("command", .string(Self.command))))
+        let rows = Array(try await connection.send(Self.request))
         if format == .json { return try printJSON(rows) }
-        printTable(Self.header, (rows.arrayValue ?? []).map(Self.row))
+        printTable(Self.header, rows.map(Self.row))
     }
 }
 
@@ -48,27 +50,27 @@ struct Endpoints: RegistryListing {
     static let configuration = CommandConfiguration(abstract: "List the jobs and who serves them.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-    static let command = "endpoints"
+    static var request: Admin.Endpoints { Admin.Endpoints() }
     static let header = ["JOB", "OWNER", "STATE"]
-    static func row(_ v: Value) -> [String] { [text(v["job"]), text(v["owner"]), v["restarting"] == true ? "waiting for owner" : "active"] }
+    static func row(_ r: Admin.EndpointRow) -> [String] { [r.job, r.owner, r.restarting ? "waiting for owner" : "active"] }
 }
 
 struct HooksList: RegistryListing {
     static let configuration = CommandConfiguration(commandName: "hooks", abstract: "List the hooks, in the order they run.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-    static let command = "hooks"
+    static var request: Admin.Hooks { Admin.Hooks() }
     static let header = ["EVENT", "PHASE", "PLUGIN", "PRIORITY", "POLICY", "TIMEOUT"]
-    static func row(_ v: Value) -> [String] { [text(v["event"]), text(v["phase"]), text(v["owner"]), text(v["priority"]), text(v["policy"]), text(v["timeout"])] }
+    static func row(_ r: Admin.HookRow) -> [String] { [r.event, r.phase, r.owner, "\(r.priority)", r.policy, r.timeout] }
 }
 
 struct PipelineList: RegistryListing {
     static let configuration = CommandConfiguration(commandName: "pipeline", abstract: "List the pipeline registrations, in routing order.")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
-    static let command = "pipeline"
+    static var request: Admin.Pipeline { Admin.Pipeline() }
     static let header = ["TYPE", "PLUGIN", "PRIORITY"]
-    static func row(_ v: Value) -> [String] { [text(v["type"]), text(v["owner"]), text(v["priority"])] }
+    static func row(_ r: Admin.PipelineRow) -> [String] { [r.type, r.owner, "\(r.priority)"] }
 }
 
 struct Events: AsyncParsableCommand {
@@ -89,19 +91,16 @@ struct Events: AsyncParsableCommand {
     @Option(help: "table or json (one object per line).") var format: OutputFormat = .table
 
     func run() async throws {
-        var attributes: [(key: Value, value: Value)] = []
+        var attributes: [String: String] = [:]
         for f in filter {
             let kv = f.split(separator: "=", maxSplits: 1).map(String.init)
             guard kv.count == 2 else { throw ValidationError("--filter takes KEY=VALUE, not \(f)") }
-            attributes.append((key: .string(kv[0]), value: .string(kv[1])))
+            attributes[kv[0]] = kv[1]
         }
         let (session, channel) = try await connection.open()
         defer { session.close(reason: "done") }
         let (sink, events) = try session.makePipe()
-        _ = try await channel.request(.fields(
-            ("command", "events"), ("sink", .channel(.sender(sink))),
-            ("types", .array(type.map { .string($0) })), ("attributes", .map(attributes))
-        ))
+        _ = try await channel.request(try Admin.Events(sink: sink, types: type, attributes: attributes).wireBody())
         // The daemon subscribed before answering: from here on no event is missed.
         var notice = Array("plugboard: following events at \(connection.path) (Ctrl-C to stop)\n".utf8)
         _ = write(2, &notice, notice.count)
@@ -131,7 +130,7 @@ struct MetricsCommand: AsyncParsableCommand {
     @OptionGroup var connection: Connection
 
     func run() async throws {
-        let text = try await connection.request(.fields(("command", "call"), ("job", "metrics.scrape"), ("argument", .nil)))
+        let text = try await connection.send(Admin.Call(job: "metrics.scrape"))
         print(text.stringValue ?? "", terminator: "")
     }
 }

@@ -1,0 +1,97 @@
+import Chan
+
+/// The admin commands, by their wire name (the `command` field of a request).
+public enum AdminCommand: String, Codable, Sendable, CaseIterable {
+    case pluginList = "plugin.ls"
+    case pluginInspect = "plugin.inspect"
+    case pluginAdd = "plugin.add"
+    case pluginRemove = "plugin.rm"
+    case pluginEnable = "plugin.enable"
+    case pluginDisable = "plugin.disable"
+    case pluginRestart = "plugin.restart"
+    case pluginGrant = "plugin.grant"
+    case pluginSet = "plugin.set"
+    case call
+    case endpoints
+    case hooks
+    case pipeline
+    case events
+}
+
+/// One admin request: its fields are the request body beside `command`, and `Reply` is
+/// the `ok` value of its answer. Both ends encode and decode these with Chan's
+/// ``ValueEncoder`` and ``ValueDecoder``; nobody writes admin messages as maps by hand.
+public protocol AdminRequest: Codable, Sendable {
+    /// What the daemon answers with.
+    associatedtype Reply: Codable, Sendable
+    /// The command this request is.
+    static var command: AdminCommand { get }
+}
+
+extension AdminRequest {
+    /// The request as it goes on the wire: its fields, then `command`.
+    public func wireBody() throws -> Value {
+        let fields = try ValueEncoder().encode(self)
+        var entries = fields.mapValue ?? []
+        entries.insert((key: "command", value: .string(Self.command.rawValue)), at: 0)
+        return .map(entries)
+    }
+
+    /// Decodes a request body (its `command` already read).
+    public static func decode(_ body: Value) throws -> Self {
+        do {
+            return try ValueDecoder().decode(Self.self, from: body)
+        } catch {
+            throw AdminError(.badRequest, "a \(command.rawValue) request: \(error)")
+        }
+    }
+
+    /// Decodes this request's reply.
+    public static func decodeReply(_ value: Value) throws -> Reply {
+        do {
+            return try ValueDecoder().decode(Reply.self, from: value)
+        } catch {
+            throw AdminError(.badReply, "the reply to \(command.rawValue): \(error)")
+        }
+    }
+}
+
+/// What an admin request failed with: its `code` is the error's wire code.
+public struct AdminError: Error, Hashable, CustomStringConvertible, Sendable {
+    /// The wire code of an admin error (`{"error": {"code": CODE, ...}}`).
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The code as sent.
+        public var rawValue: String
+        /// A code from its wire form.
+        public init(rawValue: String) { self.rawValue = rawValue }
+        /// The code as sent.
+        public var description: String { rawValue }
+
+        /// The request's body is not what its command takes.
+        public static let badRequest = Code(rawValue: "admin.bad-request")
+        /// No such admin command.
+        public static let unknownCommand = Code(rawValue: "admin.unknown-command")
+        /// The reply is not what the command answers with (a daemon of another version).
+        public static let badReply = Code(rawValue: "admin.bad-reply")
+        /// Any other failure: the message says what happened.
+        public static let failed = Code(rawValue: "admin.error")
+        /// An engine error: `engine.` and the engine's code, spaces as dashes.
+        public static func engine(_ code: String) -> Code { Code(rawValue: "engine." + code.replacingOccurrences(of: " ", with: "-")) }
+        /// A routing error (a call's failure): `routing.` and the routing code.
+        public static func routing(_ code: String) -> Code { Code(rawValue: "routing." + code.replacingOccurrences(of: " ", with: "-")) }
+    }
+
+    /// What kind of failure.
+    public var code: Code
+    /// What happened, for a person.
+    public var message: String
+
+    /// An error of `code` saying `message`.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// The message.
+    public var description: String { message }
+}

@@ -1,0 +1,374 @@
+import Chan
+
+/// The requests of the admin socket, one type per command. docs/ADMIN.md shows each on
+/// the wire.
+public enum Admin {
+    /// `plugin.ls`: every plugin, in boot order.
+    public struct PluginList: AdminRequest {
+        public static let command = AdminCommand.pluginList
+        public typealias Reply = [PluginRow]
+        /// The request has no fields.
+        public init() {}
+    }
+
+    /// One plugin as `plugboard plugin ls` shows it.
+    public struct PluginRow: Codable, Sendable, Hashable {
+        /// Its name.
+        public var name: String
+        /// builtin, exec or container.
+        public var kind: String
+        /// starting, active, restarting, failed, disabled or stopped.
+        public var state: String
+        /// Its process, for exec and container plugins that run.
+        public var pid: Int64?
+        /// How often it was restarted.
+        public var restarts: Int
+        /// Seconds since it became active this time, to a tenth; nil when not active.
+        public var uptimeSeconds: Double?
+        /// Jobs, hooks and pipeline types it registered.
+        public var registrations: Int
+
+        /// A row.
+        public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int) {
+            self.name = name
+            self.kind = kind
+            self.state = state
+            self.pid = pid
+            self.restarts = restarts
+            self.uptimeSeconds = uptimeSeconds
+            self.registrations = registrations
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, kind, state, pid, restarts, registrations
+            case uptimeSeconds = "uptime_s"
+        }
+
+        /// Encodes every field, `pid` and `uptime_s` as nil when absent (columns stay put).
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(kind, forKey: .kind)
+            try c.encode(state, forKey: .state)
+            try c.encode(pid, forKey: .pid)
+            try c.encode(restarts, forKey: .restarts)
+            try c.encode(uptimeSeconds, forKey: .uptimeSeconds)
+            try c.encode(registrations, forKey: .registrations)
+        }
+    }
+
+    /// `plugin.inspect`: everything about one plugin, as a free-form map.
+    public struct PluginInspect: AdminRequest {
+        public static let command = AdminCommand.pluginInspect
+        public typealias Reply = Value
+        /// The plugin.
+        public var name: String
+        /// Inspects `name`.
+        public init(name: String) { self.name = name }
+    }
+
+    /// `plugin.add`: adds and starts a plugin; exactly one of `exec`, `builtin`, `container`.
+    public struct PluginAdd: AdminRequest {
+        public static let command = AdminCommand.pluginAdd
+        public typealias Reply = PluginAdded
+        /// Its name.
+        public var name: String
+        /// A subprocess: "COMMAND ARGS" (split on spaces).
+        public var exec: String?
+        /// A built-in, by name.
+        public var builtin: String?
+        /// A container plugin's bundle: an absolute path.
+        public var container: String?
+        /// The option string.
+        public var options: String?
+        /// Grant every job it asks to call and every privilege its manifest asks for.
+        public var grantAllPermissions: Bool
+        /// Container privileges granted one by one (`network=host`, `mount=SRC:DST[:ro]`, …).
+        public var privileges: [String]?
+
+        /// A request to add `name`.
+        public init(name: String, exec: String? = nil, builtin: String? = nil, container: String? = nil, options: String? = nil, grantAllPermissions: Bool = false, privileges: [String]? = nil) {
+            self.name = name
+            self.exec = exec
+            self.builtin = builtin
+            self.container = container
+            self.options = options
+            self.grantAllPermissions = grantAllPermissions
+            self.privileges = privileges
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, exec, builtin, container, options, privileges
+            case grantAllPermissions = "grant_all_permissions"
+        }
+
+        /// Decodes a request; `grant_all_permissions` defaults to false.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            exec = try c.decodeIfPresent(String.self, forKey: .exec)
+            builtin = try c.decodeIfPresent(String.self, forKey: .builtin)
+            container = try c.decodeIfPresent(String.self, forKey: .container)
+            options = try c.decodeIfPresent(String.self, forKey: .options)
+            grantAllPermissions = try c.decodeIfPresent(Bool.self, forKey: .grantAllPermissions) ?? false
+            privileges = try c.decodeIfPresent([String].self, forKey: .privileges)
+        }
+    }
+
+    /// The answer to `plugin.add`.
+    public struct PluginAdded: Codable, Sendable, Hashable {
+        /// The plugin's name.
+        public var name: String
+        /// Its state once added (active).
+        public var state: String
+        /// The answer.
+        public init(name: String, state: String) {
+            self.name = name
+            self.state = state
+        }
+    }
+
+    /// `plugin.rm`: stops and forgets a plugin; refused while another requires it, unless `force`.
+    public struct PluginRemove: AdminRequest {
+        public static let command = AdminCommand.pluginRemove
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// Remove it even if others require it.
+        public var force: Bool
+        /// Removes `name`.
+        public init(name: String, force: Bool = false) {
+            self.name = name
+            self.force = force
+        }
+
+        enum CodingKeys: String, CodingKey { case name, force }
+
+        /// Decodes a request; `force` defaults to false.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            force = try c.decodeIfPresent(Bool.self, forKey: .force) ?? false
+        }
+    }
+
+    /// `plugin.enable`: starts a disabled, stopped or failed plugin again.
+    public struct PluginEnable: AdminRequest {
+        public static let command = AdminCommand.pluginEnable
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// Enables `name`.
+        public init(name: String) { self.name = name }
+    }
+
+    /// `plugin.disable`: stops a plugin and keeps it stopped; refused while another requires it, unless `force`.
+    public struct PluginDisable: AdminRequest {
+        public static let command = AdminCommand.pluginDisable
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// Disable it even if others require it.
+        public var force: Bool
+        /// Disables `name`.
+        public init(name: String, force: Bool = false) {
+            self.name = name
+            self.force = force
+        }
+
+        enum CodingKeys: String, CodingKey { case name, force }
+
+        /// Decodes a request; `force` defaults to false.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            force = try c.decodeIfPresent(Bool.self, forKey: .force) ?? false
+        }
+    }
+
+    /// `plugin.restart`: restarts a plugin now, clearing a crash loop.
+    public struct PluginRestart: AdminRequest {
+        public static let command = AdminCommand.pluginRestart
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// Restarts `name`.
+        public init(name: String) { self.name = name }
+    }
+
+    /// `plugin.grant`: grants jobs it may call and container privileges, in one list.
+    public struct PluginGrant: AdminRequest {
+        public static let command = AdminCommand.pluginGrant
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// Jobs and privileges (`network=host`, `mount=…`, `capability=…`, `device=…`).
+        public var jobs: [String]
+        /// Grants `jobs` to `name`.
+        public init(name: String, jobs: [String]) {
+            self.name = name
+            self.jobs = jobs
+        }
+    }
+
+    /// `plugin.set`: changes supervision settings and priorities (KEY=VALUE).
+    public struct PluginSet: AdminRequest {
+        public static let command = AdminCommand.pluginSet
+        public typealias Reply = String
+        /// The plugin.
+        public var name: String
+        /// restart-policy, backoff-initial, …, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE.
+        public var settings: [String: String]
+        /// Sets `settings` on `name`.
+        public init(name: String, settings: [String: String]) {
+            self.name = name
+            self.settings = settings
+        }
+    }
+
+    /// `call`: calls a job as the operator.
+    public struct Call: AdminRequest {
+        public static let command = AdminCommand.call
+        public typealias Reply = Value
+        /// The job.
+        public var job: String
+        /// Its argument.
+        public var argument: Value
+        /// The call's deadline in milliseconds (default 10 s; clamped to 0 … one day).
+        public var timeoutMilliseconds: Int64?
+
+        /// A call of `job`.
+        public init(job: String, argument: Value = .nil, timeoutMilliseconds: Int64? = nil) {
+            self.job = job
+            self.argument = argument
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case job, argument
+            case timeoutMilliseconds = "timeout_ms"
+        }
+
+        /// Decodes a call; no `argument` is nil.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            job = try c.decode(String.self, forKey: .job)
+            argument = try c.decodeIfPresent(Value.self, forKey: .argument) ?? .nil
+            timeoutMilliseconds = try c.decodeIfPresent(Int64.self, forKey: .timeoutMilliseconds)
+        }
+    }
+
+    /// `endpoints`: the jobs and who serves them.
+    public struct Endpoints: AdminRequest {
+        public static let command = AdminCommand.endpoints
+        public typealias Reply = [EndpointRow]
+        /// The request has no fields.
+        public init() {}
+    }
+
+    /// A job and its owner.
+    public struct EndpointRow: Codable, Sendable, Hashable {
+        /// The job.
+        public var job: String
+        /// The plugin that serves it.
+        public var owner: String
+        /// Its owner is restarting: calls wait for it.
+        public var restarting: Bool
+        /// A row.
+        public init(job: String, owner: String, restarting: Bool) {
+            self.job = job
+            self.owner = owner
+            self.restarting = restarting
+        }
+    }
+
+    /// `hooks`: the hooks, in the order they run.
+    public struct Hooks: AdminRequest {
+        public static let command = AdminCommand.hooks
+        public typealias Reply = [HookRow]
+        /// The request has no fields.
+        public init() {}
+    }
+
+    /// One hook registration.
+    public struct HookRow: Codable, Sendable, Hashable {
+        /// The event.
+        public var event: String
+        /// validate, mutate or observe.
+        public var phase: String
+        /// The plugin.
+        public var owner: String
+        /// Its priority (higher runs first).
+        public var priority: Int
+        /// required or optional.
+        public var policy: String
+        /// Its timeout, as Swift prints a Duration ("2.0 seconds").
+        public var timeout: String
+        /// A row.
+        public init(event: String, phase: String, owner: String, priority: Int, policy: String, timeout: String) {
+            self.event = event
+            self.phase = phase
+            self.owner = owner
+            self.priority = priority
+            self.policy = policy
+            self.timeout = timeout
+        }
+    }
+
+    /// `pipeline`: the pipeline's registrations, in order.
+    public struct Pipeline: AdminRequest {
+        public static let command = AdminCommand.pipeline
+        public typealias Reply = [PipelineRow]
+        /// The request has no fields.
+        public init() {}
+    }
+
+    /// One pipeline registration.
+    public struct PipelineRow: Codable, Sendable, Hashable {
+        /// The message type.
+        public var type: String
+        /// The plugin.
+        public var owner: String
+        /// Its priority (higher runs first).
+        public var priority: Int
+        /// A row.
+        public init(type: String, owner: String, priority: Int) {
+            self.type = type
+            self.owner = owner
+            self.priority = priority
+        }
+    }
+
+    /// `events`: subscribes `sink` to the daemon's events until the client stops reading.
+    public struct Events: AdminRequest {
+        public static let command = AdminCommand.events
+        public typealias Reply = String
+        /// Where events go.
+        public var sink: Sender
+        /// Only these types; a trailing `*` matches a prefix. Empty: all.
+        public var types: [String]
+        /// Only events whose attribute KEY equals VALUE.
+        public var attributes: [String: String]
+        /// Events buffered for a slow reader before loss records (clamped to 1 … 65536).
+        public var buffer: Int64?
+
+        /// A subscription.
+        public init(sink: Sender, types: [String] = [], attributes: [String: String] = [:], buffer: Int64? = nil) {
+            self.sink = sink
+            self.types = types
+            self.attributes = attributes
+            self.buffer = buffer
+        }
+
+        enum CodingKeys: String, CodingKey { case sink, types, attributes, buffer }
+
+        /// Decodes a subscription; no `types` or `attributes` means every event.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            sink = try c.decode(Sender.self, forKey: .sink)
+            types = try c.decodeIfPresent([String].self, forKey: .types) ?? []
+            attributes = try c.decodeIfPresent([String: String].self, forKey: .attributes) ?? [:]
+            buffer = try c.decodeIfPresent(Int64.self, forKey: .buffer)
+        }
+    }
+}
