@@ -32,6 +32,7 @@ let package = Package(
         .executable(name: "plugboard-exec-shim", targets: ["plugboard-exec-shim"]),
         .executable(name: "plugboard-plugin-host-mount", targets: ["plugboard-plugin-host-mount"]),
         .executable(name: "plugboard-plugin-label", targets: ["plugboard-plugin-label"]),
+        .executable(name: "plugboard-plugin-containers", targets: ["plugboard-plugin-containers"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -114,7 +115,8 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
         // The state service: SQLite through GRDB (libsqlite3-dev), WAL mode.
         .target(name: "StatePlugin", dependencies: ["PluginKit", "Chan", .product(name: "GRDB", package: "GRDB.swift")], path: "plugins/state", swiftSettings: strict),
-        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", log], path: "plugins/containers", swiftSettings: strict),
+        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-plugin-containers", dependencies: ["ContainersPlugin", "Containers", "PluginKit", log], path: "plugins/containers/main", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
         .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-label", dependencies: ["LabelPlugin", "PluginKit"], path: "plugins/label/main", swiftSettings: strict),

@@ -112,7 +112,7 @@ public final class Engine: Sendable {
             },
             publish: { type, attributes in bus.publish(type, attributes) },
             openJobs: NIOLockedValueBox([]),
-            callerFor: { name in InProcessEngineCalls(hub: hub, plugin: name) }
+            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, plugin: name) }
         )
     }
 
@@ -219,12 +219,22 @@ public final class Engine: Sendable {
     public var bootOrder: [String] { order.withLockedValue { $0 } }
 }
 
-/// A built-in plugin's calls to other jobs: straight into the hub, with its grants.
+/// A built-in plugin's requests to the engine: straight into the hub and the hooks. A
+/// built-in is linked into the daemon and trusted with every job and hook chain.
 struct InProcessEngineCalls: EngineCalls {
     let hub: Hub
+    let hooks: Hooks
     let plugin: String
 
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
         try await hub.call(job, argument, timeout: timeout, caller: plugin)
+    }
+
+    func runHooks(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
+        try await hooks.run(event, payload: payload, object: object)
+    }
+
+    func notify(_ event: String, payload: Value, object: String) async throws {
+        hooks.notify(event, payload: payload, object: object)
     }
 }

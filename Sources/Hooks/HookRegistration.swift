@@ -62,6 +62,38 @@ public struct HookOutcome: Sendable {
     public var attributionValue: Value {
         .map(attribution.keys.sorted().map { (key: .string($0), value: .string(attribution[$0] ?? "")) })
     }
+
+    /// An outcome from its parts.
+    public init(payload: Value, attribution: [String: String], steps: [Step], skipped: [(plugin: String, reason: String)]) {
+        self.payload = payload
+        self.attribution = attribution
+        self.steps = steps
+        self.skipped = skipped
+    }
+
+    /// The outcome on the wire (the answer to a plugin's `hooks.run`):
+    /// `{"payload", "attribution": {field: plugin}, "steps": [{"plugin", "changed"}], "skipped": [{"plugin", "reason"}]}`.
+    public var value: Value {
+        .fields(
+            ("payload", payload), ("attribution", attributionValue),
+            ("steps", .array(steps.map { .fields(("plugin", .string($0.plugin)), ("changed", .array($0.changed.map { .string($0) }))) })),
+            ("skipped", .array(skipped.map { .fields(("plugin", .string($0.plugin)), ("reason", .string($0.reason))) }))
+        )
+    }
+
+    /// Reads an outcome from its wire form; throws ``RoutingError/Code/rejected`` when it is not one.
+    public init(value: Value) throws {
+        guard let payload = value["payload"] else { throw RoutingError(.rejected, "a hook outcome lacks its \"payload\"") }
+        var attribution: [String: String] = [:]
+        for entry in value["attribution"]?.mapValue ?? [] {
+            if let k = entry.key.stringValue, let v = entry.value.stringValue { attribution[k] = v }
+        }
+        let steps = (value["steps"]?.arrayValue ?? []).map {
+            Step(plugin: $0["plugin"]?.stringValue ?? "", changed: ($0["changed"]?.arrayValue ?? []).compactMap(\.stringValue))
+        }
+        let skipped = (value["skipped"]?.arrayValue ?? []).map { (plugin: $0["plugin"]?.stringValue ?? "", reason: $0["reason"]?.stringValue ?? "") }
+        self.init(payload: payload, attribution: attribution, steps: steps, skipped: skipped)
+    }
 }
 
 /// What happened in one hook chain or notification, for the events service.

@@ -1,4 +1,5 @@
 import Chan
+import Hooks
 
 /// What a running plugin knows about its situation.
 public struct PluginContext: Sendable {
@@ -19,8 +20,20 @@ public struct PluginContext: Sendable {
     }
 }
 
-/// Calling other plugins' jobs through the engine.
+/// What a plugin asks of the engine: other plugins' jobs, and hook chains it runs.
 public protocol EngineCalls: Sendable {
     /// Calls `job`; throws a permission error unless the plugin declared and was granted it.
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value
+
+    /// Runs the hook chain of `event` over `payload` for `object` (validators, mutators,
+    /// observers) and returns the outcome; a veto or a conflict throws. The plugin must
+    /// declare the event with ``PluginDeclaration/runsHooks(_:)`` and be granted it.
+    func runHooks(_ event: String, payload: Value, object: String) async throws -> HookOutcome
+
+    /// Tells the observers of `event` (container.started, …) that it happened to `object`.
+    func notify(_ event: String, payload: Value, object: String) async throws
 }
+
+/// The grant name under which a plugin may run `event`'s hook chain: it goes in the
+/// declaration's `calls` and is granted like a job (`plugboard plugin grant NAME hooks.run:EVENT`).
+public func hookRunGrant(_ event: String) -> String { "hooks.run:" + event }

@@ -92,6 +92,14 @@ public struct PluginDeclaration: Sendable {
     }
 
     /// Handles pipeline messages of `type`.
+    /// Declares that this plugin runs the hook chain of `event` (through
+    /// ``EngineCalls/runHooks(_:payload:object:)``) and tells its observers; the operator
+    /// grants it like a job.
+    public mutating func runsHooks(_ event: String) {
+        let grant = hookRunGrant(event)
+        if !calls.contains(grant) { calls.append(grant) }
+    }
+
     public mutating func messages(_ type: String, priority: Int = 0, timeout: Duration = .seconds(10), _ handler: @escaping MessageHandler) {
         messageTypes.append(MessageType(type: type, priority: priority, timeout: timeout, handler: handler))
     }

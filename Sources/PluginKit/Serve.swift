@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chan
+import Hooks
 import Logging
 import Routing
 
@@ -108,8 +109,9 @@ public enum PluginKit {
     }
 }
 
-/// A plugin's calls to other jobs: requests `{"job": NAME, "argument": VALUE}` on a channel
-/// labelled "engine" that the plugin opens to the daemon.
+/// A plugin's requests to the engine, on a channel labelled "engine" that it opens to the
+/// daemon: `{"job": NAME, "argument": VALUE}`, `{"hooks.run": EVENT, "payload", "object"}`
+/// and `{"hooks.notify": EVENT, "payload", "object"}` (docs/PROTOCOL.md).
 final class EngineConnection: EngineCalls, @unchecked Sendable {
     let session: Session
     private let channel: Sender?
@@ -122,5 +124,19 @@ final class EngineConnection: EngineCalls, @unchecked Sendable {
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
         guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
         return try await channel.request(.fields(("job", .string(job)), ("argument", argument)), timeout: timeout)
+    }
+
+    func runHooks(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        // A chain's own deadlines bound it (each hook's timeout); this one only guards a hung engine.
+        let answer = try await channel.request(
+            .fields(("hooks.run", .string(event)), ("payload", payload), ("object", .string(object))), timeout: .seconds(300)
+        )
+        return try HookOutcome(value: answer)
+    }
+
+    func notify(_ event: String, payload: Value, object: String) async throws {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        _ = try await channel.request(.fields(("hooks.notify", .string(event)), ("payload", payload), ("object", .string(object))), timeout: .seconds(30))
     }
 }

@@ -15,7 +15,7 @@ func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
         "host-mount": HostMountPlugin(),
     ]
     if let runtime = engine.containers {
-        builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: logger)
+        builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", logger: logger)
     }
     return builtins
 }

@@ -65,7 +65,7 @@ func runtime(_ dir: String) throws -> ContainerRuntime {
 }
 
 func containersPlugin(_ engine: Engine, _ runtime: ContainerRuntime) -> PluginSpec {
-    PluginSpec(name: "containers", kind: .builtin(ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", hooks: engine.hooks, logger: quietLogger)))
+    PluginSpec(name: "containers", kind: .builtin(ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", logger: quietLogger)))
 }
 
 /// Runs a container through the jobs, as `plugboard container run` does, and returns its output and exit code.
@@ -338,5 +338,55 @@ struct ContainerTests {
         let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
         #expect(status == .exited(0))
         #expect(try await runc.list() == [], "no container left after SIGTERM")
+    }
+
+    @Test("the containers plugin runs as a subprocess like any other: its create chain goes through the engine, and host-mount's hook changes the container")
+    func containersAsSubprocess() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("subprocess")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let hostDir = dir + "/shared"
+        try FileManager.default.createDirectory(atPath: hostDir, withIntermediateDirectories: true)
+        try "from the host".write(toFile: hostDir + "/note.txt", atomically: true, encoding: .utf8)
+        let socket = dir + "/admin.sock"
+        let rootfs = try busyboxRootfs(in: dir)
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+            "--plugin", "host-mount", "\(hostDir) /mnt/host",
+            "--plugin-exec", "containers=\(try builtExecutable("plugboard-plugin-containers")) \(dir)/containers-state",
+        ])
+        let plugboard = try builtExecutable("plugboard")
+        try await whileRunning(daemon) {
+            let ls = try await runCommand(plugboard, ["plugin", "ls", "--socket", socket])
+            #expect(ls.out.contains("containers") && ls.out.contains("exec"), "\(ls.out)")
+            let r = try await runCommand(plugboard, ["container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "sub", "--", "cat", "/mnt/host/note.txt"])
+            #expect(r.out == "from the host" && r.status == .exited(0), "\(r)")
+            let inspected = try await runCommand(plugboard, ["container", "inspect", "--socket", socket, "sub"])
+            #expect(inspected.out.contains(#""mounts[0]" : "host-mount""#), "\(inspected.out)")
+            _ = try await runCommand(plugboard, ["container", "rm", "--socket", socket, "sub"])
+        }
+        daemon.process.signal(SIGTERM)
+        #expect(try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() } == .exited(0))
+        #expect(try await Runc.find(root: dir + "/containers-state/runc", shim: nil).list() == [], "no container left")
+    }
+
+    @Test("a subprocess not granted hooks.run:container.create cannot run that chain")
+    func hookChainNeedsGrant() async throws {
+        let dir = "/tmp/plugboard-hookgrant-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/admin.sock"
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "echo"])
+        let plugboard = try builtExecutable("plugboard")
+        try await whileRunning(daemon) {
+            // Added at run time without --grant-all-permissions: it asked, but was not granted.
+            let add = try await runCommand(plugboard, ["plugin", "add", "sneaky", "--socket", socket, "--exec", "\(try builtExecutable("plugboard-plugin-containers")) \(dir)/cs"])
+            #expect(add.status == .exited(0), "\(add.err)")
+            let rootfs = dir + "/rootfs"
+            try FileManager.default.createDirectory(atPath: rootfs, withIntermediateDirectories: true)
+            let create = try await runCommand(plugboard, ["call", "--socket", socket, "container.create", #"{"rootfs": "\#(rootfs)", "args": ["true"]}"#])
+            #expect(create.status != .exited(0))
+            #expect(create.err.contains("may not run the container.create hooks: it asked for it but was not granted it"), "\(create.err)")
+        }
+        daemon.process.signal(SIGTERM)
+        _ = await daemon.process.waitForExit()
     }
 }

@@ -2,6 +2,7 @@ import Chan
 import Containers
 import Foundation
 import Hooks
+import NIOConcurrencyHelpers
 import Logging
 import PluginKit
 
@@ -15,30 +16,64 @@ import PluginKit
 public struct ContainersPlugin: Plugin {
     /// The lifecycle this plugin serves.
     public let manager: ContainerManager
-    private let hooks: Hooks
+    /// Lifecycle notifications, in order, for the observers of container.started/exited/removed.
+    private let notifications: AsyncStream<Notification>
+    /// Tells the observers, one notification at a time; started at the first declaration
+    /// that has an engine, cancelled when the plugin stops.
+    private let notifier = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let logger: Logger
+
+    struct Notification: Sendable {
+        let event: String
+        let payload: Value
+        let object: String
+    }
+
+    /// The hook chains this plugin runs and the notifications it sends; a subprocess or
+    /// container instance must be granted them (`hooks.run:EVENT`).
+    public static let hookEvents = ["container.create", "container.start", "container.started", "container.exited", "container.removed"]
 
     /// - Parameters:
     ///   - runc: the runtime, with Plugboard's own `--root`.
     ///   - bundles: where the generated OCI bundles go.
-    ///   - hooks: the engine's hooks, which create and start run through.
-    public init(runc: Runc, bundles: String, hooks: Hooks, logger: Logger) {
-        self.hooks = hooks
+    public init(runc: Runc, bundles: String, logger: Logger) {
+        let (notifications, continuation) = AsyncStream.makeStream(of: Notification.self)
+        self.notifications = notifications
+        self.logger = logger
         manager = ContainerManager(runc: runc, bundles: bundles, logger: logger) { event in
             switch event {
             case .started(let id, let name):
-                hooks.notify("container.started", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id)
+                continuation.yield(Notification(event: "container.started", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id))
             case .exited(let id, let name, let code):
-                hooks.notify("container.exited", payload: .fields(("id", .string(id)), ("name", .string(name)), ("exit_code", .int(Int64(code)))), object: id)
+                continuation.yield(Notification(event: "container.exited", payload: .fields(("id", .string(id)), ("name", .string(name)), ("exit_code", .int(Int64(code)))), object: id))
             case .removed(let id, let name):
-                hooks.notify("container.removed", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id)
+                continuation.yield(Notification(event: "container.removed", payload: .fields(("id", .string(id)), ("name", .string(name))), object: id))
             }
         }
     }
 
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         var d = PluginDeclaration(name: "containers", version: "1.0.0")
+        for event in Self.hookEvents { d.runsHooks(event) }
+        if let engine = context.engine {
+            let (notifications, logger) = (self.notifications, self.logger)
+            notifier.withLockedValue { task in
+                guard task == nil else { return }
+                task = Task {
+                    for await n in notifications {
+                        do {
+                            try await engine.notify(n.event, payload: n.payload, object: n.object)
+                        } catch {
+                            logger.warning("observers not told", metadata: ["container.event": "\(n.event)", "container.id": "\(n.object)", "container.error": "\(error)"])
+                        }
+                    }
+                }
+            }
+        }
+        let notifier = self.notifier
+        d.onStop = { notifier.withLockedValue { $0 }?.cancel() }
         let manager = self.manager
-        let hooks = self.hooks
+        let hooks = HookRunner(engine: context.engine)
         d.job("container.create") { try await Self.create($0, manager: manager, hooks: hooks) }
         d.job("container.start") { argument in
             let r = try await manager.inspect(try Self.ref(argument))
@@ -106,7 +141,7 @@ public struct ContainersPlugin: Plugin {
         return s
     }
 
-    static func create(_ argument: Value, manager: ContainerManager, hooks: Hooks) async throws -> Value {
+    static func create(_ argument: Value, manager: ContainerManager, hooks: HookRunner) async throws -> Value {
         let id = ContainerManager.newID()
         guard case .map(var entries) = argument else { throw ContainerError(.badSpec, "container.create takes a spec map (see docs/CONTAINERS.md)") }
         if argument["name"] == nil || argument["name"] == .nil {
@@ -171,5 +206,17 @@ public struct ContainersPlugin: Plugin {
                 stderr?.close()
             }
         }
+    }
+}
+
+/// The hook chains the containers plugin runs, through the engine it was declared with.
+struct HookRunner: Sendable {
+    let engine: (any EngineCalls)?
+
+    func run(_ event: String, payload: Value, object: String) async throws -> HookOutcome {
+        guard let engine else {
+            throw ContainerError(.badSpec, "the containers plugin runs no \(event) hooks before it is connected to the engine")
+        }
+        return try await engine.runHooks(event, payload: payload, object: object)
     }
 }

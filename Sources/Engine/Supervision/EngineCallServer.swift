@@ -1,5 +1,7 @@
 import Chan
+import Hooks
 import NIOConcurrencyHelpers
+import PluginKit
 import Routing
 
 /// Serves a plugin's "engine" channels: the job calls it makes, each checked against its
@@ -44,8 +46,11 @@ struct EngineCallServer: Sendable {
     }
 
     private func answer(_ request: Request) async {
+        if let event = request.body["hooks.run"]?.stringValue ?? request.body["hooks.notify"]?.stringValue {
+            return await answerHooks(request, event: event, run: request.body["hooks.run"] != nil)
+        }
         guard let job = request.body["job"]?.stringValue else {
-            try? await request.fail(code: "bad.request", message: "an engine call is {\"job\": NAME, \"argument\": VALUE}")
+            try? await request.fail(code: "bad.request", message: "an engine request is {\"job\": NAME, \"argument\": VALUE}, {\"hooks.run\": EVENT, ...} or {\"hooks.notify\": EVENT, ...}")
             return
         }
         var allowed = engine.openJobs.withLockedValue { $0.contains(job) }
@@ -58,6 +63,33 @@ struct EngineCallServer: Sendable {
         do {
             let result = try await engine.hub.call(job, request.body["argument"] ?? .nil, caller: caller)
             try? await request.respond(result)
+        } catch let error as RoutingError {
+            try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+        } catch {
+            try? await request.fail(code: "engine.error", message: "\(error)")
+        }
+    }
+
+    /// Runs a hook chain (or tells observers) for a plugin granted `hooks.run:EVENT`.
+    private func answerHooks(_ request: Request, event: String, run: Bool) async {
+        let grant = hookRunGrant(event)
+        guard await isGranted(grant) else {
+            let why = asked.contains(grant) ? "it asked for it but was not granted it" : "it did not declare it (runsHooks)"
+            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not run the \(event) hooks: \(why)")
+            return
+        }
+        guard let payload = request.body["payload"], let object = request.body["object"]?.stringValue else {
+            try? await request.fail(code: "bad.request", message: "a hooks request needs \"payload\" and \"object\"")
+            return
+        }
+        do {
+            if run {
+                let outcome = try await engine.hooks.run(event, payload: payload, object: object)
+                try? await request.respond(outcome.value)
+            } else {
+                engine.hooks.notify(event, payload: payload, object: object)
+                try? await request.respond(.nil)
+            }
         } catch let error as RoutingError {
             try? await request.fail(code: "routing.\(error.code)", message: error.reason)
         } catch {
