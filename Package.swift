@@ -86,10 +86,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The state service: SQLite through GRDB (libsqlite3-dev), WAL mode. A service, not a
+        // plugin: it answers for every plugin by the engine's grants, which plugboardd hands it.
+        .target(name: "StateService", dependencies: ["PluginKit", "Chan", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "AdminProtocol", "Engine", "PluginKit", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StatePlugin", nioLocks,
+                "AdminProtocol", "Engine", "PluginKit", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService", nioLocks,
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -113,8 +116,6 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-echo", dependencies: ["EchoPlugin", "PluginKit"], path: "plugins/echo/main", swiftSettings: strict),
         .target(name: "HostMountPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/host-mount", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
-        // The state service: SQLite through GRDB (libsqlite3-dev), WAL mode.
-        .target(name: "StatePlugin", dependencies: ["PluginKit", "Chan", .product(name: "GRDB", package: "GRDB.swift")], path: "plugins/state", swiftSettings: strict),
         .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-containers", dependencies: ["ContainersPlugin", "Containers", "PluginKit", log], path: "plugins/containers/main", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
@@ -151,7 +152,7 @@ let package = Package(
             name: "EngineTests",
             dependencies: [
                 "AdminProtocol", "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
-                "Containers", "LabelPlugin", "ShellAdapter", "StatePlugin", log, nioLocks,
+                "Containers", "LabelPlugin", "ShellAdapter", "StateService", log, nioLocks,
             ],
             swiftSettings: strict
         ),

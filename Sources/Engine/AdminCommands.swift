@@ -8,6 +8,21 @@ import Routing
 /// the engine, its reply encoded back. docs/ADMIN.md shows each command's shape.
 enum AdminCommands {
     static func answer(_ request: Request, engine: Engine, builtins: @escaping AdminServer.BuiltinLookup) async {
+        // A subscription answers at once, then goes on in this task (which the client's
+        // session owns) until the client stops reading.
+        if request.body["command"]?.stringValue == AdminCommand.events.rawValue {
+            do {
+                let r = try Admin.Events.decode(request.body)
+                let subscription = engine.bus.subscribe(EventFilter(types: r.types, attributes: r.attributes), capacity: EventBus.clampedCapacity(r.buffer))
+                try? await request.respond(try ValueEncoder().encode("following"))
+                await subscription.pump(to: r.sink)
+            } catch let error as AdminError {
+                try? await request.fail(code: error.code.rawValue, message: error.message)
+            } catch {
+                try? await request.fail(code: AdminError.Code.failed.rawValue, message: "\(error)")
+            }
+            return
+        }
         do {
             let result = try await run(request.body, engine: engine, builtins: builtins)
             try? await request.respond(result)
@@ -81,11 +96,7 @@ enum AdminCommands {
                 engine.pipeline.allRegistrations.map { Admin.PipelineRow(type: $0.type, owner: $0.owner, priority: $0.priority) }
             }
         case .events:
-            return try await typed(Admin.Events.self, body) { r in
-                // Events flow on the client's sink until it stops reading.
-                engine.bus.subscribe(EventFilter(types: r.types, attributes: r.attributes), capacity: EventBus.clampedCapacity(r.buffer)).pump(to: r.sink)
-                return "following"
-            }
+            throw AdminError(.badRequest, "events is answered by the session that subscribes, not here")
         }
     }
 

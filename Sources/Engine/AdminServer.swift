@@ -18,23 +18,40 @@ import Routing
 /// given, members of the admin group are served; others are closed and logged.
 public final class AdminServer: Sendable {
     private let listener: SessionListener
+    /// Sessions accepted and authorised, waiting for ``serve()`` to take them.
+    private let incoming: AsyncStream<Session>
+    private let incomingContinuation: AsyncStream<Session>.Continuation
+    /// Sessions being served, so that ``close()`` can end them.
+    private let open = NIOLockedValueBox<[ObjectIdentifier: Session]>([:])
+    private let engine: Engine
+    private let builtins: BuiltinLookup
+    private let logger: Logger
     /// The socket's path.
     public let path: String
 
-    private init(listener: SessionListener, path: String) {
+    private init(
+        listener: SessionListener, incoming: AsyncStream<Session>, continuation: AsyncStream<Session>.Continuation,
+        engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger, path: String
+    ) {
         self.listener = listener
+        self.incoming = incoming
+        self.incomingContinuation = continuation
+        self.engine = engine
+        self.builtins = builtins
+        self.logger = logger
         self.path = path
     }
 
     /// Looks up a built-in plugin by name (the daemon's table), for `plugin add --builtin`.
     public typealias BuiltinLookup = @Sendable (String) -> (any Plugin)?
 
-    /// Binds `path` and serves the engine's admin commands on it.
+    /// Binds `path`; ``serve()`` then answers the engine's admin commands on it.
     public static func start(
         path: String, engine: Engine, adminGroup: gid_t? = nil, builtins: @escaping BuiltinLookup, logger: Logger
     ) async throws -> AdminServer {
         try prepare(path: path)
         let me = getuid()
+        let (incoming, continuation) = AsyncStream.makeStream(of: Session.self)
         let listener = try await SessionListener.bind(
             unixSocketPath: path, configuration: .init(name: "plugboardd"), logger: logger,
             authorize: { peer in
@@ -45,19 +62,37 @@ public final class AdminServer: Sendable {
                 return allowed
             },
             onSession: { session in
-                Task { await serve(session, engine: engine, builtins: builtins, logger: logger) }
+                if case .terminated = continuation.yield(session) { session.close(reason: "plugboardd is shutting down") }
             }
         )
         guard chmod(path, 0o600) == 0 else {
+            try? await listener.close()
             throw EngineError(.adminSocket, "cannot make \(path) mode 0600: \(String(cString: strerror(errno)))")
         }
         logger.info("admin socket ready", metadata: ["admin.socket": "\(path)"])
-        return AdminServer(listener: listener, path: path)
+        return AdminServer(listener: listener, incoming: incoming, continuation: continuation, engine: engine, builtins: builtins, logger: logger, path: path)
     }
 
-    /// Stops accepting and removes the socket file.
+    /// Serves every admin session until ``close()``: each session, its channels and its
+    /// requests are child tasks of this call, so it returns only when all have ended.
+    public func serve() async {
+        await withDiscardingTaskGroup { group in
+            for await session in incoming {
+                let id = ObjectIdentifier(session)
+                open.withLockedValue { $0[id] = session }
+                group.addTask { [engine, builtins, logger, open] in
+                    await Self.serve(session, engine: engine, builtins: builtins, logger: logger)
+                    open.withLockedValue { _ = $0.removeValue(forKey: id) }
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, ends the sessions being served, and removes the socket file.
     public func close() async {
         try? await listener.close()
+        incomingContinuation.finish()
+        for session in open.withLockedValue({ Array($0.values) }) { session.close(reason: "plugboardd is shutting down") }
         unlink(path)
     }
 
@@ -113,18 +148,23 @@ public final class AdminServer: Sendable {
         return false
     }
 
+    /// One client's session: its channels, and their requests answered concurrently.
     static func serve(_ session: Session, engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger) async {
-        do {
-            try await session.start()
-            while let channel = try await session.accept() {
-                Task {
-                    while let request = try? await channel.nextRequest() {
-                        Task { await AdminCommands.answer(request, engine: engine, builtins: builtins) }
+        await withDiscardingTaskGroup { group in
+            do {
+                try await session.start()
+                while let channel = try await session.accept() {
+                    group.addTask {
+                        await withDiscardingTaskGroup { requests in
+                            while let request = try? await channel.nextRequest() {
+                                requests.addTask { await AdminCommands.answer(request, engine: engine, builtins: builtins) }
+                            }
+                        }
                     }
                 }
+            } catch {
+                logger.debug("admin session ended", metadata: ["admin.error": "\(error)"])
             }
-        } catch {
-            logger.debug("admin session ended", metadata: ["admin.error": "\(error)"])
         }
     }
 }

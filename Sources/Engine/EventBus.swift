@@ -192,9 +192,11 @@ public final class EventSubscription: Sendable {
     /// Stops the subscription; a waiting `next()` returns nil.
     public func cancel() { bus.cancel(id) }
 
-    /// Sends every record to `sink` until the sink's reader goes away; then cancels.
-    public func pump(to sink: Sender) {
-        Task {
+    /// Sends every record to `sink` until the sink's reader goes away, the bus closes or
+    /// the calling task is cancelled; then cancels the subscription. Run it in a task the
+    /// caller owns.
+    public func pump(to sink: Sender) async {
+        await withTaskCancellationHandler {
             while let record = await next() {
                 do {
                     try await sink.send(record.value)
@@ -202,7 +204,9 @@ public final class EventSubscription: Sendable {
                     break
                 }
             }
+        } onCancel: {
             cancel()
         }
+        cancel()
     }
 }

@@ -30,7 +30,9 @@ public struct EventsPlugin: Plugin {
                 throw EngineError(.badDeclaration, "events.subscribe needs {\"sink\": a channel to send events on}")
             }
             let capacity = EventBus.clampedCapacity(argument["buffer"]?.intValue)
-            bus.subscribe(try EventFilter(wire: argument), capacity: capacity).pump(to: sink)
+            let subscription = bus.subscribe(try EventFilter(wire: argument), capacity: capacity)
+            // Goes on after this job answers; it ends when the subscriber stops reading or the bus closes.
+            Task { await subscription.pump(to: sink) }
             return "subscribed"
         }
         d.job("events.publish", withCall: { argument, call in

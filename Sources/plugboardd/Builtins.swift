@@ -6,7 +6,7 @@ import HostMountPlugin
 import Logging
 import PluginKit
 import Services
-import StatePlugin
+import StateService
 
 /// The built-in plugins, by name. `containers` needs the engine's hooks and runc.
 func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {

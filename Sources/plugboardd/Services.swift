@@ -107,8 +107,13 @@ struct AdminService: Service {
         // A graceful shutdown before boot completes (boot failed) ends the wait too.
         for gate in after { try await cancelWhenGracefulShutdown { try await gate.wait() } }
         let admin = try await AdminServer.start(path: path, engine: engine, adminGroup: adminGroup, builtins: { [builtins] in builtins[$0] }, logger: logger)
-        logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
-        try? await gracefulShutdown()
-        await admin.close()
+        await withDiscardingTaskGroup { group in
+            group.addTask { await admin.serve() }
+            logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
+            try? await gracefulShutdown()
+            await admin.close()
+            // Subscriptions (plugboard events) wait for the next event: end them now.
+            group.cancelAll()
+        }
     }
 }

@@ -6,7 +6,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import Spawn
-import StatePlugin
+import StateService
 import Testing
 import TestSupport
 
