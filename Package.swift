@@ -148,6 +148,9 @@ let package = Package(
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(name: "PluginKitTests", dependencies: ["PluginKit", "Hooks", "Routing", "Chan"], swiftSettings: strict),
+        .testTarget(name: "ContainersTests", dependencies: ["Containers"], swiftSettings: strict),
+        .testTarget(name: "ShellAdapterTests", dependencies: ["ShellAdapter", "Chan"], swiftSettings: strict),
         .testTarget(
             name: "EngineTests",
             dependencies: [

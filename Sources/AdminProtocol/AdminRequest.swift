@@ -2,19 +2,33 @@ import Chan
 
 /// The admin commands, by their wire name (the `command` field of a request).
 public enum AdminCommand: String, Codable, Sendable, CaseIterable {
+    /// `plugin.ls`: every plugin, in boot order.
     case pluginList = "plugin.ls"
+    /// `plugin.inspect`: everything about one plugin.
     case pluginInspect = "plugin.inspect"
+    /// `plugin.add`: adds and starts a plugin.
     case pluginAdd = "plugin.add"
+    /// `plugin.rm`: stops and forgets a plugin.
     case pluginRemove = "plugin.rm"
+    /// `plugin.enable`: starts a disabled, stopped or failed plugin again.
     case pluginEnable = "plugin.enable"
+    /// `plugin.disable`: stops a plugin and keeps it stopped.
     case pluginDisable = "plugin.disable"
+    /// `plugin.restart`: restarts a plugin now, clearing a crash loop.
     case pluginRestart = "plugin.restart"
+    /// `plugin.grant`: grants a plugin jobs it may call and container privileges.
     case pluginGrant = "plugin.grant"
+    /// `plugin.set`: changes a plugin's supervision settings and priorities.
     case pluginSet = "plugin.set"
+    /// `call`: calls a job as the operator.
     case call
+    /// `endpoints`: the jobs and who serves them.
     case endpoints
+    /// `hooks`: the hooks, in the order they run.
     case hooks
+    /// `pipeline`: the pipeline's registrations, in order.
     case pipeline
+    /// `events`: subscribes to the daemon's events.
     case events
 }
 

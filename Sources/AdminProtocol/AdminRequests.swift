@@ -5,7 +5,9 @@ import Chan
 public enum Admin {
     /// `plugin.ls`: every plugin, in boot order.
     public struct PluginList: AdminRequest {
+        /// The command: `plugin.ls`.
         public static let command = AdminCommand.pluginList
+        /// What the daemon answers: one row per plugin, in boot order.
         public typealias Reply = [PluginRow]
         /// The request has no fields.
         public init() {}
@@ -59,7 +61,9 @@ public enum Admin {
 
     /// `plugin.inspect`: everything about one plugin, as a free-form map.
     public struct PluginInspect: AdminRequest {
+        /// The command: `plugin.inspect`.
         public static let command = AdminCommand.pluginInspect
+        /// What the daemon answers: a free-form map about the plugin.
         public typealias Reply = Value
         /// The plugin.
         public var name: String
@@ -69,7 +73,9 @@ public enum Admin {
 
     /// `plugin.add`: adds and starts a plugin; exactly one of `exec`, `builtin`, `container`.
     public struct PluginAdd: AdminRequest {
+        /// The command: `plugin.add`.
         public static let command = AdminCommand.pluginAdd
+        /// What the daemon answers: the plugin's name and its state once added.
         public typealias Reply = PluginAdded
         /// Its name.
         public var name: String
@@ -130,7 +136,9 @@ public enum Admin {
 
     /// `plugin.rm`: stops and forgets a plugin; refused while another requires it, unless `force`.
     public struct PluginRemove: AdminRequest {
+        /// The command: `plugin.rm`.
         public static let command = AdminCommand.pluginRemove
+        /// What the daemon answers: "removed".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -154,7 +162,9 @@ public enum Admin {
 
     /// `plugin.enable`: starts a disabled, stopped or failed plugin again.
     public struct PluginEnable: AdminRequest {
+        /// The command: `plugin.enable`.
         public static let command = AdminCommand.pluginEnable
+        /// What the daemon answers: "enabled".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -164,7 +174,9 @@ public enum Admin {
 
     /// `plugin.disable`: stops a plugin and keeps it stopped; refused while another requires it, unless `force`.
     public struct PluginDisable: AdminRequest {
+        /// The command: `plugin.disable`.
         public static let command = AdminCommand.pluginDisable
+        /// What the daemon answers: "disabled".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -188,7 +200,9 @@ public enum Admin {
 
     /// `plugin.restart`: restarts a plugin now, clearing a crash loop.
     public struct PluginRestart: AdminRequest {
+        /// The command: `plugin.restart`.
         public static let command = AdminCommand.pluginRestart
+        /// What the daemon answers: "restarted".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -198,7 +212,9 @@ public enum Admin {
 
     /// `plugin.grant`: grants jobs it may call and container privileges, in one list.
     public struct PluginGrant: AdminRequest {
+        /// The command: `plugin.grant`.
         public static let command = AdminCommand.pluginGrant
+        /// What the daemon answers: "granted".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -213,7 +229,9 @@ public enum Admin {
 
     /// `plugin.set`: changes supervision settings and priorities (KEY=VALUE).
     public struct PluginSet: AdminRequest {
+        /// The command: `plugin.set`.
         public static let command = AdminCommand.pluginSet
+        /// What the daemon answers: "set".
         public typealias Reply = String
         /// The plugin.
         public var name: String
@@ -228,7 +246,9 @@ public enum Admin {
 
     /// `call`: calls a job as the operator.
     public struct Call: AdminRequest {
+        /// The command: `call`.
         public static let command = AdminCommand.call
+        /// What the daemon answers: the job's result.
         public typealias Reply = Value
         /// The job.
         public var job: String
@@ -260,7 +280,9 @@ public enum Admin {
 
     /// `endpoints`: the jobs and who serves them.
     public struct Endpoints: AdminRequest {
+        /// The command: `endpoints`.
         public static let command = AdminCommand.endpoints
+        /// What the daemon answers: one row per job.
         public typealias Reply = [EndpointRow]
         /// The request has no fields.
         public init() {}
@@ -284,7 +306,9 @@ public enum Admin {
 
     /// `hooks`: the hooks, in the order they run.
     public struct Hooks: AdminRequest {
+        /// The command: `hooks`.
         public static let command = AdminCommand.hooks
+        /// What the daemon answers: one row per hook registration, in the order they run.
         public typealias Reply = [HookRow]
         /// The request has no fields.
         public init() {}
@@ -317,7 +341,9 @@ public enum Admin {
 
     /// `pipeline`: the pipeline's registrations, in order.
     public struct Pipeline: AdminRequest {
+        /// The command: `pipeline`.
         public static let command = AdminCommand.pipeline
+        /// What the daemon answers: one row per registration, in order.
         public typealias Reply = [PipelineRow]
         /// The request has no fields.
         public init() {}
@@ -341,7 +367,9 @@ public enum Admin {
 
     /// `events`: subscribes `sink` to the daemon's events until the client stops reading.
     public struct Events: AdminRequest {
+        /// The command: `events`.
         public static let command = AdminCommand.events
+        /// What the daemon answers at once: "following"; the events then go to `sink`.
         public typealias Reply = String
         /// Where events go.
         public var sink: Sender

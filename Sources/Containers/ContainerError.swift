@@ -1,8 +1,10 @@
 /// Why a container operation failed.
 public struct ContainerError: Error, Hashable, CustomStringConvertible {
+    /// The kind of failure.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
         private init(_ name: String) { self.name = name }
+        /// The code as written (`bad-bundle`).
         public var description: String { name }
 
         /// A plugin bundle without a readable, valid plugin.json or rootfs/.
@@ -21,13 +23,17 @@ public struct ContainerError: Error, Hashable, CustomStringConvertible {
         public static let runtime = Code("runtime")
     }
 
+    /// What went wrong.
     public var code: Code
+    /// A sentence for a person.
     public var reason: String
 
+    /// An error of `code` saying `reason`.
     public init(_ code: Code, _ reason: String) {
         self.code = code
         self.reason = reason
     }
 
+    /// The reason.
     public var description: String { reason }
 }

@@ -7,9 +7,13 @@ import NIOConcurrencyHelpers
 /// so (its stream is reset with a reason) rather than slowing the container or growing
 /// without bound.
 public final class ContainerLog: Sendable {
+    /// Which output a chunk came from.
     public enum Stream: String, Sendable { case stdout, stderr }
+    /// Bytes the container wrote to one stream.
     public struct Chunk: Sendable, Hashable {
+        /// stdout or stderr.
         public var stream: Stream
+        /// The bytes, as read.
         public var bytes: [UInt8]
     }
 

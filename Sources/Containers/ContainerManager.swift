@@ -8,9 +8,12 @@ import Spawn
 
 /// One container the lifecycle knows.
 public struct ContainerRecord: Sendable {
+    /// Where it is in its life; an exited container can be started again.
     public enum State: String, Sendable { case created, running, exited }
 
+    /// Its id, which is also its runc id.
     public var id: String
+    /// What it is made from, after the container.create hooks.
     public var spec: ContainerSpec
     /// Which plugin set each field in the container.create chain (field path → plugin).
     public var attribution: [String: String]
@@ -18,19 +21,28 @@ public struct ContainerRecord: Sendable {
     public var changes: [(plugin: String, fields: [String])]
     /// Optional hooks that failed and were skipped.
     public var skipped: [(plugin: String, reason: String)]
+    /// Created, running or exited.
     public var state: State = .created
+    /// Its last exit code (128 + N for signal N); nil until it has exited.
     public var exitCode: Int?
+    /// When it was created.
     public var created = Date()
+    /// When it last started; nil before its first start.
     public var started: Date?
+    /// When it last exited; nil while running or before its first run.
     public var finished: Date?
+    /// Its name (the spec's).
     public var name: String { spec.name }
 }
 
 /// Something that happened to a container; the containers plugin turns these into the
 /// container.started / container.exited / container.removed notifications.
 public enum ContainerEvent: Sendable, Hashable {
+    /// It started running.
     case started(id: String, name: String)
+    /// It exited with `exitCode` (128 + N for signal N).
     case exited(id: String, name: String, exitCode: Int)
+    /// It was removed.
     case removed(id: String, name: String)
 }
 

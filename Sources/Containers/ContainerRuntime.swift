@@ -1,6 +1,7 @@
 /// Where Plugboard keeps its containers: runc's state (`--root`) and the generated bundles,
 /// both under the daemon's state directory, so nothing mixes with the user's containers.
 public struct ContainerRuntime: Sendable {
+    /// runc, with Plugboard's own root.
     public var runc: Runc
     /// Generated OCI bundles: `plugins/NAME/config.json` for container plugins,
     /// `containers/ID/config.json` for the lifecycle's containers.
@@ -12,6 +13,7 @@ public struct ContainerRuntime: Sendable {
         bundles = stateDirectory + "/bundles"
     }
 
+    /// A runtime from a given runc and bundle directory.
     public init(runc: Runc, bundles: String) {
         self.runc = runc
         self.bundles = bundles

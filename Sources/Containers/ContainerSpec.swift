@@ -8,12 +8,18 @@ import Foundation
 ///   "labels": {K: V}, "mounts": [{"source", "destination", "type", "options": [..]}]}`.
 /// Hooks may change any field; the result is checked again before anything runs.
 public struct ContainerSpec: Sendable, Hashable {
+    /// A mount into the container (a bind mount by default).
     public struct Mount: Sendable, Hashable {
+        /// What is mounted: a host path, for a bind mount.
         public var source: String
+        /// Where it appears inside the container (absolute).
         public var destination: String
+        /// The mount type (default "bind").
         public var type: String
+        /// Mount options (default `rbind`, `rw`).
         public var options: [String]
 
+        /// A mount of `source` at `destination`; by default a read-write bind mount.
         public init(source: String, destination: String, type: String = "bind", options: [String] = ["rbind", "rw"]) {
             self.source = source
             self.destination = destination
@@ -22,15 +28,24 @@ public struct ContainerSpec: Sendable, Hashable {
         }
     }
 
+    /// The container's name: letters, digits, '.', '_' and '-', at most 64.
     public var name: String
+    /// The root filesystem: an absolute path to a host directory.
     public var rootfs: String
+    /// The command and its arguments; never empty.
     public var args: [String]
+    /// The environment, as `KEY=VALUE` entries (a default `PATH` is added when missing).
     public var env: [String]
+    /// The hostname inside the container (default: the name).
     public var hostname: String
+    /// The working directory inside the container (default "/").
     public var workdir: String
+    /// Labels, written into the OCI spec's annotations.
     public var labels: [String: String]
+    /// Mounts beyond the defaults every container gets.
     public var mounts: [Mount]
 
+    /// A spec; `hostname` defaults to `name`. Unlike ``init(value:context:)``, it checks nothing.
     public init(
         name: String, rootfs: String, args: [String], env: [String] = [], hostname: String? = nil,
         workdir: String = "/", labels: [String: String] = [:], mounts: [Mount] = []

@@ -9,63 +9,114 @@ import Foundation
 /// defaults are ours and safe: a read-only rootfs, a private network namespace, no
 /// capabilities beyond those granted, no host mounts beyond those granted.
 public struct OCISpec: Codable, Sendable, Hashable {
+    /// The user and group ids the process runs as.
     public struct User: Codable, Sendable, Hashable { public var uid: UInt32; public var gid: UInt32 }
+    /// The process's capability sets (Plugboard puts the same list in each).
     public struct Capabilities: Codable, Sendable, Hashable {
+        /// The bounding set.
         public var bounding: [String]
+        /// The effective set.
         public var effective: [String]
+        /// The permitted set.
         public var permitted: [String]
+        /// The ambient set.
         public var ambient: [String]
     }
+    /// One resource limit: its `type` (`RLIMIT_NOFILE`) and its hard and soft values.
     public struct RLimit: Codable, Sendable, Hashable { public var type: String; public var hard: UInt64; public var soft: UInt64 }
+    /// The process to run, with its environment, user, capabilities and limits.
     public struct Process: Codable, Sendable, Hashable {
+        /// Whether runc gives it a terminal (Plugboard: never).
         public var terminal: Bool
+        /// Whom it runs as.
         public var user: User
+        /// The program and its arguments.
         public var args: [String]
+        /// The environment, as `KEY=VALUE` entries.
         public var env: [String]
+        /// The working directory inside the container.
         public var cwd: String
+        /// Its capabilities.
         public var capabilities: Capabilities
+        /// Its resource limits.
         public var rlimits: [RLimit]
+        /// Forbids gaining privileges through exec (setuid binaries and the like).
         public var noNewPrivileges: Bool
     }
+    /// The root filesystem: its path and whether it is mounted read-only.
     public struct Root: Codable, Sendable, Hashable { public var path: String; public var readonly: Bool }
+    /// One mount in the container.
     public struct Mount: Codable, Sendable, Hashable {
+        /// Where it appears inside the container.
         public var destination: String
+        /// The filesystem type (`bind`, `proc`, `tmpfs`, …).
         public var type: String
+        /// What is mounted: a host path, or the filesystem's source name.
         public var source: String
+        /// Mount options; nil for none.
         public var options: [String]?
     }
+    /// A Linux namespace the container gets its own of (`pid`, `network`, …).
     public struct Namespace: Codable, Sendable, Hashable { public var type: String }
+    /// A device cgroup rule: allows or denies access to devices by type and number.
     public struct DeviceRule: Codable, Sendable, Hashable {
+        /// Allow (true) or deny (false).
         public var allow: Bool
+        /// `c` or `b`; nil for every type.
         public var type: String?
+        /// The major number; nil for any.
         public var major: Int64?
+        /// The minor number; nil for any.
         public var minor: Int64?
+        /// Which access: some of `r`, `w` and `m` (mknod).
         public var access: String
     }
+    /// Cgroup resources: only the device rules.
     public struct Resources: Codable, Sendable, Hashable { public var devices: [DeviceRule] }
+    /// A device node to create in the container.
     public struct Device: Codable, Sendable, Hashable {
+        /// Its path in the container (Plugboard uses the host's).
         public var path: String
+        /// `c` (character) or `b` (block).
         public var type: String
+        /// Its major number.
         public var major: Int64
+        /// Its minor number.
         public var minor: Int64
+        /// Its permission bits.
         public var fileMode: UInt32
+        /// Its owner.
         public var uid: UInt32
+        /// Its group.
         public var gid: UInt32
     }
+    /// The Linux-specific part: namespaces, device access, and hidden and read-only paths.
     public struct Linux: Codable, Sendable, Hashable {
+        /// The namespaces the container gets its own of.
         public var namespaces: [Namespace]
+        /// Its cgroup resources (device access).
         public var resources: Resources
+        /// Device nodes to create; nil for none.
         public var devices: [Device]?
+        /// Paths hidden from the container.
         public var maskedPaths: [String]
+        /// Paths the container sees read-only.
         public var readonlyPaths: [String]
     }
 
+    /// The spec version written.
     public var ociVersion = "1.0.2"
+    /// The process to run.
     public var process: Process
+    /// The root filesystem.
     public var root: Root
+    /// The container's hostname.
     public var hostname: String
+    /// Its mounts, in order.
     public var mounts: [Mount]
+    /// The Linux-specific settings.
     public var linux: Linux
+    /// Labels for tools (`io.plugboard.plugin`, `io.plugboard.container`, …); nil for none.
     public var annotations: [String: String]?
 
     /// The capabilities runc's own default spec keeps; ordinary containers get these.

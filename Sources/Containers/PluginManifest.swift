@@ -19,8 +19,11 @@ import Foundation
 public struct PluginManifest: Sendable, Hashable, Codable {
     /// A host directory the plugin wants to see inside its container.
     public struct Mount: Sendable, Hashable, Codable {
+        /// The host path (absolute).
         public var source: String
+        /// Where it appears inside the container (absolute).
         public var destination: String
+        /// Mount it read-only (default false).
         public var readonly: Bool?
     }
 
@@ -28,11 +31,15 @@ public struct PluginManifest: Sendable, Hashable, Codable {
     public struct Requested: Sendable, Hashable, Codable {
         /// "none" (its own network namespace, the default) or "host".
         public var network: String?
+        /// Host directories to bind into the container.
         public var mounts: [Mount]?
+        /// Linux capabilities, with or without the `CAP_` prefix, in any case.
         public var capabilities: [String]?
+        /// Host device nodes (`/dev/fuse`) to make available.
         public var devices: [String]?
     }
 
+    /// What the plugin does, for people.
     public var description: String?
     /// The program and its arguments, as paths inside the rootfs.
     public var entrypoint: [String]
@@ -40,8 +47,10 @@ public struct PluginManifest: Sendable, Hashable, Codable {
     public var env: [String]?
     /// The working directory inside the container (default "/").
     public var workdir: String?
+    /// What it asks for beyond the safe defaults; nil asks for nothing.
     public var privileges: Requested?
 
+    /// A manifest with these fields; nothing is checked here (``load(bundle:)`` checks).
     public init(description: String? = nil, entrypoint: [String], env: [String]? = nil, workdir: String? = nil, privileges: Requested? = nil) {
         self.description = description
         self.entrypoint = entrypoint

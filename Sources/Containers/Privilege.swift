@@ -4,11 +4,16 @@
 /// `capability=CAP_NAME` or `device=/dev/NAME` — the form the refusal lists and
 /// `plugboard plugin add --grant` takes.
 public enum Privilege: Sendable, Hashable, CustomStringConvertible, Comparable {
+    /// Share the host's network namespace (`network=host`).
     case hostNetwork
+    /// Bind the host's `source` at `destination`, read-only if `readonly` (`mount=SOURCE:DESTINATION[:ro]`).
     case mount(source: String, destination: String, readonly: Bool)
+    /// A Linux capability, by its full name (`capability=CAP_NET_ADMIN`).
     case capability(String)
+    /// A host device node (`device=/dev/fuse`).
     case device(String)
 
+    /// The written form, which ``init(_:)`` parses.
     public var description: String {
         switch self {
         case .hostNetwork: return "network=host"
@@ -18,6 +23,7 @@ public enum Privilege: Sendable, Hashable, CustomStringConvertible, Comparable {
         }
     }
 
+    /// Orders privileges by their written form.
     public static func < (a: Privilege, b: Privilege) -> Bool { a.description < b.description }
 
     /// Parses the written form; nil when `text` is not a privilege.

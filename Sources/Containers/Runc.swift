@@ -17,6 +17,7 @@ public struct Runc: Sendable {
     /// `plugboard-exec-shim`, which sets the parent-death signal before exec.
     public var shim: String?
 
+    /// runc at `executable`, with its state under `root`, started through `shim` when given.
     public init(executable: String, root: String, shim: String?) {
         self.executable = executable
         self.root = root

@@ -15,19 +15,29 @@ import Routing
 
 /// Something that happened to a plugin.
 public struct EngineEvent: Sendable, Hashable {
+    /// The plugin's name.
     public var plugin: String
+    /// The state it entered.
     public var state: PluginState
+    /// How many times it has been restarted.
     public var restarts: Int
+    /// What happened, for a person ("disabled by an operator", why it is restarting, …).
     public var detail: String
 }
 
 /// A plugin as `plugboard plugin ls` shows it.
 public struct PluginStatus: Sendable, Hashable {
+    /// Its name.
     public var name: String
+    /// builtin, exec or container.
     public var kind: String
+    /// Its state now.
     public var state: PluginState
+    /// Its process, for exec and container plugins that run.
     public var pid: pid_t?
+    /// How many times it has been restarted.
     public var restarts: Int
+    /// What it declared; nil until its declaration has arrived.
     public var description: PluginDescription?
     /// Seconds since it became active this time; nil when it is not active.
     public var uptime: Double?
@@ -54,8 +64,11 @@ struct EngineParts: Sendable {
 /// ``boot(_:)`` starts every plugin, waits for each declaration, orders them by what they
 /// require and activates them in that order; ``shutdown(grace:)`` stops them in reverse.
 public final class Engine: Sendable {
+    /// The jobs and who serves them: job calls are routed through it.
     public let hub: Hub
+    /// The ordered message pipeline.
     public let pipeline: Pipeline
+    /// The lifecycle hook chains.
     public let hooks: Hooks
     private let logger: Logger
     let parts: EngineParts

@@ -6,9 +6,12 @@ import NIOConcurrencyHelpers
 /// Which events a subscriber wants: types (exact, or a prefix ending in `*`) and
 /// attributes that must be equal. Empty means everything.
 public struct EventFilter: Sendable, Hashable {
+    /// Event types wanted: exact names, or prefixes ending in `*`; empty means every type.
     public var types: [String]
+    /// Attributes an event must carry with exactly these values (compared as strings).
     public var attributes: [String: String]
 
+    /// A filter; with no arguments it matches every event.
     public init(types: [String] = [], attributes: [String: String] = [:]) {
         self.types = types
         self.attributes = attributes
@@ -86,6 +89,7 @@ public final class EventBus: Sendable {
     private let state = NIOLockedValueBox(State())
     private let lostCounter = Counter(label: "plugboard_events_lost_total")
 
+    /// An empty bus, with no subscribers.
     public init() {}
 
     /// How many subscribers there are now.

@@ -5,18 +5,29 @@ import PluginKit
 /// What a plugin declared, without its handlers: parsed from HELLO's `meta` for a
 /// subprocess, taken from the declaration for a built-in.
 public struct PluginDescription: Sendable, Hashable {
+    /// A pipeline message type the plugin handles, without its handler.
     public struct MessageType: Sendable, Hashable {
+        /// The message type.
         public var type: String
+        /// Its priority (higher gets a message first).
         public var priority: Int
+        /// How long one call to the handler may take (default 10 s).
         public var timeout: Duration
     }
 
+    /// The plugin's name: the one it declared, or the engine's name for it when it declared none.
     public var name: String
+    /// Its version; "unknown" when a subprocess declared none.
     public var version: String
+    /// The jobs it serves.
     public var jobs: [String]
+    /// The hooks it registers.
     public var hooks: [HookOptions]
+    /// The pipeline message types it handles.
     public var messageTypes: [MessageType]
+    /// Jobs that must be active before it is (boot order follows them).
     public var requires: [String]
+    /// Jobs (and hook chains) it wants to call through the engine; each needs a grant.
     public var calls: [String]
 
     init(_ d: PluginDeclaration) {

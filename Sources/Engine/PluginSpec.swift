@@ -22,6 +22,8 @@ public struct Backoff: Sendable, Hashable {
     /// ± this fraction of the delay, at random (default 0.2).
     public var jitter: Double
 
+    /// A backoff starting at `initial` and doubling up to `maximum`, reset after `resetAfter`
+    /// of running, with `jitter`.
     public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10), resetAfter: Duration = .seconds(30), jitter: Double = 0.2) {
         self.initial = initial
         self.maximum = maximum
@@ -47,6 +49,7 @@ public struct CrashLoopLimit: Sendable, Hashable {
     /// The window (default 60 s).
     public var window: Duration
 
+    /// A limit of `restarts` restarts within `window`.
     public init(restarts: Int = 5, window: Duration = .seconds(60)) {
         self.restarts = restarts
         self.window = window
@@ -55,6 +58,7 @@ public struct CrashLoopLimit: Sendable, Hashable {
 
 /// How to start a plugin and keep it alive.
 public struct PluginSpec: Sendable {
+    /// What the plugin is: a built-in, a subprocess or a container.
     public enum Kind: Sendable {
         /// In process: a PluginKit plugin linked into the daemon.
         case builtin(any Plugin)
@@ -67,11 +71,15 @@ public struct PluginSpec: Sendable {
 
     /// The name; nil for an exec plugin means "use the name it declares".
     public var name: String?
+    /// What the plugin is, and so how it is started.
     public var kind: Kind
     /// The option string given to the plugin.
     public var options: String
+    /// When it is started again after it ends (default on-failure).
     public var restartPolicy: RestartPolicy
+    /// The delays between restarts.
     public var backoff: Backoff
+    /// How many restarts in a window mark it failed instead.
     public var crashLoop: CrashLoopLimit
     /// Grant every job the plugin asks to call (plugins on the daemon's command line).
     public var grantAll: Bool
@@ -85,6 +93,8 @@ public struct PluginSpec: Sendable {
     /// check their own permissions per caller.
     public var openToAll = false
 
+    /// A spec for `kind`; the rest have defaults (`grantAll` is true, as for plugins on the
+    /// daemon's command line).
     public init(
         name: String?, kind: Kind, options: String = "", restartPolicy: RestartPolicy = .onFailure,
         backoff: Backoff = Backoff(), crashLoop: CrashLoopLimit = CrashLoopLimit(), grantAll: Bool = true,
@@ -107,5 +117,8 @@ public struct PluginSpec: Sendable {
 
 /// A plugin's state, as `plugboard plugin ls` shows it.
 public enum PluginState: String, Sendable, Codable {
+    /// Starting (launched, not yet active), active (registered and serving), restarting (ended,
+    /// waiting out the backoff), failed (ended in failure and not restarted: policy or crash loop),
+    /// disabled (by an operator), stopped (shut down, or ended cleanly and not restarted).
     case starting, active, restarting, failed, disabled, stopped
 }

@@ -12,6 +12,7 @@ public struct PluginContext: Sendable {
     /// Calls a job through the engine, with this plugin's grants. Nil until connected.
     public var engine: (any EngineCalls)?
 
+    /// A context for the plugin `name`; `engine` stays nil until it is connected.
     public init(name: String, options: String = "", restarts: Int = 0, engine: (any EngineCalls)? = nil) {
         self.name = name
         self.options = options

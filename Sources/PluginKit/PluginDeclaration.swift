@@ -8,8 +8,10 @@ public typealias JobHandler = @Sendable (Value) async throws -> Value
 /// Who is calling a job: a plugin's name when a plugin called it through the engine, nil
 /// when an operator did (the admin socket) or the engine itself.
 public struct JobCall: Sendable, Hashable {
+    /// The calling plugin's name; nil for the operator or the engine.
     public var caller: String?
 
+    /// A call from `caller` (nil: the operator or the engine).
     public init(caller: String?) {
         self.caller = caller
     }
@@ -37,27 +39,43 @@ public typealias MessageHandler = @Sendable (_ type: String, _ body: Value) asyn
 /// The same declaration serves as a built-in (the engine calls ``answer(_:)`` in process)
 /// and as a subprocess (``PluginKit/serve(_:)`` sends it in HELLO and answers over fds 3/4).
 public struct PluginDeclaration: Sendable {
+    /// A job the plugin serves: its name and its handler.
     public struct Job: Sendable {
+        /// The job's name.
         public var name: String
+        /// Answers one call, given the argument and who called.
         public var handler: JobHandlerWithCall
     }
 
+    /// A hook the plugin registers: its options and its handler.
     public struct Hook: Sendable {
+        /// Which event, when it runs, and what a failure means.
         public var options: HookOptions
+        /// Handles one run of the hook.
         public var handler: HookHandler
     }
 
+    /// A pipeline message type the plugin handles.
     public struct MessageType: Sendable {
+        /// The message type.
         public var type: String
+        /// Its priority (higher gets a message first).
         public var priority: Int
+        /// How long one call to the handler may take.
         public var timeout: Duration
+        /// Handles one message and returns the messages to route on.
         public var handler: MessageHandler
     }
 
+    /// The plugin's declared name; the name it runs under (`NAME=` on the command line) wins over it.
     public var name: String
+    /// Its version (default "0.0.0").
     public var version: String
+    /// The jobs it serves, added with ``job(_:_:)`` and ``job(_:withCall:)``.
     public private(set) var jobs: [Job] = []
+    /// The hooks it registers, added with ``hook(_:phase:priority:timeout:policy:overrides:_:)``.
     public private(set) var hooks: [Hook] = []
+    /// The pipeline message types it handles, added with ``messages(_:priority:timeout:_:)``.
     public private(set) var messageTypes: [MessageType] = []
     /// Jobs that must be active before this plugin is (boot order follows them).
     public var requires: [String] = []
@@ -68,6 +86,7 @@ public struct PluginDeclaration: Sendable {
     /// plugin stops its containers). A subprocess plugin is told by GOAWAY instead.
     public var onStop: (@Sendable () async -> Void)?
 
+    /// A declaration of `name` at `version` that serves nothing yet.
     public init(name: String, version: String = "0.0.0") {
         self.name = name
         self.version = version
@@ -91,7 +110,6 @@ public struct PluginDeclaration: Sendable {
         hooks.append(Hook(options: HookOptions(event: event, phase: phase, priority: priority, timeout: timeout, policy: policy, overrides: overrides), handler: handler))
     }
 
-    /// Handles pipeline messages of `type`.
     /// Declares that this plugin runs the hook chain of `event` (through
     /// ``EngineCalls/runHooks(_:payload:object:)``) and tells its observers; the operator
     /// grants it like a job.
@@ -100,6 +118,7 @@ public struct PluginDeclaration: Sendable {
         if !calls.contains(grant) { calls.append(grant) }
     }
 
+    /// Handles pipeline messages of `type`, at `priority`; each call may take up to `timeout`.
     public mutating func messages(_ type: String, priority: Int = 0, timeout: Duration = .seconds(10), _ handler: @escaping MessageHandler) {
         messageTypes.append(MessageType(type: type, priority: priority, timeout: timeout, handler: handler))
     }

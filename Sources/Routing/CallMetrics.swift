@@ -19,6 +19,7 @@ public final class CallMetrics: Sendable {
     private let errors = NIOLockedValueBox<[String: Counter]>([:])
     private let unknownJobs = Counter(label: "plugboard_unknown_job_calls_total")
 
+    /// Metrics with no handles yet; each (job, plugin) gets its own on its first call.
     public init() {}
 
     private func handles(_ job: String, _ plugin: String) -> Handles {

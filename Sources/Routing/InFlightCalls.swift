@@ -10,6 +10,7 @@ public final class InFlightCalls: Sendable {
 
     private let state = NIOLockedValueBox<(next: UInt64, entries: [UInt64: Entry], drainWaiters: [(id: UInt64, owner: String, continuation: CheckedContinuation<Void, Never>)])>((1, [:], []))
 
+    /// An empty tracker.
     public init() {}
 
     /// Calls in flight now, by owner (a queue-depth gauge).

@@ -5,9 +5,11 @@ import NIOConcurrencyHelpers
 public struct Invocation: Sendable {
     /// `job`, `hook` or `pipeline`.
     public enum Kind: String, Sendable {
+        /// A job call, a hook run, or a pipeline message.
         case job, hook, pipeline
     }
 
+    /// What is invoked: a job, a hook or a pipeline handler.
     public var kind: Kind
     /// The job name, hook event, or pipeline message type.
     public var name: String
@@ -16,6 +18,7 @@ public struct Invocation: Sendable {
     /// Extra fields for the kind (a hook's attribution, say).
     public var extra: Value
 
+    /// An invocation of `name` of `kind`; `extra` is nil unless the kind needs it.
     public init(kind: Kind, name: String, payload: Value, extra: Value = .nil) {
         self.kind = kind
         self.name = name

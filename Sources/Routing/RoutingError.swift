@@ -4,6 +4,7 @@ public struct RoutingError: Error, Hashable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
         private init(_ name: String) { self.name = name }
+        /// The code's name ("unknown job").
         public var description: String { name }
 
         /// No endpoint by that name.
@@ -41,6 +42,7 @@ public struct RoutingError: Error, Hashable, CustomStringConvertible {
     /// For ``Code/handlerFailed``: the code the handler gave.
     public var handlerCode: String?
 
+    /// An error of `code` saying `reason`, with the plugin and the handler's code when known.
     public init(_ code: Code, _ reason: String, plugin: String? = nil, handlerCode: String? = nil) {
         self.code = code
         self.reason = reason
@@ -48,5 +50,6 @@ public struct RoutingError: Error, Hashable, CustomStringConvertible {
         self.handlerCode = handlerCode
     }
 
+    /// The code and the reason, as `code: reason`.
     public var description: String { "\(code): \(reason)" }
 }

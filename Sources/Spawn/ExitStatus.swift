@@ -21,6 +21,7 @@ public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
     /// True for `exit(0)`.
     public var isSuccess: Bool { self == .exited(0) }
 
+    /// "exited with status N" or "killed by signal N (NAME)".
     public var description: String {
         switch self {
         case .exited(let code): return "exited with status \(code)"

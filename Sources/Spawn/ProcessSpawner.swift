@@ -21,6 +21,8 @@ public struct SpawnOptions: Sendable {
     /// The child's working directory; the parent's when nil.
     public var workingDirectory: String?
 
+    /// Options to start `executable`. The environment defaults to empty (not the parent's), and the
+    /// child goes in a new process group unless `newProcessGroup` is false.
     public init(
         executable: String,
         arguments: [String] = [],

@@ -12,12 +12,14 @@ public struct SystemError: Error, Hashable, CustomStringConvertible {
     /// What it was doing, for a person.
     public var context: String
 
+    /// `call` failed with `errno` while doing `context`.
     public init(_ call: String, errno: Int32, _ context: String) {
         self.call = call
         self.errno = errno
         self.context = context
     }
 
+    /// The call, the context, and errno's message and number.
     public var description: String {
         "\(call) failed for \(context): \(String(cString: strerror(errno))) (errno \(errno))"
     }

@@ -11,10 +11,12 @@ public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     /// The loop the jobs run on.
     public let eventLoop: any EventLoop
 
+    /// An executor that runs its jobs on `eventLoop`.
     public init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
+    /// Schedules `job` to run on the event loop (the `TaskExecutor` requirement).
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         eventLoop.execute {

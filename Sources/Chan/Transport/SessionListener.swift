@@ -7,10 +7,14 @@ import NIOPosix
 
 /// Who is at the other end of a unix socket connection (SO_PEERCRED).
 public struct PeerCredentials: Sendable, Hashable, CustomStringConvertible {
+    /// The peer's process id.
     public var pid: pid_t
+    /// The peer's user id.
     public var uid: uid_t
+    /// The peer's group id.
     public var gid: gid_t
 
+    /// The credentials as `pid P, uid U, gid G`.
     public var description: String { "pid \(pid), uid \(uid), gid \(gid)" }
 }
 
