@@ -92,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "AdminProtocol", "Engine", "PluginKit", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService", nioLocks,
+                "AdminProtocol", "Engine", "PluginKit", "Routing", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

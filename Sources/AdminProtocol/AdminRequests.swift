@@ -1,5 +1,34 @@
 import Chan
 
+/// A request naming a plugin that another may require: `force` overrides that, and
+/// defaults to false when absent.
+public protocol ForceableRequest: AdminRequest {
+    /// The plugin.
+    var name: String { get }
+    /// Act even if other plugins require it.
+    var force: Bool { get }
+    /// A request for `name`.
+    init(name: String, force: Bool)
+}
+
+/// The wire names of a ``ForceableRequest``'s fields.
+private enum ForceableKeys: String, CodingKey { case name, force }
+
+extension ForceableRequest {
+    /// Decodes `{"name", "force"?}`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: ForceableKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name), force: try c.decodeIfPresent(Bool.self, forKey: .force) ?? false)
+    }
+
+    /// Encodes `{"name", "force"}`.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: ForceableKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(force, forKey: .force)
+    }
+}
+
 /// The requests of the admin socket, one type per command. docs/ADMIN.md shows each on
 /// the wire.
 public enum Admin {
@@ -135,7 +164,7 @@ public enum Admin {
     }
 
     /// `plugin.rm`: stops and forgets a plugin; refused while another requires it, unless `force`.
-    public struct PluginRemove: AdminRequest {
+    public struct PluginRemove: ForceableRequest {
         /// The command: `plugin.rm`.
         public static let command = AdminCommand.pluginRemove
         /// What the daemon answers: "removed".
@@ -148,15 +177,6 @@ public enum Admin {
         public init(name: String, force: Bool = false) {
             self.name = name
             self.force = force
-        }
-
-        enum CodingKeys: String, CodingKey { case name, force }
-
-        /// Decodes a request; `force` defaults to false.
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            name = try c.decode(String.self, forKey: .name)
-            force = try c.decodeIfPresent(Bool.self, forKey: .force) ?? false
         }
     }
 
@@ -173,7 +193,7 @@ public enum Admin {
     }
 
     /// `plugin.disable`: stops a plugin and keeps it stopped; refused while another requires it, unless `force`.
-    public struct PluginDisable: AdminRequest {
+    public struct PluginDisable: ForceableRequest {
         /// The command: `plugin.disable`.
         public static let command = AdminCommand.pluginDisable
         /// What the daemon answers: "disabled".
@@ -186,15 +206,6 @@ public enum Admin {
         public init(name: String, force: Bool = false) {
             self.name = name
             self.force = force
-        }
-
-        enum CodingKeys: String, CodingKey { case name, force }
-
-        /// Decodes a request; `force` defaults to false.
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            name = try c.decode(String.self, forKey: .name)
-            force = try c.decodeIfPresent(Bool.self, forKey: .force) ?? false
         }
     }
 

@@ -53,39 +53,27 @@ final class ObserverQueue: Sendable {
 /// Lets one task at a time through per key; others wait in arrival order. A waiter whose
 /// task is cancelled leaves the line at once with `CancellationError`.
 final class KeyedGate: Sendable {
-    private struct State {
-        var nextID: UInt64 = 0
+    private struct State: Sendable {
         /// Keys someone is inside, with who waits for each.
-        var waiting: [String: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)]] = [:]
+        var waiting: [String: WaitingLine<Void>] = [:]
+        var ids = WaitingLine<Void>()
     }
 
     private let state = NIOLockedValueBox(State())
 
     /// Enters `key`'s gate, waiting for the task inside to ``leave(_:)``; pair with it.
+    /// Throws `CancellationError` if the task is cancelled while it waits.
     func enter(_ key: String) async throws {
-        let id = state.withLockedValue { s in
-            defer { s.nextID += 1 }
-            return s.nextID
-        }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let now: Result<Void, any Error>? = state.withLockedValue { s in
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    if s.waiting[key] == nil {
-                        s.waiting[key] = []
-                        return .success(())
-                    }
-                    s.waiting[key]?.append((id, continuation))
-                    return nil
-                }
-                if let now { continuation.resume(with: now) }
+        let id = state.withLockedValue { $0.ids.makeID() }
+        try await parkCancellably(in: state) { s, continuation in
+            guard s.waiting[key] != nil else {
+                s.waiting[key] = WaitingLine()
+                return .success(())
             }
-        } onCancel: {
-            let cancelled = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
-                guard let i = s.waiting[key]?.firstIndex(where: { $0.id == id }) else { return nil }
-                return s.waiting[key]?.remove(at: i).continuation
-            }
-            cancelled?.resume(throwing: CancellationError())
+            s.waiting[key]?.append(id, continuation)
+            return nil
+        } unpark: { s in
+            s.waiting[key]?.remove(id)
         }
     }
 
@@ -95,13 +83,11 @@ final class KeyedGate: Sendable {
     /// Leaves `key`'s gate; the next waiter, if any, enters.
     func leave(_ key: String) {
         let next = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
-            guard var waiting = s.waiting[key], !waiting.isEmpty else {
+            guard let first = s.waiting[key]?.popFirst() else {
                 s.waiting[key] = nil
                 return nil
             }
-            let first = waiting.removeFirst()
-            s.waiting[key] = waiting
-            return first.continuation
+            return first
         }
         next?.resume()
     }

@@ -51,13 +51,13 @@ public final class Hub: Sendable {
         }
     }
 
-    private struct State {
+    private struct State: Sendable {
         var slots: [String: Slot] = [:]
         var providers: [String: [Provider]] = [:]
         /// Calls waiting for a restarting owner, by owner.
-        var waiting: [String: [UInt64: UnsafeContinuation<Void, any Error>]] = [:]
+        var waiting: [String: WaitingLine<Void>] = [:]
         /// Ids for waiting calls, so a cancelled one can take itself out.
-        var nextWaiterID: UInt64 = 0
+        var waiterIDs = WaitingLine<Void>()
         /// Jobs whose owner left for good (failed, stopped, removed), with why: a call
         /// to one is told that, not just "no job named".
         var departed: [String: (owner: String, reason: String)] = [:]
@@ -84,7 +84,7 @@ public final class Hub: Sendable {
     /// ``RoutingError/Code/nameConflict`` naming that owner; the same owner registering
     /// again (after a restart) replaces its registration and releases waiting calls.
     public func register(jobs: [String], for participant: Participant) throws {
-        let released: [UnsafeContinuation<Void, any Error>] = try state.withLockedValue { s in
+        let released: [CheckedContinuation<Void, any Error>] = try state.withLockedValue { s in
             for job in jobs {
                 if let slot = s.slots[job], slot.owner != participant.name {
                     throw RoutingError(
@@ -102,7 +102,7 @@ public final class Hub: Sendable {
             for (name, slot) in s.slots {
                 if case .restarting(let owner, _, _) = slot, owner == participant.name { s.slots[name] = nil }
             }
-            return s.waiting.removeValue(forKey: participant.name).map { Array($0.values) } ?? []
+            return s.waiting[participant.name]?.removeAll() ?? []
         }
         logger.debug("jobs registered", metadata: ["plugin.name": "\(participant.name)", "hub.jobs": "\(jobs)"])
         for waiter in released { waiter.resume() }
@@ -212,29 +212,20 @@ public final class Hub: Sendable {
             self?.expireWaiters(owner: owner, job: job)
         }
         defer { timer.cancel() }
-        let id = state.withLockedValue { s in
-            defer { s.nextWaiterID += 1 }
-            return s.nextWaiterID
-        }
+        let id = state.withLockedValue { $0.waiterIDs.makeID() }
         // A cancelled caller leaves at once; nothing keeps its continuation.
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                let now: Result<Void, any Error>? = state.withLockedValue { s in
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    guard case .restarting(let o, _, _)? = s.slots[job], o == owner else { return .success(()) }
-                    s.waiting[owner, default: [:]][id] = continuation
-                    return nil
-                }
-                if let now { continuation.resume(with: now) }
-            }
-        } onCancel: {
-            state.withLockedValue { $0.waiting[owner]?.removeValue(forKey: id) }?.resume(throwing: CancellationError())
+        try await parkCancellably(in: state) { s, continuation in
+            guard case .restarting(let o, _, _)? = s.slots[job], o == owner else { return .success(()) }
+            s.waiting[owner, default: WaitingLine()].append(id, continuation)
+            return nil
+        } unpark: { s in
+            s.waiting[owner]?.remove(id)
         }
     }
 
     private func expireWaiters(owner: String, job: String) {
-        let expired: [UnsafeContinuation<Void, any Error>] = state.withLockedValue { s in
-            s.waiting.removeValue(forKey: owner).map { Array($0.values) } ?? []
+        let expired: [CheckedContinuation<Void, any Error>] = state.withLockedValue { s in
+            s.waiting[owner]?.removeAll() ?? []
         }
         for w in expired {
             w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner))
@@ -264,7 +255,7 @@ public final class Hub: Sendable {
     /// With `expectBackWithin`, its job names stay reserved: calls made meanwhile wait for
     /// it to register again, up to that bound (and their own deadline), then fail.
     public func withdraw(owner: String, reason: String, expectBackWithin: Duration? = nil) {
-        let (released, count): ([UnsafeContinuation<Void, any Error>], Int) = state.withLockedValue { s in
+        let (released, count): ([CheckedContinuation<Void, any Error>], Int) = state.withLockedValue { s in
             var count = 0
             for (name, slot) in s.slots where slot.owner == owner {
                 count += 1
@@ -280,7 +271,7 @@ public final class Hub: Sendable {
                 if s.providers[point]?.isEmpty == true { s.providers[point] = nil }
             }
             // Without a comeback, anyone waiting for this owner fails now.
-            return (expectBackWithin == nil ? (s.waiting.removeValue(forKey: owner).map { Array($0.values) } ?? []) : [], count)
+            return (expectBackWithin == nil ? (s.waiting[owner]?.removeAll() ?? []) : [], count)
         }
         logger.debug("plugin withdrawn", metadata: [
             "plugin.name": "\(owner)", "hub.endpoints": "\(count)", "hub.reason": "\(reason)",

@@ -4,10 +4,9 @@ import NIOConcurrencyHelpers
 /// processes, a plugin's engine calls in flight. A waiter whose task is cancelled leaves
 /// the line at once with `CancellationError` and takes no place.
 public final class Limiter: Sendable {
-    private struct State {
+    private struct State: Sendable {
         var held = 0
-        var nextID: UInt64 = 0
-        var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var waiting = WaitingLine<Void>()
     }
 
     private let limit: Int
@@ -34,40 +33,26 @@ public final class Limiter: Sendable {
     /// Takes a place, waiting for one; pair with ``release()``. Throws `CancellationError`
     /// (holding no place) if the calling task is cancelled before a place is free.
     public func acquire() async throws {
-        let id = state.withLockedValue { s in
-            defer { s.nextID += 1 }
-            return s.nextID
-        }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let now: Result<Void, any Error>? = state.withLockedValue { s in
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    if s.held < limit {
-                        s.held += 1
-                        return .success(())
-                    }
-                    s.waiting.append((id, continuation))
-                    return nil
-                }
-                if let now { continuation.resume(with: now) }
+        let id = state.withLockedValue { $0.waiting.makeID() }
+        let limit = self.limit
+        try await parkCancellably(in: state) { s, continuation in
+            if s.held < limit {
+                s.held += 1
+                return .success(())
             }
-        } onCancel: {
-            let cancelled = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
-                guard let i = s.waiting.firstIndex(where: { $0.id == id }) else { return nil }
-                return s.waiting.remove(at: i).continuation
-            }
-            cancelled?.resume(throwing: CancellationError())
+            s.waiting.append(id, continuation)
+            return nil
+        } unpark: { s in
+            s.waiting.remove(id)
         }
     }
 
     /// Gives a place back; it passes straight to the next in line, if any.
     public func release() {
         let next = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
-            if s.waiting.isEmpty {
-                s.held -= 1
-                return nil
-            }
-            return s.waiting.removeFirst().continuation
+            if let next = s.waiting.popFirst() { return next }
+            s.held -= 1
+            return nil
         }
         next?.resume()
     }

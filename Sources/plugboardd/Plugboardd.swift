@@ -9,6 +9,7 @@ import Foundation
 import Logging
 import Metrics
 import PluginKit
+import Routing
 import Prometheus
 import ServiceLifecycle
 import Services
@@ -101,8 +102,8 @@ struct Plugboardd: AsyncParsableCommand {
         try AdminServer.prepareForDaemon(path: socketPath)
         // Three services in one group: each starts once what it needs is up, and graceful
         // shutdown runs in reverse (the admin socket closes, then metrics, then the plugins).
-        let booted = ReadinessGate()
-        let metricsServing = ReadinessGate()
+        let booted = ReadinessSignal()
+        let metricsServing = ReadinessSignal()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: EngineService(engine: engine, specs: specs, booted: booted, grace: .clampedSeconds(shutdownGrace), logger: logger), failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
@@ -112,7 +113,7 @@ struct Plugboardd: AsyncParsableCommand {
                 failureTerminationBehavior: .gracefullyShutdownGroup
             ))
         } else {
-            metricsServing.open()
+            metricsServing.fire()
         }
         services.append(.init(service: AdminService(
             engine: engine, path: socketPath, adminGroup: groupID, builtins: builtins, after: [booted, metricsServing], logger: logger

@@ -4,64 +4,23 @@ import Glibc
 import ArgumentParser
 import Engine
 import Logging
-import NIOConcurrencyHelpers
 import PluginKit
+import Routing
 import ServiceLifecycle
 import Services
-
-/// Opens once; waiters before that wait, cancellably (a cancelled waiter leaves at once).
-final class ReadinessGate: Sendable {
-    private struct State {
-        var isOpen = false
-        var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-        var next: UInt64 = 0
-    }
-    private let state = NIOLockedValueBox(State())
-
-    /// Lets every waiter, present and future, through.
-    func open() {
-        let waiters = state.withLockedValue { s in
-            s.isOpen = true
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
-        }
-        for w in waiters { w.resume() }
-    }
-
-    /// Returns once the gate is open; throws `CancellationError` if the task is cancelled first.
-    func wait() async throws {
-        let id = state.withLockedValue { s in
-            defer { s.next += 1 }
-            return s.next
-        }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                let now: Result<Void, any Error>? = state.withLockedValue { s in
-                    if s.isOpen { return .success(()) }
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    s.waiters[id] = c
-                    return nil
-                }
-                if let now { c.resume(with: now) }
-            }
-        } onCancel: {
-            state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
-        }
-    }
-}
 
 /// Boots the plugins in order, then keeps them until graceful shutdown, when it stops them
 /// in reverse order.
 struct EngineService: Service {
     let engine: Engine
     let specs: [PluginSpec]
-    let booted: ReadinessGate
+    let booted: ReadinessSignal
     let grace: Duration
     let logger: Logger
 
     func run() async throws {
         try await engine.boot(specs)
-        booted.open()
+        booted.fire()
         try? await gracefulShutdown()
         logger.info("shutting down", metadata: ["plugboard.order": "\(Array(engine.bootOrder.reversed()))"])
         await engine.shutdown(grace: grace)
@@ -73,8 +32,8 @@ struct EngineService: Service {
 struct MetricsHTTPService: Service {
     let address: (host: String, port: Int)
     let scrape: @Sendable () async -> String
-    let after: ReadinessGate
-    let serving: ReadinessGate
+    let after: ReadinessSignal
+    let serving: ReadinessSignal
     let logger: Logger
 
     func run() async throws {
@@ -87,7 +46,7 @@ struct MetricsHTTPService: Service {
             throw ValidationError("cannot serve metrics on \(address.host):\(address.port): \(error)")
         }
         logger.info("metrics listening", metadata: ["metrics.url": "http://\(address.host):\(http.port)/metrics"])
-        serving.open()
+        serving.fire()
         try? await gracefulShutdown()
         await http.close()
     }
@@ -100,7 +59,7 @@ struct AdminService: Service {
     let path: String
     let adminGroup: gid_t?
     let builtins: [String: any Plugin]
-    let after: [ReadinessGate]
+    let after: [ReadinessSignal]
     let logger: Logger
 
     func run() async throws {

@@ -43,6 +43,36 @@ struct Daemon {
     }
 }
 
+/// A place for one test's daemon: its own admin socket and state directory under /tmp,
+/// and the CLI pointed at that socket.
+struct DaemonPlace {
+    let dir: String
+    var socket: String { dir + "/admin.sock" }
+
+    init(_ what: String) {
+        dir = "/tmp/plugboard-\(what)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    /// Starts plugboardd with `echo` and `extra`, its state beside the socket's directory
+    /// (the daemon creates that one 0700 itself), and waits until it is ready.
+    func startDaemon(_ extra: [String] = []) async throws -> Daemon {
+        try await Daemon.startReady(socket: socket, stateDir: dir + "-state", ["--plugin", "echo"] + extra)
+    }
+
+    /// SIGTERM, wait for the exit, and remove both directories.
+    func stop(_ daemon: Daemon) async {
+        daemon.process.signal(SIGTERM)
+        _ = await daemon.process.waitForExit()
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.removeItem(atPath: dir + "-state")
+    }
+
+    /// Runs the `plugboard` CLI against this daemon.
+    func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
+        try await runCommand(try builtExecutable("plugboard"), arguments + ["--socket", socket])
+    }
+}
+
 /// Runs `body`; if it throws (a failed #require, an error), the daemon is killed first so
 /// that no plugboardd outlives a failed test.
 func whileRunning<T>(_ daemon: Daemon, _ body: () async throws -> T) async throws -> T {

@@ -11,34 +11,21 @@ import TestSupport
 /// each test sends the value to a real plugboardd and then checks that it still serves.
 @Suite("no integer from the wire can trap the daemon", .serialized)
 struct WireIntegerTests {
-    let dir = "/tmp/plugboard-ints-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    var socket: String { dir + "/admin.sock" }
+    let place = DaemonPlace("ints")
+    var dir: String { place.dir }
+    var socket: String { place.socket }
 
-    func startDaemon(_ extra: [String] = []) async throws -> Daemon {
-        try await Daemon.startReady(socket: socket, stateDir: dir + "-state", ["--plugin", "echo"] + extra)
-    }
-
-    func stop(_ daemon: Daemon) async {
-        daemon.process.signal(SIGTERM)
-        _ = await daemon.process.waitForExit()
-        try? FileManager.default.removeItem(atPath: dir)
-        try? FileManager.default.removeItem(atPath: dir + "-state")
-    }
-
-    func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
-        try await runCommand(try builtExecutable("plugboard"), arguments + ["--socket", socket])
-    }
 
     /// The daemon is alive and answers a call from a new client.
     func expectServing(_ daemon: Daemon, after what: String) async throws {
         #expect(daemon.process.exitStatus == nil, "plugboardd died after \(what): \(daemon.log.all.suffix(5))")
-        let echo = try await cli(["call", "echo", "\"still here\""])
+        let echo = try await place.cli(["call", "echo", "\"still here\""])
         #expect(echo.status == .exited(0) && echo.out.contains("still here"), "after \(what): \(echo.err)")
     }
 
     @Test("CREDIT frames granting 2^63 and 2^64-1 bytes on a channel the daemon sends on", arguments: [UInt64(1) << 63, UInt64.max])
     func hugeCredit(bytes: UInt64) async throws {
-        let daemon = try await startDaemon()
+        let daemon = try await place.startDaemon()
         try await whileRunning(daemon) {
             let session = try await Session.connect(unixSocketPath: socket, configuration: .init(name: "credit-attacker"), logger: quietLogger)
             try await session.start()
@@ -58,12 +45,12 @@ struct WireIntegerTests {
             session.close(reason: "done")
             try await expectServing(daemon, after: "CREDIT \(bytes)")
         }
-        await stop(daemon)
+        await place.stop(daemon)
     }
 
     @Test("an admin call with timeout_ms of 10^13, 2^63-1, 0 and -1 ends with a result or an error")
     func hugeCallTimeouts() async throws {
-        let daemon = try await startDaemon()
+        let daemon = try await place.startDaemon()
         try await whileRunning(daemon) {
             let session = try await Session.connect(unixSocketPath: socket, configuration: .init(name: "timeouts"), logger: quietLogger)
             try await session.start()
@@ -94,41 +81,41 @@ struct WireIntegerTests {
             session.close(reason: "done")
             try await expectServing(daemon, after: "huge timeouts")
         }
-        await stop(daemon)
+        await place.stop(daemon)
     }
 
     @Test("plugin set with durations past one day is refused, naming the limit")
     func hugeSettings() async throws {
-        let daemon = try await startDaemon()
+        let daemon = try await place.startDaemon()
         try await whileRunning(daemon) {
             for setting in ["backoff-max=153722867280912930m", "start-timeout=9223372036854775807s", "backoff-initial=1441m", "crash-loop-window=86400001ms"] {
-                let set = try await cli(["plugin", "set", "echo", setting])
+                let set = try await place.cli(["plugin", "set", "echo", setting])
                 #expect(set.status != .exited(0), "\(setting) was accepted")
                 #expect(set.err.contains("at most one day"), "\(setting): \(set.err)")
             }
-            #expect(try await cli(["plugin", "set", "echo", "backoff-max=1440m"]).status == .exited(0))
+            #expect(try await place.cli(["plugin", "set", "echo", "backoff-max=1440m"]).status == .exited(0))
             try await expectServing(daemon, after: "huge settings")
         }
-        await stop(daemon)
+        await place.stop(daemon)
     }
 
     @Test("a hook a plugin declares with a timeout of 2^63-1 ms runs, clamped, when the operator creates a container")
     func hugeHookTimeout() async throws {
         try requireContainerHost()
         let plugin = try builtExecutable("plugboard-test-plugin")
-        let daemon = try await startDaemon([
+        let daemon = try await place.startDaemon([
             "--plugin", "containers",
             "--plugin-exec", "greedy=\(plugin) hook=container.create:\(Int64.max)",
         ])
         try await whileRunning(daemon) {
-            let hooks = try await cli(["hooks", "--format", "json"])
+            let hooks = try await place.cli(["hooks", "--format", "json"])
             #expect(hooks.out.contains("86400.0 seconds"), "the declared timeout is clamped to one day: \(hooks.out)")
             let rootfs = try busyboxRootfs(in: dir)
-            let created = try await cli(["call", "container.create", #"{"rootfs": "\#(rootfs)", "args": ["true"], "name": "clamped"}"#])
+            let created = try await place.cli(["call", "container.create", #"{"rootfs": "\#(rootfs)", "args": ["true"], "name": "clamped"}"#])
             #expect(created.status == .exited(0), "\(created.err)")
-            _ = try await cli(["call", "container.rm", #"{"id": "clamped", "force": true}"#])
+            _ = try await place.cli(["call", "container.rm", #"{"id": "clamped", "force": true}"#])
             try await expectServing(daemon, after: "a hook with a huge timeout")
         }
-        await stop(daemon)
+        await place.stop(daemon)
     }
 }

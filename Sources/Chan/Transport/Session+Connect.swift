@@ -25,14 +25,13 @@ extension Session {
         logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Session {
-        let handler = InboundFrameHandler()
-        let maxFrame = configuration.maxFrameSize
-        let channel = try await NIOPipeBootstrap(group: group)
-            .channelOption(ChannelOptions.autoRead, value: false)
-            .channelInitializer { installFrameHandlers($0, maxFrameSize: maxFrame, handler: handler) }
-            .takingOwnershipOfDescriptors(input: read, output: write)
-            .get()
-        return Session(transport: NIOFrameTransport(channel: channel, handler: handler), role: role, configuration: configuration, logger: logger)
+        try await framed(role: role, configuration: configuration, logger: logger) { initializer in
+            try await NIOPipeBootstrap(group: group)
+                .channelOption(ChannelOptions.autoRead, value: false)
+                .channelInitializer(initializer)
+                .takingOwnershipOfDescriptors(input: read, output: write)
+                .get()
+        }
     }
 
     /// A session over a connection to the unix stream socket at `path`.
@@ -43,13 +42,24 @@ extension Session {
         logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Session {
+        try await framed(role: role, configuration: configuration, logger: logger) { initializer in
+            try await ClientBootstrap(group: group)
+                .channelOption(ChannelOptions.autoRead, value: false)
+                .channelInitializer(initializer)
+                .connect(unixDomainSocketPath: path)
+                .get()
+        }
+    }
+
+    /// A session over the channel `bootstrap` makes, with the frame handlers installed by
+    /// the initializer it is given.
+    private static func framed(
+        role: Role, configuration: Configuration, logger: Logger,
+        _ bootstrap: (@escaping @Sendable (any Channel) -> EventLoopFuture<Void>) async throws -> any Channel
+    ) async throws -> Session {
         let handler = InboundFrameHandler()
         let maxFrame = configuration.maxFrameSize
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(ChannelOptions.autoRead, value: false)
-            .channelInitializer { installFrameHandlers($0, maxFrameSize: maxFrame, handler: handler) }
-            .connect(unixDomainSocketPath: path)
-            .get()
+        let channel = try await bootstrap { installFrameHandlers($0, maxFrameSize: maxFrame, handler: handler) }
         return Session(transport: NIOFrameTransport(channel: channel, handler: handler), role: role, configuration: configuration, logger: logger)
     }
 
