@@ -4,6 +4,7 @@ import Glibc
 import Chan
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import Spawn
 
 /// One container the lifecycle knows.
@@ -60,7 +61,11 @@ public actor ContainerManager {
     private var records: [String: ContainerRecord] = [:]
     private var logs: [String: ContainerLog] = [:]
     private var processes: [String: SpawnedProcess] = [:]
-    private var waiters: [String: [UUID: CheckedContinuation<Int?, Never>]] = [:]
+    /// Callers of ``wait(_:timeout:)``, by container; outside the actor so that a deadline
+    /// (a sweeper callback, not a task) can take one out.
+    /// One task per running container: it copies the output and reports the exit.
+    private let watchers = TaskSet()
+    private let waiters = NIOLockedValueBox<[String: [UUID: CheckedContinuation<Int?, Never>]]>([:])
 
     /// - Parameters:
     ///   - bundles: a directory for the generated OCI bundles (one per container).
@@ -156,7 +161,7 @@ public actor ContainerManager {
         r.exitCode = nil
         records[id] = r
         onEvent(.started(id: id, name: r.name))
-        Task {
+        watchers.run {
             async let o: Void = PipeReader.read(fd: out.readEnd) { log.append(.stdout, $0) }
             async let e: Void = PipeReader.read(fd: err.readEnd) { log.append(.stderr, $0) }
             let status = await process.waitForExit()
@@ -188,7 +193,7 @@ public actor ContainerManager {
         r.exitCode = code
         r.finished = Date()
         records[id] = r
-        for c in (waiters.removeValue(forKey: id) ?? [:]).values { c.resume(returning: code) }
+        for c in (waiters.withLockedValue { $0.removeValue(forKey: id) } ?? [:]).values { c.resume(returning: code) }
         logger.info("container exited", metadata: ["container.id": "\(id)", "container.name": "\(r.name)", "container.exit_code": "\(code)"])
         onEvent(.exited(id: id, name: r.name, exitCode: code))
     }
@@ -200,16 +205,12 @@ public actor ContainerManager {
         let id = r.id
         let token = UUID()
         return await withCheckedContinuation { c in
-            waiters[id, default: [:]][token] = c
-            Task {
-                try? await Task.sleep(for: timeout)
-                self.expire(id, token)
+            waiters.withLockedValue { $0[id, default: [:]][token] = c }
+            let waiters = self.waiters
+            DeadlineSweeper.shared.schedule(in: timeout) {
+                waiters.withLockedValue { $0[id]?.removeValue(forKey: token) }?.resume(returning: nil)
             }
         }
-    }
-
-    private func expire(_ id: String, _ token: UUID) {
-        waiters[id]?.removeValue(forKey: token)?.resume(returning: nil)
     }
 
     /// Stops a running container: SIGTERM, then SIGKILL after `grace`. Returns its exit code.

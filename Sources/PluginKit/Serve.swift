@@ -112,7 +112,7 @@ public enum PluginKit {
 /// A plugin's requests to the engine, on a channel labelled "engine" that it opens to the
 /// daemon: `{"job": NAME, "argument": VALUE}`, `{"hooks.run": EVENT, "payload", "object"}`
 /// and `{"hooks.notify": EVENT, "payload", "object"}` (docs/PROTOCOL.md).
-final class EngineConnection: EngineCalls, @unchecked Sendable {
+final class EngineConnection: EngineCalls, Sendable {
     let session: Session
     private let channel: Sender?
 

@@ -129,7 +129,7 @@ public struct Participant: Sendable {
             let (payload, pumps) = try sender.owningSession.bridge(invocation.payload)
             wire.payload = payload
             let pending = try await sender.startRequest(wire.wireValue, timeout: timeout)
-            for pump in pumps { Task { await pump() } }
+            for pump in pumps { sender.owningSession.tasks.run(pump) }
             if let calls {
                 token = calls.register(owner: name) { error in
                     aborted.withLockedValue { $0 = error }

@@ -2,6 +2,7 @@ import Chan
 import NIOConcurrencyHelpers
 
 /// Resumes a continuation once, whichever of result, deadline, abort or cancellation comes first.
+/// `@unchecked Sendable`: the continuation and the cleanups are guarded by `lock`.
 private final class Once<T: Sendable>: @unchecked Sendable {
     private let lock = NIOLock()
     private var continuation: UnsafeContinuation<T, any Error>?

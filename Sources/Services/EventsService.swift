@@ -31,8 +31,9 @@ public struct EventsPlugin: Plugin {
             }
             let capacity = EventBus.clampedCapacity(argument["buffer"]?.intValue)
             let subscription = bus.subscribe(try EventFilter(wire: argument), capacity: capacity)
-            // Goes on after this job answers; it ends when the subscriber stops reading or the bus closes.
-            Task { await subscription.pump(to: sink) }
+            // Goes on after this job answers, owned by the subscriber's session: it ends when
+            // the subscriber stops reading, its session ends, or the bus closes.
+            sink.owningSession.tasks.run { await subscription.pump(to: sink) }
             return "subscribed"
         }
         d.job("events.publish", withCall: { argument, call in

@@ -1,3 +1,4 @@
+import Chan
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -7,42 +8,54 @@ import NIOPosix
 /// Anything else is 404; each answer closes the connection.
 public final class MetricsHTTPServer: Sendable {
     private let channel: any Channel
+    /// The scrapes in progress; ``close()`` cancels them.
+    private let scrapes: TaskSet
 
     /// The port it listens on (useful with port 0).
     public var port: Int { channel.localAddress?.port ?? 0 }
 
-    private init(channel: any Channel) {
+    private init(channel: any Channel, scrapes: TaskSet) {
         self.channel = channel
+        self.scrapes = scrapes
     }
 
+    /// Listens on `host:port` (0 picks a port) and answers `GET /metrics` with `scrape()`.
     public static func start(host: String, port: Int, scrape: @escaping @Sendable () async -> String, logger: Logger) async throws -> MetricsHTTPServer {
+        let scrapes = TaskSet()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { child in
                 child.pipeline.configureHTTPServerPipeline().flatMap {
-                    child.pipeline.addHandler(MetricsHandler(scrape: scrape))
+                    child.pipeline.addHandler(MetricsHandler(scrape: scrape, scrapes: scrapes))
                 }
             }
             .bind(host: host, port: port)
             .get()
-        return MetricsHTTPServer(channel: channel)
+        return MetricsHTTPServer(channel: channel, scrapes: scrapes)
     }
 
+    /// Stops listening and cancels the scrapes in progress.
     public func close() async {
         try? await channel.close()
+        scrapes.cancelAll()
     }
 }
 
+/// One connection's handler. `@unchecked Sendable`: its mutable fields are touched only on
+/// its channel's event loop, as NIO runs handlers, which the compiler cannot see; the scrape
+/// runs off the loop and hands its answer back through `NIOLoopBound`.
 private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     let scrape: @Sendable () async -> String
+    let scrapes: TaskSet
     var path = ""
     var method = HTTPMethod.GET
 
-    init(scrape: @escaping @Sendable () async -> String) {
+    init(scrape: @escaping @Sendable () async -> String, scrapes: TaskSet) {
         self.scrape = scrape
+        self.scrapes = scrapes
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -61,7 +74,7 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
                 return
             }
             let scrape = self.scrape
-            Task {
+            scrapes.run {
                 let text = await scrape()
                 loop.execute {
                     handler.value.respond(boundContext.value, status: .ok, body: text, type: "text/plain; version=0.0.4; charset=utf-8")

@@ -29,27 +29,30 @@ public final class CallbackServer: Sendable {
             unixSocketPath: path, configuration: .init(name: "plugboard-sh"), logger: logger,
             authorize: { $0.uid == uid || $0.uid == 0 }
         ) { session in
-            Task {
+            // The session owns its work: it ends when the client goes.
+            session.tasks.run {
                 do { try await session.start() } catch { return }
-                while let channel = try? await session.accept() {
-                    Task {
-                        while let request = try? await channel.nextRequest() {
-                            guard let job = request.body["job"]?.stringValue else {
-                                try? await request.fail(code: "bad.request", message: "a call is {\"job\": NAME, \"argument\": VALUE}")
-                                continue
-                            }
-                            guard let calls = engine.withLockedValue({ $0 }) else {
-                                try? await request.fail(code: "not.connected", message: "the adapter is not connected to plugboardd yet")
-                                continue
-                            }
-                            let timeout = Duration.clampedMilliseconds(request.body["timeout_ms"]?.intValue, default: .seconds(10))
-                            do {
-                                let result = try await calls.call(job, request.body["argument"] ?? .nil, timeout: timeout)
-                                try? await request.respond(result)
-                            } catch let error as ChanError {
-                                try? await request.fail(code: "call.failed", message: error.reason)
-                            } catch {
-                                try? await request.fail(code: "call.failed", message: "\(error)")
+                await withDiscardingTaskGroup { group in
+                    while let channel = try? await session.accept() {
+                        group.addTask {
+                            while let request = try? await channel.nextRequest() {
+                                guard let job = request.body["job"]?.stringValue else {
+                                    try? await request.fail(code: "bad.request", message: "a call is {\"job\": NAME, \"argument\": VALUE}")
+                                    continue
+                                }
+                                guard let calls = engine.withLockedValue({ $0 }) else {
+                                    try? await request.fail(code: "not.connected", message: "the adapter is not connected to plugboardd yet")
+                                    continue
+                                }
+                                let timeout = Duration.clampedMilliseconds(request.body["timeout_ms"]?.intValue, default: .seconds(10))
+                                do {
+                                    let result = try await calls.call(job, request.body["argument"] ?? .nil, timeout: timeout)
+                                    try? await request.respond(result)
+                                } catch let error as ChanError {
+                                    try? await request.fail(code: "call.failed", message: error.reason)
+                                } catch {
+                                    try? await request.fail(code: "call.failed", message: "\(error)")
+                                }
                             }
                         }
                     }

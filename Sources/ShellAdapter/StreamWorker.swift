@@ -20,6 +20,8 @@ actor StreamWorker {
     private var lines: LineQueue?
     private var stderr: OutputBuffer?
     private let gate = Limiter(limit: 1)
+    /// The tasks reading the script's stdout and stderr.
+    private let readers = TaskSet()
 
     init(script: String, arguments: [String], environment: [String: String]) {
         self.script = script
@@ -79,8 +81,9 @@ actor StreamWorker {
         close(err.writeEnd)
         let queue = LineQueue()
         let errors = OutputBuffer()
-        Task { try? await PipeReader.read(fd: out.readEnd) { queue.push($0) }; queue.finish() }
-        Task { try? await PipeReader.read(fd: err.readEnd) { errors.append($0) } }
+        // The readers end with the script's pipes; the worker owns them.
+        readers.run { try? await PipeReader.read(fd: out.readEnd) { queue.push($0) }; queue.finish() }
+        readers.run { try? await PipeReader.read(fd: err.readEnd) { errors.append($0) } }
         input = stdin.writeEnd
         process = started
         lines = queue
@@ -148,8 +151,8 @@ final class LineQueue: Sendable {
                 s.nextID += 1
                 s.waiter = (s.nextID, c)
                 let id = s.nextID
-                Task { [state] in
-                    try? await Task.sleep(for: timeout)
+                // The one deadline facility: a sweeper entry, not a sleeping task.
+                DeadlineSweeper.shared.schedule(in: timeout) { [state] in
                     let expired: CheckedContinuation<Next, Never>? = state.withLockedValue { s in
                         guard let w = s.waiter, w.id == id else { return nil }
                         s.waiter = nil

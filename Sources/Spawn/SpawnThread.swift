@@ -9,6 +9,9 @@ import Glibc
 /// Swift's pool threads come and go, so spawning from one of them would kill healthy
 /// plugins whenever that thread retired. Spawning here ties children to this thread,
 /// which lives until the process does.
+///
+/// `@unchecked Sendable`: its queue is guarded by a pthread mutex and condition, which the
+/// compiler cannot see.
 final class SpawnThread: @unchecked Sendable {
     static let shared = SpawnThread()
 

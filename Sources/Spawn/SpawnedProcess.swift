@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 
 /// A running (or finished) child process.
 ///
@@ -13,7 +15,14 @@ public final class SpawnedProcess: Sendable {
     /// The resolved executable path.
     public let executable: String
 
-    private let state = NIOLockedValueBox<(status: ExitStatus?, waiters: [CheckedContinuation<ExitStatus, Never>])>((nil, []))
+    private struct State {
+        var status: ExitStatus?
+        var waiters: [CheckedContinuation<ExitStatus, Never>] = []
+        /// Called once with the status (timed waits).
+        var exitObservers: [@Sendable (ExitStatus) -> Void] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
 
     init(pid: pid_t, executable: String) {
         self.pid = pid
@@ -37,21 +46,42 @@ public final class SpawnedProcess: Sendable {
         }
     }
 
-    /// Waits for the child to end, at most `timeout`; nil if it is still running then.
+    /// Waits for the child to end, at most `timeout`; nil if it is still running then, or
+    /// if the calling task is cancelled first. Starts no task: the reaper or one NIO timer
+    /// resumes the waiter, whichever comes first.
     public func waitForExit(timeout: Duration) async -> ExitStatus? {
         if let status = exitStatus { return status }
-        let once = NIOLockedValueBox<CheckedContinuation<ExitStatus?, Never>?>(nil)
-        return await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus?, Never>) in
-            once.withLockedValue { $0 = continuation }
-            Task {
-                let status = await self.waitForExit()
-                once.withLockedValue { c in c.take() }?.resume(returning: status)
+        let slot = NIOLockedValueBox<CheckedContinuation<ExitStatus?, Never>?>(nil)
+        let resume: @Sendable (ExitStatus?) -> Void = { status in slot.withLockedValue { $0.take() }?.resume(returning: status) }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus?, Never>) in
+                slot.withLockedValue { $0 = continuation }
+                if Task.isCancelled { return resume(nil) }
+                let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: Self.timeAmount(timeout)) { resume(nil) }
+                let registered: ExitStatus? = state.withLockedValue { s in
+                    if let status = s.status { return status }
+                    s.exitObservers.append { status in
+                        timer.cancel()
+                        resume(status)
+                    }
+                    return nil
+                }
+                if let registered {
+                    timer.cancel()
+                    resume(registered)
+                }
             }
-            Task {
-                try? await Task.sleep(for: timeout)
-                once.withLockedValue { c in c.take() }?.resume(returning: nil)
-            }
+        } onCancel: {
+            resume(nil)
         }
+    }
+
+    /// `duration` as a NIO amount, saturating (Spawn sits beside Chan, not above it).
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        let (seconds, attoseconds) = duration.components
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return .nanoseconds(seconds < 0 ? 0 : .max) }
+        return .nanoseconds(max(0, scaled.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue))
     }
 
     /// Sends `signal` to the child (ignored once it has been reaped, so a recycled pid is never hit).
@@ -69,12 +99,16 @@ public final class SpawnedProcess: Sendable {
     }
 
     fileprivate func reaped(_ status: ExitStatus) {
-        let waiters = state.withLockedValue { s -> [CheckedContinuation<ExitStatus, Never>] in
+        let (waiters, observers) = state.withLockedValue { s in
             s.status = status
-            defer { s.waiters = [] }
-            return s.waiters
+            defer {
+                s.waiters = []
+                s.exitObservers = []
+            }
+            return (s.waiters, s.exitObservers)
         }
         for w in waiters { w.resume(returning: status) }
+        for o in observers { o(status) }
     }
 }
 

@@ -113,7 +113,8 @@ func selfExecutable() throws -> String {
     return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
-/// A counting semaphore over a pthread mutex and condition.
+/// A counting semaphore over a pthread mutex and condition. `@unchecked Sendable`: the
+/// count is guarded by that mutex, which the compiler cannot see.
 final class Semaphore: @unchecked Sendable {
     private var value: Int
     private var mutex = pthread_mutex_t()
@@ -140,7 +141,8 @@ final class Semaphore: @unchecked Sendable {
     }
 }
 
-/// A joinable pthread running a closure.
+/// A joinable pthread running a closure. `@unchecked Sendable`: `thread` is written once
+/// by start() before anyone joins.
 final class Thread: @unchecked Sendable {
     private let body: () -> Void
     private var thread = pthread_t()

@@ -189,7 +189,8 @@ public struct ContainersPlugin: Plugin {
     /// has its streams reset with a reason instead of an ordinary end.
     static func pump(_ log: ContainerLog, stdout: ByteStreamWriter, stderr: ByteStreamWriter?) {
         let (chunks, lagged) = log.follow()
-        Task {
+        // Owned by the reader's session: a reader that goes away ends the copy.
+        stdout.owningSession.tasks.run {
             for await chunk in chunks {
                 do {
                     try await (chunk.stream == .stderr ? (stderr ?? stdout) : stdout).write(chunk.bytes)

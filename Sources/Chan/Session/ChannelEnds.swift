@@ -1,7 +1,8 @@
 /// What every channel end shares: its session, its channel id, and whether it still
 /// belongs to this process (it stops belonging once it is sent or closed).
 ///
-/// The mutable flag is only touched under the owning session's lock.
+/// The mutable flag is only touched under the owning session's lock: that is why the class
+/// is `@unchecked Sendable` (the compiler cannot see a lock that lives in another object).
 public class ChannelEndCore: @unchecked Sendable {
     let session: Session
     /// The channel id, unique within the session.
@@ -20,6 +21,8 @@ public class ChannelEndCore: @unchecked Sendable {
 /// Messages arrive in the order they are sent. A sender that outruns its receiver waits
 /// for credit (see ``Session/Configuration/window``). Dropping the last reference closes
 /// the channel, so the receiver sees the end rather than waiting forever.
+/// `@unchecked Sendable` as its base ``ChannelEndCore`` is: a class whose one mutable flag
+/// lives under the owning session's lock.
 public final class Sender: ChannelEndCore, ChannelEndConvertible, @unchecked Sendable {
     /// This sender, wrapped as ``ChannelEnd/sender(_:)``.
     public var channelEnd: ChannelEnd { .sender(self) }
@@ -60,6 +63,8 @@ public final class Sender: ChannelEndCore, ChannelEndConvertible, @unchecked Sen
 }
 
 /// The receiving end of a uni-directional channel. Also an `AsyncSequence` of messages.
+/// `@unchecked Sendable` as its base ``ChannelEndCore`` is: a class whose one mutable flag
+/// lives under the owning session's lock.
 public final class Receiver: ChannelEndCore, ChannelEndConvertible, @unchecked Sendable {
     /// The label given by ``Session/open(label:)``, for channels opened at the top level.
     public let label: String
@@ -119,10 +124,13 @@ extension Receiver: AsyncSequence {
 
 /// The writing end of a byte stream (logs, stdin/stdout): bytes are sent as binary
 /// chunks of at most ``chunkSize`` on a channel, with flow control; ``close()`` is EOF.
-public final class ByteStreamWriter: ChannelEndConvertible, Hashable, @unchecked Sendable {
+public final class ByteStreamWriter: ChannelEndConvertible, Hashable, Sendable {
     /// Largest chunk put in one frame.
     public static let chunkSize = 64 * 1024
     let sender: Sender
+
+    /// The session this writer's stream belongs to.
+    public var owningSession: Session { sender.owningSession }
 
     init(sender: Sender) { self.sender = sender }
 
@@ -162,7 +170,7 @@ public final class ByteStreamWriter: ChannelEndConvertible, Hashable, @unchecked
 }
 
 /// The reading end of a byte stream.
-public final class ByteStreamReader: ChannelEndConvertible, Hashable, @unchecked Sendable {
+public final class ByteStreamReader: ChannelEndConvertible, Hashable, Sendable {
     let receiver: Receiver
 
     init(receiver: Receiver) { self.receiver = receiver }

@@ -56,7 +56,7 @@ extension Session {
                 // Ends inside the message belong to the source's session.
                 let (value, nested) = try destination.session.bridge(message)
                 try await destination.send(value)
-                for p in nested { Task { await p() } }
+                for p in nested { destination.session.tasks.run(p) }
             }
             destination.close()
         } catch {

@@ -86,6 +86,8 @@ public final class Session: @unchecked Sendable {
     var closedWaiters: [UnsafeContinuation<ChanError, Never>] = []
     /// Called (outside the lock) with the channel id whenever a sender parks for credit.
     var creditStallObserver: (@Sendable (UInt64) -> Void)?
+    /// Tasks this session owns (pumps between bridged channels); cancelled when it ends.
+    public let tasks = TaskSet()
     // Only the transport's inbound path touches the unpacker side; the packer has its own lock.
     let packerLock = NIOLock()
     let packer = MsgpackPacker()
@@ -287,6 +289,7 @@ public final class Session: @unchecked Sendable {
             return (a, h, c, true)
         }
         guard wasOpen else { return }
+        tasks.cancelAll()
         if orderly {
             logger.debug("session closed", metadata: ["chan.reason": "\(error)"])
         } else {

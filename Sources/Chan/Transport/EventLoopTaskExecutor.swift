@@ -7,7 +7,7 @@ import NIOCore
 /// resumes its caller without waking another thread, and a send made there reaches the
 /// socket without a hop. Use it for handlers that do not block; blocking work belongs on
 /// the default executor.
-public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     /// The loop the jobs run on.
     public let eventLoop: any EventLoop
 

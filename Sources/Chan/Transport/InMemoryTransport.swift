@@ -4,6 +4,7 @@ import NIOPosix
 
 /// A transport between two sessions in one process: frames are handed over as values,
 /// never encoded, so an in-process plugin pays no serialization.
+/// `@unchecked Sendable`: its mutable fields are guarded by `lock`, which the compiler cannot see.
 final class InMemoryTransport: FrameTransport, @unchecked Sendable {
     var encodesFrames: Bool { false }
     let eventLoop: any EventLoop

@@ -7,6 +7,7 @@ import NIOPosix
 /// Writes from any thread are appended to one outbound buffer and flushed together in one
 /// event-loop turn, so a burst of frames (64 calls in flight, say) costs one buffer and
 /// one `write`, not one of each per frame.
+/// `@unchecked Sendable`: the pending buffer and the flush flag are guarded by `lock`.
 final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     let channel: any Channel
     var eventLoop: any EventLoop { channel.eventLoop }
@@ -86,6 +87,8 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
 }
 
 /// Hands decoded frame bodies to the session; reports the end of the channel once.
+/// `@unchecked Sendable`: like every NIO handler its state is confined to its channel's
+/// event loop, which the compiler cannot see.
 final class InboundFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
 

@@ -73,9 +73,12 @@ public final class SessionListener: Sendable {
                         onSession(session)
                         return
                     }
-                    Task {
-                        let peer = try? await credentials?.get()
-                        let allowed = peer.map { authorize(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) } ?? false
+                    guard let credentials else {
+                        session.close(reason: "refused")
+                        return
+                    }
+                    credentials.whenComplete { result in
+                        let allowed = (try? result.get()).map { authorize(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) } ?? false
                         if allowed { onSession(session) } else { session.close(reason: "refused") }
                     }
                 }
