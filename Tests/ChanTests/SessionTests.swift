@@ -293,8 +293,8 @@ struct SessionTests {
     @Test("the handshake deadline is cancelled once the HELLO arrives (found by fuzzing)", arguments: PairKind.allCases)
     func handshakeTimerCancelled(_ kind: PairKind) async throws {
         let (a, b) = try await kind.make()
-        #expect(a.lock.withLock { a.handshakeTimer } == nil, "a finished handshake keeps no timer")
-        #expect(b.lock.withLock { b.handshakeTimer } == nil)
+        #expect(a.state.withLockedValue { $0.handshakeTimer } == nil, "a finished handshake keeps no timer")
+        #expect(b.state.withLockedValue { $0.handshakeTimer } == nil)
         a.close()
         b.close()
     }

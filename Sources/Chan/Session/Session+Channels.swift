@@ -7,8 +7,8 @@ extension Session {
     func send(_ value: Value, on sender: Sender, fin: Bool) async throws {
         let id = sender.id
         while true {
-            let ready = try lock.withLock { () throws -> Bool in
-                let state = try sendableStateLocked(sender)
+            let ready = try state.withLockedValue { s throws -> Bool in
+                let state = try sendableStateLocked(s, sender)
                 return state.credit > 0
             }
             if ready { break }
@@ -17,24 +17,24 @@ extension Session {
         let size = try writeThrowing(.data(id: id, value: value, fin: fin)) { [unowned self] end in
             try self.resolveOutbound(end)
         }
-        let dropped: ChannelState? = lock.withLock {
-            guard let state = channels[id] else { return nil }
+        let dropped: ChannelState? = state.withLockedValue { s in
+            guard let state = s.channels[id] else { return nil }
             state.credit -= size
             if fin {
                 sender.released = true
-                return channels.removeValue(forKey: id)
+                return s.channels.removeValue(forKey: id)
             }
             return nil
         }
         _ = dropped
     }
 
-    private func sendableStateLocked(_ sender: Sender) throws(ChanError) -> ChannelState {
+    private func sendableStateLocked(_ s: State, _ sender: Sender) throws(ChanError) -> ChannelState {
         if sender.released {
             throw ChanError(.endMoved, "Sender \(sender.id) was already sent to the peer, finished or closed")
         }
-        if let failure { throw failure }
-        guard let state = channels[sender.id] else {
+        if let failure = s.failure { throw failure }
+        guard let state = s.channels[sender.id] else {
             throw ChanError(.channelClosed, "the receiver of channel \(sender.id) closed it")
         }
         if let failure = state.failure { throw failure }
@@ -49,19 +49,19 @@ extension Session {
     }
 
     private func waitForCredit(_ sender: Sender) async throws {
-        let waiterID = lock.withLock { () -> UInt64 in
-            defer { nextWaiterID += 1 }
-            return nextWaiterID
+        let waiterID = state.withLockedValue { s -> UInt64 in
+            defer { s.nextWaiterID += 1 }
+            return s.nextWaiterID
         }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 var observer: (@Sendable (UInt64) -> Void)?
-                let immediate: Result<Void, ChanError>? = lock.withLock { () -> Result<Void, ChanError>? in
+                let immediate: Result<Void, ChanError>? = state.withLockedValue { s -> Result<Void, ChanError>? in
                     do throws(ChanError) {
-                        let state = try sendableStateLocked(sender)
+                        let state = try sendableStateLocked(s, sender)
                         if state.credit > 0 { return .success(()) }
                         state.creditWaiters.append(Waiter(id: waiterID, continuation: continuation))
-                        observer = creditStallObserver
+                        observer = s.creditStallObserver
                         return nil
                     } catch {
                         return .failure(error)
@@ -71,8 +71,8 @@ extension Session {
                 observer?(sender.id)
             }
         } onCancel: {
-            let waiter: Waiter<Void>? = lock.withLock {
-                guard let state = channels[sender.id],
+            let waiter: Waiter<Void>? = state.withLockedValue { s in
+                guard let state = s.channels[sender.id],
                       let i = state.creditWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
                 return state.creditWaiters.remove(at: i)
             }
@@ -87,9 +87,9 @@ extension Session {
         guard core.session === self else {
             throw ChanError(.wrongSession, "\(end) belongs to session \(core.session.configuration.name), not \(configuration.name)")
         }
-        try lock.withLock { () throws in
+        try state.withLockedValue { s throws in
             if core.released { throw ChanError(.endMoved, "\(end) was already sent or closed") }
-            guard let state = channels[core.id] else {
+            guard let state = s.channels[core.id] else {
                 throw ChanError(.channelClosed, "\(end): its channel is closed")
             }
             guard state.role == .localPipe else {
@@ -109,7 +109,7 @@ extension Session {
                     throw ChanError(.endMoved, "\(end) cannot be sent while it is being read here")
                 }
                 state.role = .sending
-                state.credit = peerHello?.window ?? 0
+                state.credit = s.peerHello?.window ?? 0
             }
             core.released = true
         }
@@ -120,8 +120,8 @@ extension Session {
         let id = receiver.id
         // Fast path: a message is already buffered.
         var creditToSend: UInt64 = 0
-        let (step, removed) = try lock.withLock { () throws -> (ReceiveStep, ChannelState?) in
-            try takeLocked(receiver, creditToSend: &creditToSend)
+        let (step, removed) = try state.withLockedValue { s throws -> (ReceiveStep, ChannelState?) in
+            try takeLocked(&s, receiver, creditToSend: &creditToSend)
         }
         _ = removed
         if creditToSend > 0 { write(.credit(id: id, bytes: creditToSend)) }
@@ -131,9 +131,9 @@ extension Session {
         case .wait: break
         }
 
-        let waiterID = lock.withLock { () -> UInt64 in
-            defer { nextWaiterID += 1 }
-            return nextWaiterID
+        let waiterID = state.withLockedValue { s -> UInt64 in
+            defer { s.nextWaiterID += 1 }
+            return s.nextWaiterID
         }
         let deadline = timeout.map { timeout in
             deadlines.schedule(in: timeout) { [weak self] in
@@ -147,14 +147,14 @@ extension Session {
                 let immediate: Result<Value?, ChanError>?
                 let removed: ChannelState?
                 do {
-                    (immediate, removed) = try lock.withLock { () throws -> (Result<Value?, ChanError>?, ChannelState?) in
-                        let (step, removed) = try takeLocked(receiver, creditToSend: &credit)
+                    (immediate, removed) = try state.withLockedValue { s throws -> (Result<Value?, ChanError>?, ChannelState?) in
+                        let (step, removed) = try takeLocked(&s, receiver, creditToSend: &credit)
                         switch step {
                         case .value(let v): return (.success(v), removed)
                         case .end: return (.success(nil), removed)
                         case .wait:
                             // takeLocked returned .wait, so the state exists.
-                            channels[id]?.receiveWaiters.append(Waiter(id: waiterID, continuation: continuation))
+                            s.channels[id]?.receiveWaiters.append(Waiter(id: waiterID, continuation: continuation))
                             return (nil, nil)
                         }
                     }
@@ -171,25 +171,25 @@ extension Session {
         }
     }
 
-    private func takeLocked(_ receiver: Receiver, creditToSend: inout UInt64) throws -> (step: ReceiveStep, removed: ChannelState?) {
+    private func takeLocked(_ s: inout State, _ receiver: Receiver, creditToSend: inout UInt64) throws -> (step: ReceiveStep, removed: ChannelState?) {
         if receiver.released {
             throw ChanError(.endMoved, "Receiver \(receiver.id) was sent to the peer or closed")
         }
-        guard let state = channels[receiver.id] else {
-            if let failure { throw failure }
+        guard let state = s.channels[receiver.id] else {
+            if let failure = s.failure { throw failure }
             return (.end, nil)
         }
         if let (value, size) = state.inbox.popFirst() {
             state.inboxBytes -= size
             creditToSend = consumedLocked(state, size: size)
             if state.finished && state.inbox.isEmpty {
-                return (.value(value), channels.removeValue(forKey: receiver.id))
+                return (.value(value), s.channels.removeValue(forKey: receiver.id))
             }
             return (.value(value), nil)
         }
         if let failure = state.failure { throw failure }
         if state.finished {
-            return (.end, channels.removeValue(forKey: receiver.id))
+            return (.end, s.channels.removeValue(forKey: receiver.id))
         }
         return (.wait, nil)
     }
@@ -206,8 +206,8 @@ extension Session {
     }
 
     func failWaiter(channel id: UInt64, waiterID: UInt64, _ error: any Error) {
-        let waiter: Waiter<Value?>? = lock.withLock {
-            guard let state = channels[id], let i = state.receiveWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+        let waiter: Waiter<Value?>? = state.withLockedValue { s in
+            guard let state = s.channels[id], let i = state.receiveWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
             return state.receiveWaiters.remove(at: i)
         }
         waiter?.continuation.resume(throwing: error)
@@ -227,10 +227,10 @@ extension Session {
         let isSender = core is Sender
         var frame: Frame?
         var waiters: [Waiter<Value?>] = []
-        let removed: ChannelState? = lock.withLock {
+        let removed: ChannelState? = state.withLockedValue { s in
             guard !core.released else { return nil }
             core.released = true
-            guard let state = channels[core.id] else { return nil }
+            guard let state = s.channels[core.id] else { return nil }
             switch state.role {
             case .localPipe:
                 if isSender { state.senderAlive = false } else { state.receiverAlive = false }
@@ -241,26 +241,26 @@ extension Session {
                     state.receiveWaiters.removeAll()
                 }
                 if !state.senderAlive && !state.receiverAlive {
-                    return channels.removeValue(forKey: core.id)
+                    return s.channels.removeValue(forKey: core.id)
                 }
                 return nil
             case .sending:
                 guard isSender else { return nil }
-                if failure == nil && state.failure == nil {
+                if s.failure == nil && state.failure == nil {
                     frame = reason.map { .reset(id: core.id, reason: $0) } ?? .close(id: core.id)
                 }
-                return channels.removeValue(forKey: core.id)
+                return s.channels.removeValue(forKey: core.id)
             case .receiving:
                 guard !isSender else { return nil }
-                if failure == nil && !state.finished && state.failure == nil {
+                if s.failure == nil && !state.finished && state.failure == nil {
                     frame = .close(id: core.id)
                 }
                 if !state.inbox.isEmpty {
-                    stats.droppedAfterClose += state.inbox.count
+                    s.stats.droppedAfterClose += state.inbox.count
                 }
                 waiters = Array(state.receiveWaiters)
                 state.receiveWaiters.removeAll()
-                return channels.removeValue(forKey: core.id)
+                return s.channels.removeValue(forKey: core.id)
             }
         }
         if let removed, !removed.inbox.isEmpty {

@@ -4,9 +4,9 @@ import NIOCore
 /// NIO transports); never blocks.
 extension Session: FrameTransportDelegate {
     func transportReceived(encoded buffer: ByteBuffer) {
-        lock.withLock {
-            stats.framesIn += 1
-            stats.bytesIn += buffer.readableBytes + 4
+        state.withLockedValue { s in
+            s.stats.framesIn += 1
+            s.stats.bytesIn += buffer.readableBytes + 4
         }
         let frame: Frame
         do {
@@ -24,7 +24,7 @@ extension Session: FrameTransportDelegate {
     }
 
     func transportReceived(frame: Frame) {
-        lock.withLock { stats.framesIn += 1 }
+        state.withLockedValue { s in s.stats.framesIn += 1 }
         var frame = frame
         if case .data(let id, let value, let fin) = frame {
             do {
@@ -43,9 +43,9 @@ extension Session: FrameTransportDelegate {
     }
 
     func transportClosed(error: (any Error)?) {
-        let name = lock.withLock { peerHello?.name ?? "(before HELLO)" }
+        let name = state.withLockedValue { s in s.peerHello?.name ?? "(before HELLO)" }
         if let codecError = error as? CodecError {
-            lock.withLock { stats.framesIn += 1 }
+            state.withLockedValue { s in s.stats.framesIn += 1 }
             fail(ChanError(.protocolViolation, "malformed frame from peer \(name): \(codecError)"), sendGoAway: true)
             return
         }
@@ -54,32 +54,32 @@ extension Session: FrameTransportDelegate {
     }
 
     private func malformed(_ error: any Error) {
-        let name = lock.withLock { peerHello?.name ?? "(before HELLO)" }
+        let name = state.withLockedValue { s in s.peerHello?.name ?? "(before HELLO)" }
         fail(ChanError(.protocolViolation, "malformed frame from peer \(name): \(error)"), sendGoAway: true)
     }
 
     private func violation(_ reason: String) {
-        let name = lock.withLock { peerHello?.name ?? "(before HELLO)" }
+        let name = state.withLockedValue { s in s.peerHello?.name ?? "(before HELLO)" }
         fail(ChanError(.protocolViolation, "peer \(name): \(reason)"), sendGoAway: true)
     }
 
     /// Registers a channel end the peer sent us inside a message.
     func adoptInbound(_ reference: ChannelReference) throws -> Value {
-        let peerWindow: Int = try lock.withLock { () throws -> Int in
+        let peerWindow: Int = try state.withLockedValue { s throws -> Int in
             guard !isLocalID(reference.id) else {
                 throw ChanError(.protocolViolation, "the peer referenced channel \(reference.id), an id only this side allocates")
             }
-            guard channels[reference.id] == nil else {
+            guard s.channels[reference.id] == nil else {
                 throw ChanError(.protocolViolation, "the peer reused channel id \(reference.id)")
             }
-            let credit = peerHello?.window ?? 0
+            let credit = s.peerHello?.window ?? 0
             switch reference.kind {
-            case .sender: channels[reference.id] = ChannelState(role: .sending, isByteStream: false, credit: credit)
-            case .receiver: channels[reference.id] = ChannelState(role: .receiving, isByteStream: false)
-            case .byteStreamReader: channels[reference.id] = ChannelState(role: .receiving, isByteStream: true)
-            case .byteStreamWriter: channels[reference.id] = ChannelState(role: .sending, isByteStream: true, credit: credit)
+            case .sender: s.channels[reference.id] = ChannelState(role: .sending, isByteStream: false, credit: credit)
+            case .receiver: s.channels[reference.id] = ChannelState(role: .receiving, isByteStream: false)
+            case .byteStreamReader: s.channels[reference.id] = ChannelState(role: .receiving, isByteStream: true)
+            case .byteStreamWriter: s.channels[reference.id] = ChannelState(role: .sending, isByteStream: true, credit: credit)
             }
-            highestPeerID = max(highestPeerID, reference.id)
+            s.highestPeerID = max(s.highestPeerID, reference.id)
             return credit
         }
         _ = peerWindow
@@ -93,7 +93,7 @@ extension Session: FrameTransportDelegate {
     }
 
     private func handle(_ frame: Frame, size: Int) {
-        let handshaken = lock.withLock { peerHello != nil }
+        let handshaken = state.withLockedValue { s in s.peerHello != nil }
         if case .hello(let hello) = frame {
             guard !handshaken else { return violation("sent a second HELLO") }
             receivedHello(hello)
@@ -110,17 +110,17 @@ extension Session: FrameTransportDelegate {
         case .hello:
             return
         case .open(let id, let label):
-            let accepted: Bool = lock.withLock {
-                guard !isLocalID(id), channels[id] == nil else { return false }
-                channels[id] = ChannelState(role: .receiving, isByteStream: false)
-                highestPeerID = max(highestPeerID, id)
+            let accepted: Bool = state.withLockedValue { s in
+                guard !isLocalID(id), s.channels[id] == nil else { return false }
+                s.channels[id] = ChannelState(role: .receiving, isByteStream: false)
+                s.highestPeerID = max(s.highestPeerID, id)
                 return true
             }
             guard accepted else { return violation("OPEN of channel \(id), which is not a fresh peer channel id") }
             let receiver = Receiver(session: self, id: id, label: label)
-            let waiter: Waiter<Receiver?>? = lock.withLock {
-                if let w = acceptWaiters.popFirst() { return w }
-                acceptQueue.append(receiver)
+            let waiter: Waiter<Receiver?>? = state.withLockedValue { s in
+                if let w = s.acceptWaiters.popFirst() { return w }
+                s.acceptQueue.append(receiver)
                 return nil
             }
             waiter?.continuation.resume(returning: receiver)
@@ -131,8 +131,8 @@ extension Session: FrameTransportDelegate {
         case .reset(let id, let reason):
             receivedClose(id: id, reset: reason)
         case .credit(let id, let bytes):
-            let waiters: [Waiter<Void>] = lock.withLock {
-                guard let state = channels[id], state.role == .sending else { return [] }
+            let waiters: [Waiter<Void>] = state.withLockedValue { s in
+                guard let state = s.channels[id], state.role == .sending else { return [] }
                 // Credit saturates: a peer granting 2^64-1 bytes means "unlimited", never an overflow.
                 state.credit = state.credit.addingSaturating(Int(clamping: bytes))
                 defer { state.creditWaiters.removeAll() }
@@ -140,7 +140,7 @@ extension Session: FrameTransportDelegate {
             }
             for w in waiters { w.continuation.resume() }
         case .goAway(let reason):
-            let name = lock.withLock { peerHello?.name ?? "peer" }
+            let name = state.withLockedValue { s in s.peerHello?.name ?? "peer" }
             fail(ChanError(.peerGone, "peer \(name) closed the session: \(reason)"), sendGoAway: false, orderly: true)
         }
     }
@@ -153,13 +153,13 @@ extension Session: FrameTransportDelegate {
             )
             return
         }
-        let waiter: Waiter<Hello>? = lock.withLock {
-            peerHello = hello
-            handshakeTimer?.cancel()
-            handshakeTimer = nil
+        let waiter: Waiter<Hello>? = state.withLockedValue { s in
+            s.peerHello = hello
+            s.handshakeTimer?.cancel()
+            s.handshakeTimer = nil
             // Channels opened or adopted before HELLO would have had no credit.
-            defer { helloWaiter = nil }
-            return helloWaiter
+            defer { s.helloWaiter = nil }
+            return s.helloWaiter
         }
         logger.debug("handshake complete", metadata: ["chan.peer": "\(hello.name)", "chan.max_frame": "\(hello.maxFrameSize)"])
         waiter?.continuation.resume(returning: hello)
@@ -174,11 +174,11 @@ extension Session: FrameTransportDelegate {
         }
         var endWaiters: [Waiter<Value?>] = []
         var removed: ChannelState?
-        let outcome: Outcome = lock.withLock {
-            guard let state = channels[id] else {
-                let known = isLocalID(id) ? id < nextLocalID : id <= highestPeerID
+        let outcome: Outcome = state.withLockedValue { s in
+            guard let state = s.channels[id] else {
+                let known = isLocalID(id) ? id < s.nextLocalID : id <= s.highestPeerID
                 if known {
-                    stats.droppedAfterClose += 1
+                    s.stats.droppedAfterClose += 1
                     return .dropped
                 }
                 return .violation("DATA on unknown channel \(id)")
@@ -188,7 +188,7 @@ extension Session: FrameTransportDelegate {
             }
             if state.finished { return .violation("DATA on channel \(id) after its end") }
             if state.failure != nil {
-                stats.droppedAfterClose += 1
+                s.stats.droppedAfterClose += 1
                 return .dropped
             }
             var result = Outcome.buffered
@@ -207,7 +207,7 @@ extension Session: FrameTransportDelegate {
                 if state.inbox.isEmpty {
                     endWaiters = Array(state.receiveWaiters)
                     state.receiveWaiters.removeAll()
-                    removed = channels.removeValue(forKey: id)
+                    removed = s.channels.removeValue(forKey: id)
                 }
             }
             return result
@@ -232,8 +232,8 @@ extension Session: FrameTransportDelegate {
         var creditWaiters: [Waiter<Void>] = []
         var dropped: [(value: Value, size: Int)] = []
         var removed: ChannelState?
-        let error: ChanError? = lock.withLock {
-            guard let state = channels[id] else { return nil }
+        let error: ChanError? = state.withLockedValue { s in
+            guard let state = s.channels[id] else { return nil }
             switch state.role {
             case .receiving:
                 if let reset {
@@ -250,7 +250,7 @@ extension Session: FrameTransportDelegate {
                 if state.inbox.isEmpty {
                     receiveWaiters = Array(state.receiveWaiters)
                     state.receiveWaiters.removeAll()
-                    removed = channels.removeValue(forKey: id)
+                    removed = s.channels.removeValue(forKey: id)
                 }
                 return nil
             case .sending:

@@ -12,8 +12,10 @@ import NIOCore
 /// the transport closes, every pending receive, credit wait and accept ends at once with
 /// ``ChanError/Code/peerGone``.
 ///
-/// Thread safety: all state sits behind one lock that is never held while calling out,
-/// so the type is `Sendable`.
+/// Thread safety: all mutable state is one ``State`` value in a `NIOLockedValueBox`, never
+/// held while calling out. The class stays `@unchecked Sendable` because the box holds
+/// `ChannelState` objects (mutable classes, reached only through the box) and waiters'
+/// continuations, which the compiler cannot prove confined to the lock.
 public final class Session: @unchecked Sendable {
     /// Which side made the transport; it decides the parity of channel ids.
     public enum Role: Sendable {
@@ -65,27 +67,52 @@ public final class Session: @unchecked Sendable {
     let logger: Logger
     let limits: DecodingLimits
 
-    let lock = NIOLock()
-    // Everything below is guarded by `lock`.
-    var channels: [UInt64: ChannelState] = [:]
-    var nextLocalID: UInt64
-    var highestPeerID: UInt64 = 0
-    var nextWaiterID: UInt64 = 1
-    var acceptQueue = CircularBuffer<Receiver>()
-    var acceptWaiters = CircularBuffer<Waiter<Receiver?>>()
-    var helloWaiter: Waiter<Hello>?
-    /// The handshake deadline, cancelled once the HELLO arrives or the session ends (found
-    /// by fuzzing: left alone, each session's timer and its closure lived on for the whole
-    /// timeout after the handshake).
-    var handshakeTimer: Scheduled<Void>?
-    var peerHello: Hello?
-    var failure: ChanError?
-    /// The session ended by a local close or the peer's GOAWAY, not by a crash.
-    var orderlyClose = false
-    var stats = SessionStats()
-    var closedWaiters: [UnsafeContinuation<ChanError, Never>] = []
-    /// Called (outside the lock) with the channel id whenever a sender parks for credit.
-    var creditStallObserver: (@Sendable (UInt64) -> Void)?
+    /// Everything about the session that changes, behind one lock (never held while calling out).
+    struct State {
+        var channels: [UInt64: ChannelState] = [:]
+        var nextLocalID: UInt64
+        var highestPeerID: UInt64 = 0
+        var nextWaiterID: UInt64 = 1
+        var acceptQueue = CircularBuffer<Receiver>()
+        var acceptWaiters = CircularBuffer<Waiter<Receiver?>>()
+        var helloWaiter: Waiter<Hello>?
+        /// The handshake deadline, cancelled once the HELLO arrives or the session ends (found
+        /// by fuzzing: left alone, each session's timer and its closure lived on for the whole
+        /// timeout after the handshake).
+        var handshakeTimer: Scheduled<Void>?
+        var peerHello: Hello?
+        var failure: ChanError?
+        /// The session ended by a local close or the peer's GOAWAY, not by a crash.
+        var orderlyClose = false
+        var stats = SessionStats()
+        var closedWaiters: [UnsafeContinuation<ChanError, Never>] = []
+        /// Called (outside the lock) with the channel id whenever a sender parks for credit.
+        var creditStallObserver: (@Sendable (UInt64) -> Void)?
+
+        /// Throws why the session cannot be used now: it ended, or the handshake has not finished.
+        func checkOpen() throws(ChanError) {
+            if let failure { throw failure }
+            guard peerHello != nil else {
+                throw ChanError(.notStarted, "call start() and let the handshake finish before using the session")
+            }
+        }
+
+        /// The next channel id of our parity.
+        mutating func allocateID() -> UInt64 {
+            defer { nextLocalID += 2 }
+            return nextLocalID
+        }
+    }
+
+    /// The session's mutable state; the box is the only way to reach it.
+    let state: NIOLockedValueBox<State>
+
+    /// Called (outside the lock) with the channel id whenever a sender parks for credit;
+    /// tests watch flow control with it.
+    var creditStallObserver: (@Sendable (UInt64) -> Void)? {
+        get { state.withLockedValue { $0.creditStallObserver } }
+        set { state.withLockedValue { $0.creditStallObserver = newValue } }
+    }
     /// Tasks this session owns (pumps between bridged channels); cancelled when it ends.
     public let tasks = TaskSet()
     // Only the transport's inbound path touches the unpacker side; the packer has its own lock.
@@ -104,26 +131,26 @@ public final class Session: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "chan.session"] = "\(configuration.name)"
         self.logger = logger
-        self.nextLocalID = role == .initiator ? 1 : 2
+        self.state = NIOLockedValueBox(State(nextLocalID: role == .initiator ? 1 : 2))
         self.executorOnLoop = EventLoopTaskExecutor(eventLoop: transport.eventLoop)
         self.deadlines = DeadlineSweeper(eventLoop: transport.eventLoop)
     }
 
     /// The peer's HELLO, once ``start()`` returned.
-    public var peer: Hello? { lock.withLock { peerHello } }
+    public var peer: Hello? { state.withLockedValue { s in s.peerHello } }
 
     /// Traffic counters.
     public var statistics: SessionStats {
-        lock.withLock {
-            var s = stats
-            s.openChannels = channels.count
-            s.bufferedBytes = channels.values.reduce(0) { $0 + $1.inboxBytes }
-            return s
+        state.withLockedValue { s in
+            var stats = s.stats
+            stats.openChannels = s.channels.count
+            stats.bufferedBytes = s.channels.values.reduce(0) { $0 + $1.inboxBytes }
+            return stats
         }
     }
 
     /// Why the session ended, or nil while it is open.
-    public var closeReason: ChanError? { lock.withLock { failure } }
+    public var closeReason: ChanError? { state.withLockedValue { s in s.failure } }
 
     /// Sends our HELLO and waits for the peer's. Throws
     /// ``ChanError/Code/incompatibleProtocol`` when versions differ (the peer is told why)
@@ -131,18 +158,18 @@ public final class Session: @unchecked Sendable {
     @discardableResult
     public func start() async throws -> Hello {
         let hello = Hello(name: configuration.name, maxFrameSize: configuration.maxFrameSize, window: configuration.window, meta: configuration.meta)
-        let waiterID = lock.withLock { () -> UInt64 in
-            defer { nextWaiterID += 1 }
-            return nextWaiterID
+        let waiterID = state.withLockedValue { s -> UInt64 in
+            defer { s.nextWaiterID += 1 }
+            return s.nextWaiterID
         }
         transport.start(self)
         write(.hello(hello))
         armHandshakeTimer()
         let peer: Hello = try await withUnsafeThrowingContinuation { continuation in
-            let immediate: Result<Hello, ChanError>? = lock.withLock {
-                if let peerHello { return .success(peerHello) }
-                if let failure { return .failure(failure) }
-                helloWaiter = Waiter(id: waiterID, continuation: continuation)
+            let immediate: Result<Hello, ChanError>? = state.withLockedValue { s in
+                if let peerHello = s.peerHello { return .success(peerHello) }
+                if let failure = s.failure { return .failure(failure) }
+                s.helloWaiter = Waiter(id: waiterID, continuation: continuation)
                 return nil
             }
             if let immediate { continuation.resume(with: immediate) }
@@ -155,15 +182,15 @@ public final class Session: @unchecked Sendable {
         let timer = transport.eventLoop.scheduleTask(in: timeout.timeAmount) { [weak self] in
             guard let self else { return }
             // fail() wakes the waiter in start(), whether it is parked yet or not.
-            let stillWaiting = self.lock.withLock { self.peerHello == nil && self.failure == nil }
+            let stillWaiting = self.state.withLockedValue { s in s.peerHello == nil && s.failure == nil }
             if stillWaiting {
                 self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout)"), sendGoAway: true)
             }
         }
         // The HELLO may already be here (or the session over): then the timer goes at once.
-        let needed = lock.withLock {
-            guard peerHello == nil && failure == nil else { return false }
-            handshakeTimer = timer
+        let needed = state.withLockedValue { s in
+            guard s.peerHello == nil && s.failure == nil else { return false }
+            s.handshakeTimer = timer
             return true
         }
         if !needed { timer.cancel() }
@@ -171,10 +198,10 @@ public final class Session: @unchecked Sendable {
 
     /// Opens a top-level channel: the peer gets its receiver from ``accept()``.
     public func open(label: String = "") throws -> Sender {
-        let sender: Sender = try lock.withLock {
-            try checkOpenLocked()
-            let id = allocateIDLocked()
-            channels[id] = ChannelState(role: .sending, isByteStream: false, credit: peerHello?.window ?? 0)
+        let sender: Sender = try state.withLockedValue { s in
+            try s.checkOpen()
+            let id = s.allocateID()
+            s.channels[id] = ChannelState(role: .sending, isByteStream: false, credit: s.peerHello?.window ?? 0)
             return Sender(session: self, id: id)
         }
         write(.open(id: sender.id, label: label))
@@ -183,24 +210,24 @@ public final class Session: @unchecked Sendable {
 
     /// The next channel the peer opened, or `nil` once the session closed cleanly.
     public func accept() async throws -> Receiver? {
-        let waiterID = lock.withLock { () -> UInt64 in
-            defer { nextWaiterID += 1 }
-            return nextWaiterID
+        let waiterID = state.withLockedValue { s -> UInt64 in
+            defer { s.nextWaiterID += 1 }
+            return s.nextWaiterID
         }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Receiver?, any Error>) in
-                let immediate: Result<Receiver?, any Error>? = lock.withLock {
-                    if let next = acceptQueue.popFirst() { return .success(next) }
-                    if let failure { return orderlyClose ? .success(nil) : .failure(failure) }
-                    acceptWaiters.append(Waiter(id: waiterID, continuation: continuation))
+                let immediate: Result<Receiver?, any Error>? = state.withLockedValue { s in
+                    if let next = s.acceptQueue.popFirst() { return .success(next) }
+                    if let failure = s.failure { return s.orderlyClose ? .success(nil) : .failure(failure) }
+                    s.acceptWaiters.append(Waiter(id: waiterID, continuation: continuation))
                     return nil
                 }
                 if let immediate { continuation.resume(with: immediate) }
             }
         } onCancel: {
-            let waiter: Waiter<Receiver?>? = lock.withLock {
-                guard let i = acceptWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
-                return acceptWaiters.remove(at: i)
+            let waiter: Waiter<Receiver?>? = state.withLockedValue { s in
+                guard let i = s.acceptWaiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+                return s.acceptWaiters.remove(at: i)
             }
             waiter?.continuation.resume(throwing: CancellationError())
         }
@@ -209,20 +236,20 @@ public final class Session: @unchecked Sendable {
     /// Makes a channel whose two ends are both here; send one of them to the peer inside a
     /// message (a request's reply channel is made this way).
     public func makePipe() throws -> (Sender, Receiver) {
-        try lock.withLock {
-            try checkOpenLocked()
-            let id = allocateIDLocked()
-            channels[id] = ChannelState(role: .localPipe, isByteStream: false)
+        try state.withLockedValue { s in
+            try s.checkOpen()
+            let id = s.allocateID()
+            s.channels[id] = ChannelState(role: .localPipe, isByteStream: false)
             return (Sender(session: self, id: id), Receiver(session: self, id: id))
         }
     }
 
     /// Makes a byte stream whose two ends are both here; send one of them to the peer.
     public func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) {
-        try lock.withLock {
-            try checkOpenLocked()
-            let id = allocateIDLocked()
-            channels[id] = ChannelState(role: .localPipe, isByteStream: true)
+        try state.withLockedValue { s in
+            try s.checkOpen()
+            let id = s.allocateID()
+            s.channels[id] = ChannelState(role: .localPipe, isByteStream: true)
             return (ByteStreamWriter(sender: Sender(session: self, id: id)), ByteStreamReader(receiver: Receiver(session: self, id: id)))
         }
     }
@@ -236,9 +263,9 @@ public final class Session: @unchecked Sendable {
     /// Waits until the session has ended and returns why.
     public func waitUntilClosed() async -> ChanError {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<ChanError, Never>) in
-            let done: ChanError? = lock.withLock {
-                if let failure { return failure }
-                closedWaiters.append(continuation)
+            let done: ChanError? = state.withLockedValue { s in
+                if let failure = s.failure { return failure }
+                s.closedWaiters.append(continuation)
                 return nil
             }
             if let done { continuation.resume(returning: done) }
@@ -246,18 +273,6 @@ public final class Session: @unchecked Sendable {
     }
 
     // MARK: - Internals shared by the other files
-
-    func checkOpenLocked() throws(ChanError) {
-        if let failure { throw failure }
-        guard peerHello != nil else {
-            throw ChanError(.notStarted, "call start() and let the handshake finish before using the session")
-        }
-    }
-
-    func allocateIDLocked() -> UInt64 {
-        defer { nextLocalID += 2 }
-        return nextLocalID
-    }
 
     func isLocalID(_ id: UInt64) -> Bool {
         (id % 2 == 1) == (role == .initiator)
@@ -267,25 +282,25 @@ public final class Session: @unchecked Sendable {
     func fail(_ error: ChanError, sendGoAway: Bool, orderly: Bool = false) {
         var receiveWaiters: [Waiter<Value?>] = []
         var creditWaiters: [Waiter<Void>] = []
-        let (acceptWaiters, helloWaiter, closedWaiters, wasOpen): ([Waiter<Receiver?>], Waiter<Hello>?, [UnsafeContinuation<ChanError, Never>], Bool) = lock.withLock {
-            guard failure == nil else { return ([], nil, [], false) }
-            failure = error
-            handshakeTimer?.cancel()
-            handshakeTimer = nil
-            orderlyClose = orderly
-            for state in channels.values {
+        let (acceptWaiters, helloWaiter, closedWaiters, wasOpen): ([Waiter<Receiver?>], Waiter<Hello>?, [UnsafeContinuation<ChanError, Never>], Bool) = state.withLockedValue { s in
+            guard s.failure == nil else { return ([], nil, [], false) }
+            s.failure = error
+            s.handshakeTimer?.cancel()
+            s.handshakeTimer = nil
+            s.orderlyClose = orderly
+            for state in s.channels.values {
                 if state.failure == nil { state.failure = error }
                 receiveWaiters.append(contentsOf: state.receiveWaiters)
                 state.receiveWaiters.removeAll()
                 creditWaiters.append(contentsOf: state.creditWaiters)
                 state.creditWaiters.removeAll()
             }
-            let a = Array(self.acceptWaiters)
-            self.acceptWaiters.removeAll()
-            let h = self.helloWaiter
-            self.helloWaiter = nil
-            let c = self.closedWaiters
-            self.closedWaiters = []
+            let a = Array(s.acceptWaiters)
+            s.acceptWaiters.removeAll()
+            let h = s.helloWaiter
+            s.helloWaiter = nil
+            let c = s.closedWaiters
+            s.closedWaiters = []
             return (a, h, c, true)
         }
         guard wasOpen else { return }
@@ -318,7 +333,7 @@ public final class Session: @unchecked Sendable {
     /// Writes one frame; returns the bytes charged against flow control.
     @discardableResult
     func writeThrowing(_ frame: Frame, resolver: MsgpackPacker.ChannelResolver?) throws -> Int {
-        let maxFrame = lock.withLock { peerHello?.maxFrameSize ?? configuration.maxFrameSize }
+        let maxFrame = state.withLockedValue { s in s.peerHello?.maxFrameSize ?? configuration.maxFrameSize }
         if transport.encodesFrames {
             // Encoded and copied into the transport's outbound buffer under one lock, so
             // frames from concurrent senders keep their order and are never interleaved.
@@ -328,9 +343,9 @@ public final class Session: @unchecked Sendable {
                 packer.withBytes { transport.write(encoded: $0) }
                 return packer.count
             }
-            lock.withLock {
-                stats.framesOut += 1
-                stats.bytesOut += size
+            state.withLockedValue { s in
+                s.stats.framesOut += 1
+                s.stats.bytesOut += size
             }
             return size - 4
         } else {
@@ -341,7 +356,7 @@ public final class Session: @unchecked Sendable {
                 size = external.estimatedSize
                 outgoing = .data(id: id, value: external, fin: fin)
             }
-            lock.withLock { stats.framesOut += 1 }
+            state.withLockedValue { s in s.stats.framesOut += 1 }
             transport.write(frame: outgoing)
             return size
         }

@@ -4,18 +4,19 @@ import NIOPosix
 
 /// A transport between two sessions in one process: frames are handed over as values,
 /// never encoded, so an in-process plugin pays no serialization.
-/// `@unchecked Sendable`: its mutable fields are guarded by `lock`, which the compiler cannot see.
-final class InMemoryTransport: FrameTransport, @unchecked Sendable {
+final class InMemoryTransport: FrameTransport, Sendable {
     var encodesFrames: Bool { false }
     let eventLoop: any EventLoop
 
-    private let lock = NIOLock()
-    // Guarded by `lock`.
-    private weak var peer: InMemoryTransport?
-    private var delegate: (any FrameTransportDelegate)?
-    private var backlog: [Frame] = []
-    private var closed = false
-    private var peerClosedBeforeStart = false
+    private struct State {
+        weak var peer: InMemoryTransport?
+        var delegate: (any FrameTransportDelegate)?
+        /// Frames that arrived before ``start(_:)``.
+        var backlog: [Frame] = []
+        var closed = false
+        var peerClosedBeforeStart = false
+    }
+    private let state = NIOLockedValueBox(State())
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -25,16 +26,16 @@ final class InMemoryTransport: FrameTransport, @unchecked Sendable {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let a = InMemoryTransport(eventLoop: loop)
         let b = InMemoryTransport(eventLoop: loop)
-        a.peer = b
-        b.peer = a
+        a.state.withLockedValue { $0.peer = b }
+        b.state.withLockedValue { $0.peer = a }
         return (a, b)
     }
 
     func start(_ delegate: any FrameTransportDelegate) {
-        let (frames, peerClosed): ([Frame], Bool) = lock.withLock {
-            self.delegate = delegate
-            defer { backlog = [] }
-            return (backlog, peerClosedBeforeStart)
+        let (frames, peerClosed): ([Frame], Bool) = state.withLockedValue { s in
+            s.delegate = delegate
+            defer { s.backlog = [] }
+            return (s.backlog, s.peerClosedBeforeStart)
         }
         for frame in frames { delegate.transportReceived(frame: frame) }
         if peerClosed { delegate.transportClosed(error: nil) }
@@ -45,32 +46,32 @@ final class InMemoryTransport: FrameTransport, @unchecked Sendable {
     }
 
     func write(frame: Frame) {
-        let target: InMemoryTransport? = lock.withLock { closed ? nil : peer }
+        let target: InMemoryTransport? = state.withLockedValue { $0.closed ? nil : $0.peer }
         target?.deliver(frame)
     }
 
     private func deliver(_ frame: Frame) {
-        let target: (any FrameTransportDelegate)? = lock.withLock {
-            if closed { return nil }
-            if delegate == nil { backlog.append(frame) }
-            return delegate
+        let target: (any FrameTransportDelegate)? = state.withLockedValue { s in
+            if s.closed { return nil }
+            if s.delegate == nil { s.backlog.append(frame) }
+            return s.delegate
         }
         target?.transportReceived(frame: frame)
     }
 
     func close() {
-        let target: InMemoryTransport? = lock.withLock {
-            if closed { return nil }
-            closed = true
-            return peer
+        let target: InMemoryTransport? = state.withLockedValue { s in
+            if s.closed { return nil }
+            s.closed = true
+            return s.peer
         }
         target?.peerClosed()
     }
 
     private func peerClosed() {
-        let target: (any FrameTransportDelegate)? = lock.withLock {
-            if delegate == nil { peerClosedBeforeStart = true }
-            return delegate
+        let target: (any FrameTransportDelegate)? = state.withLockedValue { s in
+            if s.delegate == nil { s.peerClosedBeforeStart = true }
+            return s.delegate
         }
         target?.transportClosed(error: nil)
     }

@@ -7,22 +7,23 @@ import NIOPosix
 /// Writes from any thread are appended to one outbound buffer and flushed together in one
 /// event-loop turn, so a burst of frames (64 calls in flight, say) costs one buffer and
 /// one `write`, not one of each per frame.
-/// `@unchecked Sendable`: the pending buffer and the flush flag are guarded by `lock`.
-final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
+final class NIOFrameTransport: FrameTransport, Sendable {
     let channel: any Channel
     var eventLoop: any EventLoop { channel.eventLoop }
     var encodesFrames: Bool { true }
 
     private let handler: InboundFrameHandler
-    private let lock = NIOLock()
-    // Guarded by `lock`.
-    private var pending: ByteBuffer
-    private var flushScheduled = false
+    /// Bytes written and not yet flushed, and whether a flush is already scheduled.
+    private struct Outbound {
+        var pending: ByteBuffer
+        var flushScheduled = false
+    }
+    private let outbound: NIOLockedValueBox<Outbound>
 
     init(channel: any Channel, handler: InboundFrameHandler) {
         self.channel = channel
         self.handler = handler
-        self.pending = channel.allocator.buffer(capacity: 0)
+        self.outbound = NIOLockedValueBox(Outbound(pending: channel.allocator.buffer(capacity: 0)))
     }
 
     func start(_ delegate: any FrameTransportDelegate) {
@@ -40,11 +41,12 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     static let eagerFlushBytes = 1024
 
     func write(encoded bytes: UnsafeRawBufferPointer) {
-        let (schedule, flushNow): (Bool, Bool) = lock.withLock {
-            pending.writeBytes(bytes)
-            if pending.readableBytes >= NIOFrameTransport.eagerFlushBytes && eventLoop.inEventLoop { return (false, true) }
-            if flushScheduled { return (false, false) }
-            flushScheduled = true
+        let onLoop = eventLoop.inEventLoop
+        let (schedule, flushNow): (Bool, Bool) = outbound.withLockedValue { o in
+            o.pending.writeBytes(bytes)
+            if o.pending.readableBytes >= NIOFrameTransport.eagerFlushBytes && onLoop { return (false, true) }
+            if o.flushScheduled { return (false, false) }
+            o.flushScheduled = true
             return (true, false)
         }
         if flushNow {
@@ -55,10 +57,11 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     }
 
     private func drain() {
-        let batch: ByteBuffer? = lock.withLock {
-            guard pending.readableBytes > 0 else { return nil }
-            defer { pending = channel.allocator.buffer(capacity: 4096) }
-            return pending
+        let fresh = channel.allocator
+        let batch: ByteBuffer? = outbound.withLockedValue { o in
+            guard o.pending.readableBytes > 0 else { return nil }
+            defer { o.pending = fresh.buffer(capacity: 4096) }
+            return o.pending
         }
         guard let batch else { return }
         channel.writeAndFlush(batch, promise: nil)
@@ -76,7 +79,7 @@ final class NIOFrameTransport: FrameTransport, @unchecked Sendable {
     }
 
     private func scheduledDrain() {
-        lock.withLock { flushScheduled = false }
+        outbound.withLockedValue { $0.flushScheduled = false }
         drain()
     }
 
