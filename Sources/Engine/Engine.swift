@@ -57,6 +57,9 @@ struct EngineParts: Sendable {
     /// Jobs every plugin may call without a grant (those of `openToAll` plugins).
     let openJobs: NIOLockedValueBox<Set<String>>
     let callerFor: @Sendable (String) -> (any EngineCalls)?
+    /// What supervisors wait on between restarts (the backoff): the continuous clock, or a
+    /// test's own.
+    let clock: any Clock<Duration>
 }
 
 /// The engine: the hub, the pipeline and the hooks, and the plugins that serve them.
@@ -87,7 +90,8 @@ public final class Engine: Sendable {
     ///   - shimPath: the `plugboard-exec-shim` that ties exec plugins' lives to this
     ///     process; by default the one next to the running executable, if present.
     ///   - containers: runc and its state, for container plugins; without it they are refused.
-    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath(), containers: ContainerRuntime? = nil) {
+    ///   - clock: what restart backoffs wait on; a test injects one that records the delays.
+    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath(), containers: ContainerRuntime? = nil, clock: any Clock<Duration> = ContinuousClock()) {
         self.containers = containers
         let hub = Hub(logger: logger)
         let pipeline = Pipeline(logger: logger)
@@ -125,7 +129,8 @@ public final class Engine: Sendable {
             },
             publish: { type, attributes in bus.publish(type, attributes) },
             openJobs: NIOLockedValueBox([]),
-            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, plugin: name) }
+            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, plugin: name) },
+            clock: clock
         )
     }
 

@@ -1,5 +1,7 @@
+import NIOConcurrencyHelpers
 import Spawn
 import Testing
+import TestSupport
 @testable import Engine
 
 /// The restart decision on made-up instants: no clock is read, nothing sleeps, so each
@@ -104,5 +106,48 @@ struct RestartDecisionTests {
         #expect(PluginEndReason(.signaled(9)) == .signalled(9))
         #expect("\(PluginEndReason.protocolViolation("malformed frame", then: .exited(0)))" == "broke the protocol (malformed frame); then exited with status 0")
         #expect(PluginEndReason.protocolViolation("x", then: nil).kind == "protocol-violation")
+    }
+}
+
+/// A clock whose sleeps return at once, recording what was asked: the supervisor's backoff
+/// is observed exactly, with delays that would take hours on the real clock.
+final class RecordingClock: Clock, Sendable {
+    struct Instant: InstantProtocol {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - offset }
+        static func < (a: Instant, b: Instant) -> Bool { a.offset < b.offset }
+    }
+
+    private let state = NIOLockedValueBox<(now: Instant, slept: [Duration])>((Instant(offset: .zero), []))
+    var now: Instant { state.withLockedValue { $0.now } }
+    var minimumResolution: Duration { .zero }
+    var slept: [Duration] { state.withLockedValue { $0.slept } }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        try Task.checkCancellation()
+        state.withLockedValue { s in
+            s.slept.append(s.now.duration(to: deadline))
+            s.now = deadline
+        }
+    }
+}
+
+@Suite("the supervisor waits on the engine's clock")
+struct SupervisorClockTests {
+    @Test("a crash-looping plugin is restarted after exactly the backoff delays, then marked failed")
+    func backoffOnInjectedClock() async throws {
+        let clock = RecordingClock()
+        let engine = Engine(logger: quietLogger, clock: clock)
+        let events = engine.events()
+        // Delays of minutes: only an injected clock lets this test finish.
+        let backoff = Backoff(initial: .seconds(600), maximum: .seconds(3000), jitter: 0)
+        try await engine.boot([try testPlugin("loopy", "crash-on-restart", backoff: backoff, crashLoop: CrashLoopLimit(restarts: 3, window: .seconds(60)))])
+        let crash = Task { try await engine.hub.call("loopy.crash", timeout: .seconds(60)) }
+        let failed = try await waitForEvent(events, "the plugin to be marked failed") { $0.plugin == "loopy" && $0.state == .failed }
+        _ = try? await crash.value
+        #expect(failed.detail.contains("crash loop"))
+        #expect(clock.slept == [.seconds(600), .seconds(1200), .seconds(2400)])
+        await engine.shutdown(grace: .seconds(1))
     }
 }

@@ -22,10 +22,14 @@ public final class DeadlineSweeper: Sendable {
 
     private let state = NIOLockedValueBox(State())
     private let eventLoop: any EventLoop
+    /// What time it is: `NIODeadline.now` unless a test injects its own clock.
+    private let now: @Sendable () -> NIODeadline
 
-    /// A sweeper whose sweeps run on `eventLoop`.
-    public init(eventLoop: any EventLoop) {
+    /// A sweeper whose sweeps run on `eventLoop`, reading the time from `now` (inject a
+    /// manual clock in tests, with an `EmbeddedEventLoop` advanced in step with it).
+    public init(eventLoop: any EventLoop, now: @escaping @Sendable () -> NIODeadline = { .now() }) {
         self.eventLoop = eventLoop
+        self.now = now
     }
 
     /// A process-wide sweeper on one of NIO's singleton loops.
@@ -49,7 +53,7 @@ public final class DeadlineSweeper: Sendable {
     /// Runs `action` after `timeout` unless ``cancel(_:)`` comes first.
     @discardableResult
     public func schedule(in timeout: Duration, _ action: @escaping @Sendable () -> Void) -> UInt64 {
-        schedule(at: .now() + timeout.timeAmount, action)
+        schedule(at: now() + timeout.timeAmount, action)
     }
 
     /// Forgets a deadline (a no-op if it already fired).
@@ -62,7 +66,7 @@ public final class DeadlineSweeper: Sendable {
     }
 
     private func sweep() {
-        let now = NIODeadline.now()
+        let now = self.now()
         var due: [Entry] = []
         let next: NIODeadline? = state.withLockedValue { s in
             var earliest: NIODeadline?

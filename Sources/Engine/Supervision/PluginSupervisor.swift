@@ -219,7 +219,7 @@ actor PluginSupervisor {
             withdraw(reason: "\(reason)", expectBack: delay + spec.startTimeout)
             set(.restarting, "\(reason); restarting in \(delay)")
             do {
-                try await Task.sleep(for: delay)
+                try await engine.clock.sleep(for: delay)
             } catch {
                 return  // stop() cancelled the monitor
             }
