@@ -136,7 +136,7 @@ let package = Package(
         .testTarget(
             name: "ChanTests",
             dependencies: [
-                "Chan", "Spawn", "PluginProcess", "TestSupport", nioCore, log, nioLocks,
+                "Chan", "Spawn", "TestSupport", nioCore, log, nioLocks,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
@@ -144,7 +144,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
-        .testTarget(name: "RoutingTests", dependencies: ["Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
@@ -154,8 +154,8 @@ let package = Package(
         .testTarget(
             name: "EngineTests",
             dependencies: [
-                "AdminProtocol", "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
-                "Containers", "LabelPlugin", "ShellAdapter", "StateService", log, nioLocks,
+                "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
+                "Containers", "ShellAdapter", "StateService", log, nioLocks,
             ],
             swiftSettings: strict
         ),
