@@ -63,7 +63,7 @@ let package = Package(
         // What the routing models share: participants (in process or remote), deadlines,
         // in-flight tracking, priority order.
         .target(name: "Routing", dependencies: ["Chan", coreMetrics, nioLocks], swiftSettings: strict),
-        .target(name: "Hub", dependencies: ["Chan", "Routing", log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
+        .target(name: "Hub", dependencies: ["Chan", "Routing", log, nioCore, nioLocks], swiftSettings: strict),
         .target(name: "Pipeline", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
         .target(name: "Hooks", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
         .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", log], swiftSettings: strict),

@@ -2,7 +2,6 @@ import Chan
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 import Routing
 
 /// The channel hub: named endpoints (jobs) with one owner each, and ranked extension
@@ -208,10 +207,10 @@ public final class Hub: Sendable {
         if deadline <= .now() {
             throw RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner)
         }
-        let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(deadline: deadline) { [weak self] in
+        let timer = DeadlineSweeper.shared.schedule(at: deadline) { [weak self] in
             self?.expireWaiters(owner: owner, job: job)
         }
-        defer { timer.cancel() }
+        defer { DeadlineSweeper.shared.cancel(timer) }
         let id = state.withLockedValue { $0.waiterIDs.makeID() }
         // A cancelled caller leaves at once; nothing keeps its continuation.
         try await parkCancellably(in: state) { s, continuation in

@@ -291,7 +291,7 @@ actor PluginSupervisor {
         let owner = name
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await calls.waitUntilDrained(owner: owner) }
-            group.addTask { try? await Task.sleep(for: grace) }
+            group.addTask { [clock = engine.clock] in try? await clock.sleep(for: grace) }
             await group.next()
             group.cancelAll()
         }
