@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "Hub", dependencies: ["Chan", "Routing", log, nioCore, nioLocks], swiftSettings: strict),
         .target(name: "Pipeline", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
         .target(name: "Hooks", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
-        .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", log], swiftSettings: strict),
+        .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", "Pipeline", log], swiftSettings: strict),
         // Containers on runc: plugin manifests and privileges, the OCI spec we write, runc
         // itself, and the container lifecycle the containers plugin serves.
         .target(name: "Containers", dependencies: ["Chan", "Spawn", log, nioLocks], swiftSettings: strict),
@@ -122,7 +122,7 @@ let package = Package(
         .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-label", dependencies: ["LabelPlugin", "PluginKit"], path: "plugins/label/main", swiftSettings: strict),
         // A PluginKit plugin the engine tests configure through its options.
-        .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Chan"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-test-plugin", dependencies: ["PluginKit", "Pipeline", "Chan"], swiftSettings: strict),
         // Sets the parent-death signal, then execs a plugin (posix_spawn cannot do it).
         .executableTarget(name: "plugboard-exec-shim"),
         // make chaos: hurts plugins under load, then accounts for calls, fds, processes, containers.

@@ -28,6 +28,7 @@ public enum AdminCommand: String, Codable, Sendable, CaseIterable {
     case hooks
     /// `pipeline`: the pipeline's registrations, in order.
     case pipeline
+    case pipelineSend = "pipeline.send"
     /// `events`: subscribes to the daemon's events.
     case events
 }

@@ -410,4 +410,68 @@ public enum Admin {
             buffer = try c.decodeIfPresent(Int64.self, forKey: .buffer)
         }
     }
+
+    /// `pipeline.send`: sends a message into the pipeline as the operator; the reply is the run.
+    public struct PipelineSend: AdminRequest {
+        /// The command: `pipeline.send`.
+        public static let command = AdminCommand.pipelineSend
+        /// What the daemon answers: the run, final messages and path.
+        public typealias Reply = PipelineRun
+        /// The message's type.
+        public var type: String
+        /// Its body.
+        public var body: Value
+        /// A message of `type`.
+        public init(type: String, body: Value) {
+            self.type = type
+            self.body = body
+        }
+    }
+
+    /// What one pipeline run did.
+    public struct PipelineRun: Codable, Sendable, Hashable {
+        /// A message: its type and body.
+        public struct Message: Codable, Sendable, Hashable {
+            /// The type.
+            public var type: String
+            /// The body.
+            public var body: Value
+            /// A message.
+            public init(type: String, body: Value) {
+                self.type = type
+                self.body = body
+            }
+        }
+
+        /// One plugin's handling of one message.
+        public struct Step: Codable, Sendable, Hashable {
+            /// The run it belongs to: 0 is the message sent; each message of another type a
+            /// handler returned starts a run of its own.
+            public var run: Int
+            /// The plugin.
+            public var plugin: String
+            /// What it received.
+            public var input: Message
+            /// What it returned.
+            public var output: [Message]
+            /// A step.
+            public init(run: Int, plugin: String, input: Message, output: [Message]) {
+                self.run = run
+                self.plugin = plugin
+                self.input = input
+                self.output = output
+            }
+        }
+
+        /// The messages no further plugin wanted, in the order they finished.
+        public var final: [Message]
+        /// Every step, in the order taken.
+        public var path: [Step]
+
+        /// A run.
+        public init(final: [Message], path: [Step]) {
+            self.final = final
+            self.path = path
+        }
+    }
 }

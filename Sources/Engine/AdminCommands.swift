@@ -2,6 +2,7 @@ import AdminProtocol
 import Chan
 import Containers
 import Foundation
+import Pipeline
 import Routing
 
 /// The admin commands: each request decoded into its ``AdminRequest`` type, answered by
@@ -94,6 +95,15 @@ enum AdminCommands {
         case .pipeline:
             return try await typed(Admin.Pipeline.self, body) { _ in
                 engine.pipeline.allRegistrations.map { Admin.PipelineRow(type: $0.type, owner: $0.owner, priority: $0.priority) }
+            }
+        case .pipelineSend:
+            return try await typed(Admin.PipelineSend.self, body) { r in
+                let result = try await engine.pipeline.route(PipelineMessage(type: r.type, body: r.body))
+                func message(_ m: PipelineMessage) -> Admin.PipelineRun.Message { .init(type: m.type, body: m.body) }
+                return Admin.PipelineRun(
+                    final: result.final.map(message),
+                    path: result.path.map { .init(run: $0.run, plugin: $0.plugin, input: message($0.input), output: $0.output.map(message)) }
+                )
             }
         case .events:
             throw AdminError(.badRequest, "events is answered by the session that subscribes, not here")

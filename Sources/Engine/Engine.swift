@@ -129,7 +129,7 @@ public final class Engine: Sendable {
             },
             publish: { type, attributes in bus.publish(type, attributes) },
             openJobs: NIOLockedValueBox([]),
-            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, plugin: name) },
+            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, pipeline: pipeline, plugin: name) },
             clock: clock
         )
     }
@@ -242,7 +242,12 @@ public final class Engine: Sendable {
 struct InProcessEngineCalls: EngineCalls {
     let hub: Hub
     let hooks: Hooks
+    let pipeline: Pipeline
     let plugin: String
+
+    func send(_ type: String, _ body: Value) async throws -> PipelineResult {
+        try await pipeline.route(PipelineMessage(type: type, body: body))
+    }
 
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
         try await hub.call(job, argument, timeout: timeout, caller: plugin)

@@ -1,4 +1,5 @@
 import Chan
+import Routing
 
 /// A message routed by the pipeline: a type and a body.
 public struct PipelineMessage: Sendable, Hashable, CustomStringConvertible {
@@ -50,4 +51,43 @@ public struct PipelineResult: Sendable {
 
     /// The plugins in the order they handled messages.
     public var plugins: [String] { path.map(\.plugin) }
+
+    /// A result from its parts.
+    public init(final: [PipelineMessage], path: [Step]) {
+        self.final = final
+        self.path = path
+    }
+
+    /// The result on the wire (the answer to `pipeline.send`):
+    /// `{"final": [MESSAGE], "path": [{"run", "plugin", "input": MESSAGE, "output": [MESSAGE]}]}`,
+    /// each MESSAGE `{"type", "body"}`.
+    public var value: Value {
+        .fields(
+            ("final", .array(final.map(\.wireValue))),
+            ("path", .array(path.map { step in
+                .fields(
+                    ("run", .int(Int64(step.run))), ("plugin", .string(step.plugin)),
+                    ("input", step.input.wireValue), ("output", .array(step.output.map(\.wireValue)))
+                )
+            }))
+        )
+    }
+
+    /// Reads a result from its wire form; throws ``RoutingError/Code/badAnswer`` when it is not one.
+    public init(value: Value) throws {
+        func messages(_ v: Value?) throws -> [PipelineMessage] {
+            try (v?.arrayValue ?? []).map { item in
+                guard let m = PipelineMessage(wire: item) else { throw RoutingError(.badAnswer, "a pipeline result holds a message without a type: \(item)") }
+                return m
+            }
+        }
+        guard value["final"] != nil else { throw RoutingError(.badAnswer, "a pipeline result lacks \"final\"") }
+        let path = try (value["path"]?.arrayValue ?? []).map { step -> Step in
+            guard let input = step["input"].flatMap(PipelineMessage.init(wire:)) else {
+                throw RoutingError(.badAnswer, "a pipeline step lacks its input message")
+            }
+            return Step(run: Int(clamping: step["run"]?.intValue ?? 0), plugin: step["plugin"]?.stringValue ?? "", input: input, output: try messages(step["output"]))
+        }
+        self.init(final: try messages(value["final"]), path: path)
+    }
 }

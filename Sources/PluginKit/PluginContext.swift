@@ -1,5 +1,6 @@
 import Chan
 import Hooks
+import Pipeline
 
 /// What a running plugin knows about its situation.
 public struct PluginContext: Sendable {
@@ -33,7 +34,16 @@ public protocol EngineCalls: Sendable {
 
     /// Tells the observers of `event` (container.started, …) that it happened to `object`.
     func notify(_ event: String, payload: Value, object: String) async throws
+
+    /// Sends a message of `type` into the pipeline and returns the run: the messages that
+    /// came out and the path, plugin by plugin. The plugin must declare the type with
+    /// ``PluginDeclaration/sendsMessages(_:)`` and be granted it.
+    func send(_ type: String, _ body: Value) async throws -> PipelineResult
 }
+
+/// The grant name under which a plugin may send messages of `type` into the pipeline
+/// (`pipeline.send:TYPE`), declared and granted like a job.
+public func pipelineSendGrant(_ type: String) -> String { "pipeline.send:" + type }
 
 /// The grant name under which a plugin may run `event`'s hook chain: it goes in the
 /// declaration's `calls` and is granted like a job (`plugboard plugin grant NAME hooks.run:EVENT`).

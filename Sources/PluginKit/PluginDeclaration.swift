@@ -118,6 +118,13 @@ public struct PluginDeclaration: Sendable {
         if !calls.contains(grant) { calls.append(grant) }
     }
 
+    /// Declares that this plugin sends messages of `type` into the pipeline (through
+    /// ``EngineCalls/send(_:_:)``); the operator grants it like a job.
+    public mutating func sendsMessages(_ type: String) {
+        let grant = pipelineSendGrant(type)
+        if !calls.contains(grant) { calls.append(grant) }
+    }
+
     /// Handles pipeline messages of `type`, at `priority`; each call may take up to `timeout`.
     public mutating func messages(_ type: String, priority: Int = 0, timeout: Duration = .seconds(10), _ handler: @escaping MessageHandler) {
         messageTypes.append(MessageType(type: type, priority: priority, timeout: timeout, handler: handler))

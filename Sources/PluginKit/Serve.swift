@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Chan
 import Hooks
+import Pipeline
 import Logging
 import Routing
 
@@ -133,6 +134,13 @@ final class EngineConnection: EngineCalls, Sendable {
             .fields(("hooks.run", .string(event)), ("payload", payload), ("object", .string(object))), timeout: .seconds(300)
         )
         return try HookOutcome(value: answer)
+    }
+
+    func send(_ type: String, _ body: Value) async throws -> PipelineResult {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        // Each step has its own deadline; this one only guards a hung engine.
+        let answer = try await channel.request(.fields(("pipeline.send", .string(type)), ("body", body)), timeout: .seconds(300))
+        return try PipelineResult(value: answer)
     }
 
     func notify(_ event: String, payload: Value, object: String) async throws {

@@ -1,11 +1,14 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
 //   provides=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
+//   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
+//   "alert" also yields an alert message) sends=TYPE,... (may send those into the pipeline)
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
 // NAME.restarts, NAME.close4, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
 import Glibc
 #endif
 import Chan
+import Pipeline
 import PluginKit
 
 struct TestPlugin: Plugin {
@@ -22,12 +25,26 @@ struct TestPlugin: Plugin {
         d.requires = list("requires")
         d.calls = list("calls")
         for job in list("provides") { d.job(job) { $0 } }
+        let name = context.name
+        for entry in list("pipeline") {
+            let parts = entry.split(separator: ":").map(String.init)
+            d.messages(parts[0], priority: parts.count > 1 ? Int(parts[1]) ?? 0 : 0) { type, body in
+                let text = body.stringValue ?? "\(body)"
+                var out: [(type: String, body: Value)] = [(type, .string(text + "+" + name))]
+                if type != "alert" && text.contains("alert") { out.append(("alert", body)) }
+                return out
+            }
+        }
+        for type in list("sends") { d.sendsMessages(type) }
+        d.job("\(name).send") { argument in
+            guard let engine = context.engine, let type = argument["type"]?.stringValue else { return "no engine" }
+            return try await engine.send(type, argument["body"] ?? .nil).value
+        }
         // A hook that continues at once, declared with whatever timeout the test chooses
         // (Int64.max included: the daemon must clamp it, not trap).
         if let hook = options["hook"], let colon = hook.lastIndex(of: ":"), let ms = Int64(hook[hook.index(after: colon)...]) {
             d.hook(String(hook[..<colon]), priority: 1, timeout: .milliseconds(ms), policy: .optional) { payload, _ in .continue(payload) }
         }
-        let name = context.name
         d.job("\(name).crash") { _ in exit(9) }
         d.job("\(name).garbage") { _ in
             var junk: [UInt8] = [0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1]

@@ -13,7 +13,7 @@ struct Plugboard: AsyncParsableCommand {
         commandName: "plugboard",
         abstract: "Manage a running plugboardd through its admin socket.",
         discussion: "Every command acts on the running daemon: add a plugin, call its job, disable it, remove it — plugboardd never restarts. The socket is --socket, else $PLUGBOARD_SOCKET, else the daemon's default path.",
-        subcommands: [PluginGroup.self, ContainerGroup.self, Call.self, Endpoints.self, HooksList.self, PipelineList.self, Events.self, MetricsCommand.self]
+        subcommands: [PluginGroup.self, ContainerGroup.self, Call.self, Endpoints.self, HooksList.self, PipelineGroup.self, Events.self, MetricsCommand.self]
     )
 }
 

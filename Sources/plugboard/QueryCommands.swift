@@ -64,8 +64,56 @@ struct HooksList: RegistryListing {
     static func row(_ r: Admin.HookRow) -> [String] { [r.event, r.phase, r.owner, "\(r.priority)", r.policy, r.timeout] }
 }
 
+/// `plugboard pipeline`: list the registrations (the default), or send a message.
+struct PipelineGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipeline",
+        abstract: "List the pipeline registrations, or send a message into the pipeline.",
+        subcommands: [PipelineList.self, PipelineSend.self],
+        defaultSubcommand: PipelineList.self
+    )
+}
+
+struct PipelineSend: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "Send a message into the pipeline and print the path, plugin by plugin, and what came out.",
+        discussion: "Example: plugboard pipeline send container.log '{\"line\": \"password=hunter2\"}'"
+    )
+    @OptionGroup var connection: Connection
+    @Argument(help: "The message's type.") var type: String
+    @Argument(help: "Its body, as JSON (default null).") var json: String?
+    @Option(help: "table or json.") var format: OutputFormat = .table
+
+    func run() async throws {
+        var body: Value = .nil
+        if let json {
+            do {
+                body = try JSONDecoder().decode(Value.self, from: Data(json.utf8))
+            } catch {
+                throw ValidationError("the body is not valid JSON: \(json)")
+            }
+        }
+        let run = try await connection.send(Admin.PipelineSend(type: type, body: body))
+        if format == .json { return try printJSON(run) }
+        func show(_ m: Admin.PipelineRun.Message) -> String { "\(m.type) \(compactJSON(m.body))" }
+        printTable(["RUN", "PLUGIN", "IN", "OUT"], run.path.map { step in
+            ["\(step.run)", step.plugin, show(step.input), step.output.isEmpty ? "(dropped)" : step.output.map(show).joined(separator: "; ")]
+        })
+        print("")
+        print(run.final.isEmpty ? "no message came out" : "out: " + run.final.map(show).joined(separator: "; "))
+    }
+}
+
+/// A value as one line of JSON.
+func compactJSON(_ value: Value) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "\(value)"
+}
+
 struct PipelineList: RegistryListing {
-    static let configuration = CommandConfiguration(commandName: "pipeline", abstract: "List the pipeline registrations, in routing order.")
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the pipeline registrations, in routing order (the default).")
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
     static var request: Admin.Pipeline { Admin.Pipeline() }

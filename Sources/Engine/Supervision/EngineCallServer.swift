@@ -1,5 +1,7 @@
+import AdminProtocol
 import Chan
 import Hooks
+import Pipeline
 import NIOConcurrencyHelpers
 import PluginKit
 import Routing
@@ -46,6 +48,9 @@ struct EngineCallServer: Sendable {
     }
 
     private func answer(_ request: Request) async {
+        if let type = request.body["pipeline.send"]?.stringValue {
+            return await answerPipelineSend(request, type: type)
+        }
         if let event = request.body["hooks.run"]?.stringValue ?? request.body["hooks.notify"]?.stringValue {
             return await answerHooks(request, event: event, run: request.body["hooks.run"] != nil)
         }
@@ -64,7 +69,7 @@ struct EngineCallServer: Sendable {
             let result = try await engine.hub.call(job, request.body["argument"] ?? .nil, caller: caller)
             try? await request.respond(result)
         } catch let error as RoutingError {
-            try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
@@ -91,7 +96,25 @@ struct EngineCallServer: Sendable {
                 try? await request.respond(.nil)
             }
         } catch let error as RoutingError {
-            try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+        } catch {
+            try? await request.fail(code: "engine.error", message: "\(error)")
+        }
+    }
+
+    /// Routes a message through the pipeline for a plugin granted `pipeline.send:TYPE`.
+    private func answerPipelineSend(_ request: Request, type: String) async {
+        let grant = pipelineSendGrant(type)
+        guard await isGranted(grant) else {
+            let why = asked.contains(grant) ? "it asked for it but was not granted it" : "it did not declare it (sendsMessages)"
+            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not send \(type) messages into the pipeline: \(why)")
+            return
+        }
+        do {
+            let result = try await engine.pipeline.route(PipelineMessage(type: type, body: request.body["body"] ?? .nil))
+            try? await request.respond(result.value)
+        } catch let error as RoutingError {
+            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
