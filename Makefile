@@ -49,7 +49,8 @@ run: deps bundles
 		--plugin-exec "audit=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/audit.sh $$(pwd)/.build/run-data/audit.log" \
 		--plugin-exec "add-env=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/add-env.sh" \
 		--plugin-exec "du=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/disk-usage.sh" \
-		--plugin-exec "counter=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/counter.sh"
+		--plugin-exec "counter=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/counter.sh" \
+		--plugin-exec "mask=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/mask-secrets.sh"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

@@ -116,7 +116,7 @@ let package = Package(
         .executableTarget(name: "plugboard-plugin-echo", dependencies: ["EchoPlugin", "PluginKit"], path: "plugins/echo/main", swiftSettings: strict),
         .target(name: "HostMountPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/host-mount", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
-        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
+        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", "Pipeline", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-containers", dependencies: ["ContainersPlugin", "Containers", "PluginKit", log], path: "plugins/containers/main", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
         .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),
@@ -149,13 +149,13 @@ let package = Package(
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "PluginKitTests", dependencies: ["PluginKit", "Hooks", "Routing", "Chan"], swiftSettings: strict),
-        .testTarget(name: "ContainersTests", dependencies: ["Containers"], swiftSettings: strict),
+        .testTarget(name: "ContainersTests", dependencies: ["Containers", nioLocks], swiftSettings: strict),
         .testTarget(name: "ShellAdapterTests", dependencies: ["ShellAdapter", "Chan"], swiftSettings: strict),
         .testTarget(
             name: "EngineTests",
             dependencies: [
                 "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
-                "Containers", "ShellAdapter", "StateService", log, nioLocks,
+                "Containers", "ShellAdapter", "StateService", "Hooks", "Pipeline", log, nioLocks,
             ],
             swiftSettings: strict
         ),

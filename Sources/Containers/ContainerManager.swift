@@ -63,6 +63,15 @@ public actor ContainerManager {
     private var processes: [String: SpawnedProcess] = [:]
     /// Callers of ``wait(_:timeout:)``, by container; outside the actor so that a deadline
     /// (a sweeper callback, not a task) can take one out.
+    /// What output lines pass through on their way to the log; nil: straight in.
+    private let logFilter = NIOLockedValueBox<LogLineFilter?>(nil)
+
+    /// Routes every line the containers started from now on write through `filter` before
+    /// it reaches their logs (the containers plugin sends them into the pipeline).
+    public nonisolated func setLogFilter(_ filter: LogLineFilter?) {
+        logFilter.withLockedValue { $0 = filter }
+    }
+
     /// One task per running container: it copies the output and reports the exit.
     private let watchers = TaskSet()
     private let waiters = NIOLockedValueBox<[String: [UUID: CheckedContinuation<Int?, Never>]]>([:])
@@ -161,11 +170,18 @@ public actor ContainerManager {
         r.exitCode = nil
         records[id] = r
         onEvent(.started(id: id, name: r.name))
+        // With a log filter (the pipeline), output goes through it a line at a time.
+        let router = logFilter.withLockedValue { $0 }.map { LogLineRouter(id: id, log: log, filter: $0) }
+        let deliver: @Sendable (ContainerLog.Stream, [UInt8]) -> Void = { stream, bytes in
+            if let router { router.feed(stream, bytes) } else { log.append(stream, bytes) }
+        }
         watchers.run {
-            async let o: Void = PipeReader.read(fd: out.readEnd) { log.append(.stdout, $0) }
-            async let e: Void = PipeReader.read(fd: err.readEnd) { log.append(.stderr, $0) }
+            async let o: Void = PipeReader.read(fd: out.readEnd) { deliver(.stdout, $0) }
+            async let e: Void = PipeReader.read(fd: err.readEnd) { deliver(.stderr, $0) }
             let status = await process.waitForExit()
             _ = try? await (o, e)
+            // Every line is in the log before the exit is reported (container wait, logs).
+            await router?.finish()
             await self.exited(id, status: status)
         }
         // Return once runc has the container (or it already ended), as `docker start` does:

@@ -29,6 +29,11 @@ struct TestPlugin: Plugin {
         for entry in list("pipeline") {
             let parts = entry.split(separator: ":").map(String.init)
             d.messages(parts[0], priority: parts.count > 1 ? Int(parts[1]) ?? 0 : 0) { type, body in
+                // A container.log-like map has its "line" tagged; anything else is taken as text.
+                if case .map(var entries) = body, let i = entries.firstIndex(where: { $0.key == "line" }), let line = entries[i].value.stringValue {
+                    entries[i].value = .string(line + "+" + name)
+                    return [(type, .map(entries))]
+                }
                 let text = body.stringValue ?? "\(body)"
                 var out: [(type: String, body: Value)] = [(type, .string(text + "+" + name))]
                 if type != "alert" && text.contains("alert") { out.append(("alert", body)) }

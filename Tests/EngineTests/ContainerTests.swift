@@ -354,4 +354,35 @@ struct ContainerTests {
         daemon.process.signal(SIGTERM)
         _ = await daemon.process.waitForExit()
     }
+
+    @Test("a container's output passes through the pipeline line by line: the shipped mask-secrets script, then a plugin of lower priority, before container logs")
+    func logsThroughPipeline() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("logpipe")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/admin.sock"
+        let rootfs = try busyboxRootfs(in: dir)
+        let sh = try builtExecutable("plugboard-sh")
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+            "--plugin", "containers",
+            "--plugin-exec", "mask=\(sh) \(repositoryRoot)/plugins/shell/mask-secrets.sh",
+            "--plugin-exec", "tagger=\(try builtExecutable("plugboard-test-plugin")) pipeline=container.log:10",
+        ])
+        let plugboard = try builtExecutable("plugboard")
+        try await whileRunning(daemon) {
+            let r = try await runCommand(plugboard, [
+                "container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "chatty",
+                "--", "sh", "-c", "echo 'login user=bob password=hunter2'; echo 'all fine'; echo 'token=abc123 oops' >&2",
+            ])
+            #expect(r.status == .exited(0), "\(r.err)")
+            let logs = try await runCommand(plugboard, ["container", "logs", "--socket", socket, "chatty"])
+            #expect(logs.out.contains("login user=bob password=****+tagger\n"), "\(logs.out)")
+            #expect(logs.out.contains("all fine+tagger\n"), "\(logs.out)")
+            #expect(logs.err.contains("token=**** oops+tagger"), "stderr lines pass too: \(logs.err)")
+            #expect(!logs.out.contains("hunter2") && !logs.err.contains("abc123"))
+            _ = try await runCommand(plugboard, ["container", "rm", "--socket", socket, "chatty"])
+        }
+        daemon.process.signal(SIGTERM)
+        _ = await daemon.process.waitForExit()
+    }
 }

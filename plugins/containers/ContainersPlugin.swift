@@ -4,6 +4,7 @@ import Foundation
 import Hooks
 import NIOConcurrencyHelpers
 import Logging
+import Pipeline
 import PluginKit
 
 /// `containers`: the container lifecycle on runc, as a built-in plugin.
@@ -33,6 +34,28 @@ public struct ContainersPlugin: Plugin {
     /// container instance must be granted them (`hooks.run:EVENT`).
     public static let hookEvents = ["container.create", "container.start", "container.started", "container.exited", "container.removed"]
 
+    /// The pipeline message each line of a container's output becomes:
+    /// `{"id", "stream": "stdout"|"stderr", "line", "time"}`.
+    public static let logMessageType = "container.log"
+
+    /// Sends each output line through the pipeline as a `container.log` message; the
+    /// `container.log` messages that come out are what the log keeps (a plugin may mask,
+    /// drop or add lines). A failing pipeline keeps the line as written, and says so in the
+    /// daemon's log: no line is lost to a broken plugin.
+    static func logFilter(engine: any EngineCalls, logger: Logger) -> LogLineFilter {
+        { id, stream, line in
+            let time = Date().formatted(.iso8601)
+            let body: Value = .fields(("id", .string(id)), ("stream", .string(stream.rawValue)), ("line", .string(line)), ("time", .string(time)))
+            do {
+                let run = try await engine.send(logMessageType, body)
+                return run.final.filter { $0.type == logMessageType }.map { $0.body["line"]?.stringValue ?? "\($0.body)" }
+            } catch {
+                logger.warning("container log line kept unfiltered", metadata: ["container.id": "\(id)", "container.error": "\(error)"])
+                return [line]
+            }
+        }
+    }
+
     /// - Parameters:
     ///   - runc: the runtime, with Plugboard's own `--root`.
     ///   - bundles: where the generated OCI bundles go.
@@ -55,7 +78,9 @@ public struct ContainersPlugin: Plugin {
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         var d = PluginDeclaration(name: "containers", version: "1.0.0")
         for event in Self.hookEvents { d.runsHooks(event) }
+        d.sendsMessages(Self.logMessageType)
         if let engine = context.engine {
+            manager.setLogFilter(Self.logFilter(engine: engine, logger: logger))
             let (notifications, logger) = (self.notifications, self.logger)
             notifier.withLockedValue { task in
                 guard task == nil else { return }
