@@ -22,6 +22,8 @@ public enum AdminCommand: String, Codable, Sendable, CaseIterable {
     case pluginSet = "plugin.set"
     /// `call`: calls a job as the operator.
     case call
+    case callBest = "call.best"
+    case callAll = "call.all"
     /// `endpoints`: the jobs and who serves them.
     case endpoints
     /// `hooks`: the hooks, in the order they run.

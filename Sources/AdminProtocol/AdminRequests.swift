@@ -299,19 +299,28 @@ public enum Admin {
         public init() {}
     }
 
-    /// A job and its owner.
+    /// A job and its owner, or an extension point and one of its providers.
     public struct EndpointRow: Codable, Sendable, Hashable {
-        /// The job.
+        /// The job or extension point.
         public var job: String
         /// The plugin that serves it.
         public var owner: String
         /// Its owner is restarting: calls wait for it.
         public var restarting: Bool
+        /// "job", or "provider" for an extension point's provider.
+        public var kind: String
+        /// A provider's priority.
+        public var priority: Int?
+        /// A provider's rank among the point's providers: 1 is the best.
+        public var rank: Int?
         /// A row.
-        public init(job: String, owner: String, restarting: Bool) {
+        public init(job: String, owner: String, restarting: Bool, kind: String = "job", priority: Int? = nil, rank: Int? = nil) {
             self.job = job
             self.owner = owner
             self.restarting = restarting
+            self.kind = kind
+            self.priority = priority
+            self.rank = rank
         }
     }
 
@@ -472,6 +481,72 @@ public enum Admin {
         public init(final: [Message], path: [Step]) {
             self.final = final
             self.path = path
+        }
+    }
+
+    /// `call.best`: calls the best provider of an extension point (failing over in rank
+    /// order when a provider goes away).
+    public struct CallBest: AdminRequest {
+        /// The command: `call.best`.
+        public static let command = AdminCommand.callBest
+        /// What the daemon answers: the provider's result.
+        public typealias Reply = Value
+        /// The extension point.
+        public var point: String
+        /// The argument.
+        public var argument: Value
+        /// A call of the best provider of `point`.
+        public init(point: String, argument: Value = .nil) {
+            self.point = point
+            self.argument = argument
+        }
+    }
+
+    /// `call.all`: calls every provider of an extension point, best first.
+    public struct CallAll: AdminRequest {
+        /// The command: `call.all`.
+        public static let command = AdminCommand.callAll
+        /// What the daemon answers: each provider's answer or error, in rank order.
+        public typealias Reply = [ProviderAnswer]
+        /// The extension point.
+        public var point: String
+        /// The argument.
+        public var argument: Value
+        /// A call of every provider of `point`.
+        public init(point: String, argument: Value = .nil) {
+            self.point = point
+            self.argument = argument
+        }
+    }
+
+    /// One provider's answer to `call.all`.
+    public struct ProviderAnswer: Codable, Sendable, Hashable {
+        /// An error a provider answered with.
+        public struct Failure: Codable, Sendable, Hashable {
+            /// Its code.
+            public var code: String
+            /// What happened.
+            public var message: String
+            /// A failure.
+            public init(code: String, message: String) {
+                self.code = code
+                self.message = message
+            }
+        }
+        /// The provider.
+        public var plugin: String
+        /// Its priority.
+        public var priority: Int
+        /// Its result, when it answered.
+        public var ok: Value?
+        /// Its error, when it failed.
+        public var error: Failure?
+        /// An answer.
+        public init(plugin: String, priority: Int, ok: Value?, error: Failure?) {
+            self.plugin = plugin
+            self.priority = priority
+            self.ok = ok
+            self.error = error
         }
     }
 }

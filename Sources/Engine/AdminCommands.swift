@@ -84,7 +84,24 @@ enum AdminCommands {
             }
         case .endpoints:
             return try await typed(Admin.Endpoints.self, body) { _ in
-                engine.hub.endpoints.map { Admin.EndpointRow(job: $0.name, owner: $0.owner, restarting: $0.restarting) }
+                let jobs = engine.hub.endpoints.map { Admin.EndpointRow(job: $0.name, owner: $0.owner, restarting: $0.restarting) }
+                var rank: [String: Int] = [:]
+                let providers = engine.hub.allProviders.map { p -> Admin.EndpointRow in
+                    rank[p.extensionPoint, default: 0] += 1
+                    return Admin.EndpointRow(job: p.extensionPoint, owner: p.owner, restarting: false, kind: "provider", priority: p.priority, rank: rank[p.extensionPoint])
+                }
+                return jobs + providers
+            }
+        case .callBest:
+            return try await typed(Admin.CallBest.self, body) { r in try await engine.hub.callBest(r.point, r.argument) }
+        case .callAll:
+            return try await typed(Admin.CallAll.self, body) { r in
+                try await engine.hub.callAll(r.point, r.argument).map { a in
+                    switch a.result {
+                    case .success(let v): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: v, error: nil)
+                    case .failure(let e): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: nil, error: .init(code: AdminError.Code.routing("\(e.code)").rawValue, message: e.reason))
+                    }
+                }
             }
         case .hooks:
             return try await typed(Admin.Hooks.self, body) { _ in

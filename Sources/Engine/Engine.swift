@@ -249,6 +249,14 @@ struct InProcessEngineCalls: EngineCalls {
         try await pipeline.route(PipelineMessage(type: type, body: body))
     }
 
+    func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        try await hub.callBest(point, argument, timeout: timeout, caller: plugin)
+    }
+
+    func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        .array(try await hub.callAll(point, argument, timeout: timeout, caller: plugin).map(\.value))
+    }
+
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value {
         try await hub.call(job, argument, timeout: timeout, caller: plugin)
     }

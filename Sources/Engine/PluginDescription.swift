@@ -15,6 +15,14 @@ public struct PluginDescription: Sendable, Hashable {
         public var timeout: Duration
     }
 
+    /// An extension point the plugin provides, with its rank.
+    public struct ProvidedPoint: Sendable, Hashable {
+        /// The extension point.
+        public var point: String
+        /// Its priority among providers (higher is better).
+        public var priority: Int
+    }
+
     /// The plugin's name: the one it declared, or the engine's name for it when it declared none.
     public var name: String
     /// Its version; "unknown" when a subprocess declared none.
@@ -25,6 +33,8 @@ public struct PluginDescription: Sendable, Hashable {
     public var hooks: [HookOptions]
     /// The pipeline message types it handles.
     public var messageTypes: [MessageType]
+    /// The extension points it provides.
+    public var provides: [ProvidedPoint]
     /// Jobs that must be active before it is (boot order follows them).
     public var requires: [String]
     /// Jobs (and hook chains) it wants to call through the engine; each needs a grant.
@@ -36,6 +46,7 @@ public struct PluginDescription: Sendable, Hashable {
         jobs = d.jobs.map(\.name)
         hooks = d.hooks.map(\.options)
         messageTypes = d.messageTypes.map { MessageType(type: $0.type, priority: $0.priority, timeout: $0.timeout) }
+        provides = d.providers.map { ProvidedPoint(point: $0.point, priority: $0.priority) }
         requires = d.requires
         calls = d.calls
     }
@@ -57,6 +68,12 @@ public struct PluginDescription: Sendable, Hashable {
         version = v["version"]?.stringValue ?? "unknown"
         jobs = try strings("jobs")
         requires = try strings("requires")
+        provides = try (v["provides"]?.arrayValue ?? []).map { p in
+            guard let point = p["point"]?.stringValue else {
+                throw EngineError(.badDeclaration, "plugin \(fallbackName): a \"provides\" entry lacks \"point\"")
+            }
+            return ProvidedPoint(point: point, priority: Int(clamping: p["priority"]?.intValue ?? 0))
+        }
         calls = try strings("calls")
         hooks = try (v["hooks"]?.arrayValue ?? []).map { h in
             do {

@@ -127,14 +127,65 @@ public final class Hub: Sendable {
         providers(of: extensionPoint).first
     }
 
-    /// Calls the best provider of `extensionPoint` with the deadline `timeout`.
-    public func callBest(_ extensionPoint: String, _ argument: Value, timeout: Duration = Hub.defaultTimeout) async throws -> Value {
-        guard let provider = bestProvider(of: extensionPoint) else {
-            throw RoutingError(.noProvider, "nobody provides \(extensionPoint)")
+    /// Calls the best provider of `extensionPoint` with the deadline `timeout`. When that
+    /// provider goes away during the call, the next best is tried: the call fails over in
+    /// rank order, and fails only when no provider is left.
+    public func callBest(_ extensionPoint: String, _ argument: Value, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> Value {
+        var tried: Set<String> = []
+        while let provider = providers(of: extensionPoint).first(where: { !tried.contains($0.owner) }) {
+            tried.insert(provider.owner)
+            do {
+                return try await provider.participant.invoke(
+                    Invocation(kind: .job, name: extensionPoint, payload: argument, extra: caller.map { .fields(("caller", .string($0))) } ?? .nil),
+                    timeout: timeout, tracking: inFlight
+                )
+            } catch let error as RoutingError where error.code == .ownerGone {
+                logger.info("provider gone, failing over", metadata: ["hub.point": "\(extensionPoint)", "plugin.name": "\(provider.owner)"])
+                continue
+            }
         }
-        return try await provider.participant.invoke(
-            Invocation(kind: .job, name: extensionPoint, payload: argument), timeout: timeout, tracking: inFlight
-        )
+        throw RoutingError(.noProvider, tried.isEmpty ? "nobody provides \(extensionPoint)" : "every provider of \(extensionPoint) went away (\(tried.sorted().joined(separator: ", ")))")
+    }
+
+    /// What one provider answered in ``callAll(_:_:timeout:caller:)``.
+    public struct ProviderAnswer: Sendable {
+        /// On the wire: `{"plugin", "priority", "ok": VALUE}` or `{"plugin", "priority", "error": {"code", "message"}}`.
+        public var value: Value {
+            switch result {
+            case .success(let v): return .fields(("plugin", .string(plugin)), ("priority", .int(Int64(priority))), ("ok", v))
+            case .failure(let e):
+                return .fields(("plugin", .string(plugin)), ("priority", .int(Int64(priority))),
+                               ("error", .fields(("code", .string(e.code.description.replacingOccurrences(of: " ", with: "-"))), ("message", .string(e.reason)))))
+            }
+        }
+        /// The provider.
+        public var plugin: String
+        /// Its priority.
+        public var priority: Int
+        /// Its answer, or its error.
+        public var result: Result<Value, RoutingError>
+    }
+
+    /// Calls every provider of `extensionPoint`, best first, one after the other; each
+    /// answers or fails on its own. Throws ``RoutingError/Code/noProvider`` when none is registered.
+    public func callAll(_ extensionPoint: String, _ argument: Value, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> [ProviderAnswer] {
+        let all = providers(of: extensionPoint)
+        guard !all.isEmpty else { throw RoutingError(.noProvider, "nobody provides \(extensionPoint)") }
+        var answers: [ProviderAnswer] = []
+        for provider in all {
+            do {
+                let value = try await provider.participant.invoke(
+                    Invocation(kind: .job, name: extensionPoint, payload: argument, extra: caller.map { .fields(("caller", .string($0))) } ?? .nil),
+                    timeout: timeout, tracking: inFlight
+                )
+                answers.append(ProviderAnswer(plugin: provider.owner, priority: provider.priority, result: .success(value)))
+            } catch let error as RoutingError {
+                answers.append(ProviderAnswer(plugin: provider.owner, priority: provider.priority, result: .failure(error)))
+            } catch {
+                answers.append(ProviderAnswer(plugin: provider.owner, priority: provider.priority, result: .failure(RoutingError(.handlerFailed, "\(error)", plugin: provider.owner))))
+            }
+        }
+        return answers
     }
 
     /// Registered jobs, sorted by name, for listing.

@@ -35,6 +35,14 @@ public protocol EngineCalls: Sendable {
     /// Tells the observers of `event` (container.started, …) that it happened to `object`.
     func notify(_ event: String, payload: Value, object: String) async throws
 
+    /// Calls the best provider of the extension point `point` (failing over in rank order
+    /// when a provider goes away); the plugin needs the point in its `calls`, granted.
+    func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value
+
+    /// Calls every provider of `point`, best first: `[{"plugin", "priority", "ok"}` or
+    /// `{"plugin", "priority", "error": {"code", "message"}}]`.
+    func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value
+
     /// Sends a message of `type` into the pipeline and returns the run: the messages that
     /// came out and the path, plugin by plugin. The plugin must declare the type with
     /// ``PluginDeclaration/sendsMessages(_:)`` and be granted it.

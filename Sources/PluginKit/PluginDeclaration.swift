@@ -67,6 +67,16 @@ public struct PluginDeclaration: Sendable {
         public var handler: MessageHandler
     }
 
+    /// An extension point the plugin provides, ranked among other providers by priority.
+    public struct Provider: Sendable {
+        /// The extension point (`volume.driver`).
+        public var point: String
+        /// Its rank among providers: higher is better.
+        public var priority: Int
+        /// Answers one call.
+        public var handler: JobHandlerWithCall
+    }
+
     /// The plugin's declared name; the name it runs under (`NAME=` on the command line) wins over it.
     public var name: String
     /// Its version (default "0.0.0").
@@ -77,6 +87,8 @@ public struct PluginDeclaration: Sendable {
     public private(set) var hooks: [Hook] = []
     /// The pipeline message types it handles, added with ``messages(_:priority:timeout:_:)``.
     public private(set) var messageTypes: [MessageType] = []
+    /// The extension points it provides, added with ``provide(_:priority:_:)``.
+    public private(set) var providers: [Provider] = []
     /// Jobs that must be active before this plugin is (boot order follows them).
     public var requires: [String] = []
     /// Jobs this plugin wants to call through the engine (it needs a grant for each).
@@ -95,6 +107,12 @@ public struct PluginDeclaration: Sendable {
     /// Serves the job `name`.
     public mutating func job(_ name: String, _ handler: @escaping JobHandler) {
         jobs.append(Job(name: name) { argument, _ in try await handler(argument) })
+    }
+
+    /// Provides the extension point `point` at `priority` (higher is better): callers ask for
+    /// the best provider or for all of them in rank order, and several plugins may provide it.
+    public mutating func provide(_ point: String, priority: Int = 0, _ handler: @escaping JobHandler) {
+        providers.append(Provider(point: point, priority: priority) { argument, _ in try await handler(argument) })
     }
 
     /// Serves the job `name`, with the caller's identity.
@@ -134,10 +152,12 @@ public struct PluginDeclaration: Sendable {
     public func answer(_ invocation: Invocation) async throws -> Value {
         switch invocation.kind {
         case .job:
-            guard let job = jobs.first(where: { $0.name == invocation.name }) else {
+            // A job, or an extension point this plugin provides (called as its best provider or one of all).
+            guard let handler = jobs.first(where: { $0.name == invocation.name })?.handler
+                ?? providers.first(where: { $0.point == invocation.name })?.handler else {
                 throw RoutingError(.unknownJob, "plugin \(name) has no job \(invocation.name)", plugin: name)
             }
-            return try await job.handler(invocation.payload, JobCall(caller: invocation.extra["caller"]?.stringValue))
+            return try await handler(invocation.payload, JobCall(caller: invocation.extra["caller"]?.stringValue))
         case .hook:
             let phase = invocation.extra["phase"]?.stringValue.flatMap(HookPhase.init(rawValue:)) ?? .mutate
             guard let hook = hooks.first(where: { $0.options.event == invocation.name && $0.options.phase == phase }) else {
@@ -166,6 +186,7 @@ public struct PluginDeclaration: Sendable {
             ("pipeline", .array(messageTypes.map { m in
                 .fields(("type", .string(m.type)), ("priority", .int(Int64(m.priority))), ("timeout_ms", .int(Self.milliseconds(m.timeout))))
             })),
+            ("provides", .array(providers.map { .fields(("point", .string($0.point)), ("priority", .int(Int64($0.priority)))) })),
             ("requires", .array(requires.map { .string($0) })),
             ("calls", .array(calls.map { .string($0) }))
         )

@@ -136,6 +136,16 @@ final class EngineConnection: EngineCalls, Sendable {
         return try HookOutcome(value: answer)
     }
 
+    func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        return try await channel.request(.fields(("best", .string(point)), ("argument", argument)), timeout: timeout)
+    }
+
+    func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
+        return try await channel.request(.fields(("all", .string(point)), ("argument", argument)), timeout: timeout)
+    }
+
     func send(_ type: String, _ body: Value) async throws -> PipelineResult {
         guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
         // Each step has its own deadline; this one only guards a hung engine.

@@ -1,5 +1,6 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
 //   provides=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
+//   point=POINT:PRIORITY,... (provides an extension point answering "NAME:ARGUMENT")
 //   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
 //   "alert" also yields an alert message) sends=TYPE,... (may send those into the pipeline)
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
@@ -41,6 +42,17 @@ struct TestPlugin: Plugin {
             }
         }
         for type in list("sends") { d.sendsMessages(type) }
+        // point=POINT:PRIORITY provides an extension point answering "NAME:ARGUMENT".
+        for entry in list("point") {
+            let parts = entry.split(separator: ":").map(String.init)
+            d.provide(parts[0], priority: parts.count > 1 ? Int(parts[1]) ?? 0 : 0) { argument in
+                .string("\(name):\(argument.stringValue ?? "\(argument)")")
+            }
+        }
+        d.job("\(name).best") { argument in
+            guard let engine = context.engine, let point = argument["point"]?.stringValue else { return "no engine" }
+            return try await engine.callBest(point, argument["argument"] ?? .nil, timeout: .seconds(10))
+        }
         d.job("\(name).send") { argument in
             guard let engine = context.engine, let type = argument["type"]?.stringValue else { return "no engine" }
             return try await engine.send(type, argument["body"] ?? .nil).value

@@ -9,11 +9,18 @@ import Foundation
 struct Call: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Call a job with a JSON argument and print the reply as JSON.",
-        discussion: "Example: plugboard call echo '{\"hello\": \"world\"}'"
+        discussion: """
+            Examples:
+              plugboard call echo '{"hello": "world"}'
+              plugboard call --best volume.driver '{"op": "create", "name": "data"}'   # the best provider of an extension point
+              plugboard call --all volume.driver '{"op": "list"}'                      # every provider, best first
+            """
     )
     @OptionGroup var connection: Connection
-    @Argument(help: "The job.") var job: String
+    @Argument(help: "The job (or, with --best/--all, the extension point).") var job: String
     @Argument(help: "The argument, as JSON (default null).") var json: String?
+    @Flag(help: "Call the best provider of the extension point; fail over in rank order if it goes away.") var best = false
+    @Flag(help: "Call every provider of the extension point, best first; print each answer or error.") var all = false
 
     func run() async throws {
         var argument: Value = .nil
@@ -24,6 +31,9 @@ struct Call: AsyncParsableCommand {
                 throw ValidationError("the argument is not valid JSON: \(json)")
             }
         }
+        if best && all { throw ValidationError("give --best or --all, not both") }
+        if best { return try printJSON(try await connection.send(Admin.CallBest(point: job, argument: argument))) }
+        if all { return try printJSON(try await connection.send(Admin.CallAll(point: job, argument: argument))) }
         try printJSON(try await connection.send(Admin.Call(job: job, argument: argument)))
     }
 }
@@ -51,8 +61,10 @@ struct Endpoints: RegistryListing {
     @OptionGroup var connection: Connection
     @Option(help: "table or json.") var format: OutputFormat = .table
     static var request: Admin.Endpoints { Admin.Endpoints() }
-    static let header = ["JOB", "OWNER", "STATE"]
-    static func row(_ r: Admin.EndpointRow) -> [String] { [r.job, r.owner, r.restarting ? "waiting for owner" : "active"] }
+    static let header = ["NAME", "KIND", "OWNER", "RANK", "PRIORITY", "STATE"]
+    static func row(_ r: Admin.EndpointRow) -> [String] {
+        [r.job, r.kind, r.owner, r.rank.map { "\($0)" } ?? "-", r.priority.map { "\($0)" } ?? "-", r.restarting ? "waiting for owner" : "active"]
+    }
 }
 
 struct HooksList: RegistryListing {

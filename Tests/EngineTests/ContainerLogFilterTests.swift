@@ -12,6 +12,8 @@ struct FailingEngine: EngineCalls {
     func call(_ job: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.handlerFailed, "boom") }
     func runHooks(_ event: String, payload: Value, object: String) async throws -> HookOutcome { throw RoutingError(.handlerFailed, "boom") }
     func notify(_ event: String, payload: Value, object: String) async throws { throw RoutingError(.handlerFailed, "boom") }
+    func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.noProvider, "none") }
+    func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.noProvider, "none") }
     func send(_ type: String, _ body: Value) async throws -> PipelineResult { throw RoutingError(.timeout, "plugin slow did not answer container.log within 10 s") }
 }
 

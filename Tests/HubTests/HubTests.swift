@@ -19,6 +19,29 @@ struct HubTests {
         #expect(hub.endpoints == [Hub.Endpoint(name: "echo", owner: "echo-plugin", restarting: false, remote: false)])
     }
 
+    @Test("callBest fails over to the next provider when the best one goes away mid-call; callAll answers in rank order")
+    func providerFailover() async throws {
+        let hub = Hub(logger: quietLogger)
+        let entered = Signal()
+        hub.provide("volume.driver", priority: 20, by: .inProcess("best") { _ in
+            entered.fire()
+            let (stream, continuation) = AsyncStream.makeStream(of: Never.self)
+            for await _ in stream {}
+            withExtendedLifetime(continuation) {}
+            return "never"
+        })
+        hub.provide("volume.driver", priority: 10, by: .inProcess("second") { invocation in .string("second:\(invocation.payload.stringValue ?? "")") })
+        #expect(hub.providers(of: "volume.driver").map(\.owner) == ["best", "second"])
+        let call = Task { try await hub.callBest("volume.driver", "v", timeout: .seconds(30)) }
+        try await withDeadline(10, "the best provider to be called") { await entered.wait() }
+        hub.withdraw(owner: "best", reason: "it crashed")
+        #expect(try await withDeadline(10, "the failover") { try await call.value } == "second:v")
+        let all = try await hub.callAll("volume.driver", "w")
+        #expect(all.map(\.plugin) == ["second"])
+        hub.withdraw(owner: "second", reason: "gone")
+        await #expect { try await hub.callBest("volume.driver", 1) } throws: { ($0 as? RoutingError)?.code == .noProvider }
+    }
+
     @Test("a call waiting for a restarting owner leaves at once when its task is cancelled")
     func cancelledWaiterLeaves() async throws {
         let hub = Hub(logger: quietLogger)

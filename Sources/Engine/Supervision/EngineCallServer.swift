@@ -1,6 +1,7 @@
 import AdminProtocol
 import Chan
 import Hooks
+import Hub
 import Pipeline
 import NIOConcurrencyHelpers
 import PluginKit
@@ -48,6 +49,9 @@ struct EngineCallServer: Sendable {
     }
 
     private func answer(_ request: Request) async {
+        if let point = request.body["best"]?.stringValue ?? request.body["all"]?.stringValue {
+            return await answerProviders(request, point: point, all: request.body["all"] != nil)
+        }
         if let type = request.body["pipeline.send"]?.stringValue {
             return await answerPipelineSend(request, type: type)
         }
@@ -113,6 +117,32 @@ struct EngineCallServer: Sendable {
         do {
             let result = try await engine.pipeline.route(PipelineMessage(type: type, body: request.body["body"] ?? .nil))
             try? await request.respond(result.value)
+        } catch let error as RoutingError {
+            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+        } catch {
+            try? await request.fail(code: "engine.error", message: "\(error)")
+        }
+    }
+
+    /// Calls the best provider of `point`, or all of them, for a plugin granted the point
+    /// (it names the point in its `calls`, like a job).
+    private func answerProviders(_ request: Request, point: String, all: Bool) async {
+        var allowed = engine.openJobs.withLockedValue { $0.contains(point) }
+        if !allowed { allowed = await isGranted(point) }
+        guard allowed else {
+            let why = asked.contains(point) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
+            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not call extension point \(point): \(why)")
+            return
+        }
+        do {
+            let argument = request.body["argument"] ?? .nil
+            if all {
+                let answers = try await engine.hub.callAll(point, argument, caller: caller)
+                try? await request.respond(.array(answers.map(\.value)))
+            } else {
+                let result = try await engine.hub.callBest(point, argument, caller: caller)
+                try? await request.respond(result)
+            }
         } catch let error as RoutingError {
             try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
         } catch {

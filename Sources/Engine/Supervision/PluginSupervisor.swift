@@ -96,6 +96,9 @@ actor PluginSupervisor {
     func activate() throws {
         guard let description, let participant = current?.participant else { throw EngineError(.startFailed, "plugin \(name) was not started") }
         try engine.hub.register(jobs: description.jobs, for: participant)
+        for provided in description.provides {
+            engine.hub.provide(provided.point, priority: provided.priority, by: participant)
+        }
         if spec.openToAll { engine.openJobs.withLockedValue { $0.formUnion(description.jobs) } }
         registerHooksAndPipeline()
         engine.publish("registration.added", [
@@ -104,7 +107,7 @@ actor PluginSupervisor {
             ("pipeline", .array(description.messageTypes.map { .string($0.type) })),
         ])
         activeSince = .now
-        set(.active, "registered \(description.jobs.count) jobs, \(description.hooks.count) hooks, \(description.messageTypes.count) pipeline types")
+        set(.active, "registered \(description.jobs.count) jobs, \(description.provides.count) extension points, \(description.hooks.count) hooks, \(description.messageTypes.count) pipeline types")
         if current?.process != nil, monitor == nil {
             monitor = Task { await self.superviseUntilStopped() }
         }
