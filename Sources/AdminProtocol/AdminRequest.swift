@@ -96,6 +96,8 @@ public struct AdminError: Error, Hashable, CustomStringConvertible, Sendable {
         public static func engine(_ code: String) -> Code { Code(rawValue: "engine." + code.replacingOccurrences(of: " ", with: "-")) }
         /// A routing error (a call's failure): `routing.` and the routing code.
         public static func routing(_ code: String) -> Code { Code(rawValue: "routing." + code.replacingOccurrences(of: " ", with: "-")) }
+        /// A plugin's own code, passed through unchanged.
+        public static func plugin(_ code: String) -> Code { Code(rawValue: code) }
     }
 
     /// What kind of failure.

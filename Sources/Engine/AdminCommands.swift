@@ -32,7 +32,7 @@ enum AdminCommands {
         } catch let error as EngineError {
             try? await request.fail(code: AdminError.Code.engine("\(error.code)").rawValue, message: error.reason)
         } catch let error as RoutingError {
-            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
             try? await request.fail(code: AdminError.Code.failed.rawValue, message: "\(error)")
         }
@@ -99,7 +99,7 @@ enum AdminCommands {
                 try await engine.hub.callAll(r.point, r.argument).map { a in
                     switch a.result {
                     case .success(let v): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: v, error: nil)
-                    case .failure(let e): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: nil, error: .init(code: AdminError.Code.routing("\(e.code)").rawValue, message: e.reason))
+                    case .failure(let e): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: nil, error: .init(code: e.wireCode, message: e.reason))
                     }
                 }
             }

@@ -155,7 +155,7 @@ public final class Hub: Sendable {
             case .success(let v): return .fields(("plugin", .string(plugin)), ("priority", .int(Int64(priority))), ("ok", v))
             case .failure(let e):
                 return .fields(("plugin", .string(plugin)), ("priority", .int(Int64(priority))),
-                               ("error", .fields(("code", .string(e.code.description.replacingOccurrences(of: " ", with: "-"))), ("message", .string(e.reason)))))
+                               ("error", .fields(("code", .string(e.wireCode)), ("message", .string(e.reason)))))
             }
         }
         /// The provider.

@@ -1,6 +1,7 @@
 import Chan
 import Hooks
 import Pipeline
+import Routing
 
 /// What a running plugin knows about its situation.
 public struct PluginContext: Sendable {
@@ -48,6 +49,9 @@ public protocol EngineCalls: Sendable {
     /// ``PluginDeclaration/sendsMessages(_:)`` and be granted it.
     func send(_ type: String, _ body: Value) async throws -> PipelineResult
 }
+
+/// An error with a code of the plugin's own, which reaches its caller unchanged.
+public typealias PluginError = Routing.PluginError
 
 /// The grant name under which a plugin may send messages of `type` into the pipeline
 /// (`pipeline.send:TYPE`), declared and granted like a job.

@@ -78,7 +78,12 @@ public enum PluginKit {
             let result = try await declaration.answer(invocation)
             try await request.respond(result)
         } catch let error as RoutingError {
-            try? await request.fail(code: "routing.\(error.code)", message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
+        } catch let error as PluginError {
+            try? await request.fail(code: error.code, message: error.message)
+        } catch let error as ChanError where error.code == .remote {
+            // A failed call this handler made: its code passes on unchanged.
+            try? await request.fail(code: error.remoteCode ?? "plugin.error", message: error.reason)
         } catch {
             try? await request.fail(code: "plugin.error", message: "\(error)")
         }

@@ -104,6 +104,8 @@ public struct Participant: Sendable {
                     throw error
                 } catch is CancellationError {
                     throw CancellationError()
+                } catch let error as PluginError {
+                    throw RoutingError(.handlerFailed, error.message, plugin: name, handlerCode: error.code)
                 } catch {
                     throw RoutingError(.handlerFailed, "plugin \(name) failed \(invocation.kind.rawValue) \(invocation.name): \(error)", plugin: name)
                 }

@@ -49,6 +49,19 @@ struct TestPlugin: Plugin {
                 .string("\(name):\(argument.stringValue ?? "\(argument)")")
             }
         }
+        // Fails with the code and message it is given: they must reach the caller unchanged.
+        d.job("\(name).fail") { argument in
+            throw PluginError(code: argument["code"]?.stringValue ?? "test.failed", message: argument["message"]?.stringValue ?? "failed on purpose")
+        }
+        // Calls a job and reports how it failed, as a plugin caller sees it.
+        d.job("\(name).probe") { argument in
+            guard let engine = context.engine, let job = argument["job"]?.stringValue else { return "no engine" }
+            do {
+                return .fields(("ok", try await engine.call(job, argument["argument"] ?? .nil, timeout: .seconds(10))))
+            } catch let error as ChanError {
+                return .fields(("code", .string(error.remoteCode ?? "none")), ("message", .string(error.reason)))
+            }
+        }
         d.job("\(name).best") { argument in
             guard let engine = context.engine, let point = argument["point"]?.stringValue else { return "no engine" }
             return try await engine.callBest(point, argument["argument"] ?? .nil, timeout: .seconds(10))

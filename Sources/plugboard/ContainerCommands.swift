@@ -205,7 +205,7 @@ func callJob(_ channel: Sender, _ job: String, _ argument: Value, timeout: Durat
         if jobMissing && job.hasPrefix("container.") {
             throw CLIError("\(error.reason)\nThe container commands need the containers plugin: start plugboardd with --plugin containers.")
         }
-        throw CLIError(error.reason)
+        throw CLIError("\(error.reason) [\(error.remoteCode ?? "unknown")]")
     }
 }
 

@@ -38,7 +38,8 @@ struct Connection: ParsableArguments {
         do {
             return try await channel.request(body, timeout: .seconds(60))
         } catch let error as ChanError where error.code == .remote {
-            throw CLIError(error.reason)
+            // The code travels with the message: scripts can match on it.
+            throw CLIError("\(error.reason) [\(error.remoteCode ?? "unknown")]")
         }
     }
 

@@ -73,7 +73,7 @@ struct EngineCallServer: Sendable {
             let result = try await engine.hub.call(job, request.body["argument"] ?? .nil, caller: caller)
             try? await request.respond(result)
         } catch let error as RoutingError {
-            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
@@ -100,7 +100,7 @@ struct EngineCallServer: Sendable {
                 try? await request.respond(.nil)
             }
         } catch let error as RoutingError {
-            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
@@ -118,7 +118,7 @@ struct EngineCallServer: Sendable {
             let result = try await engine.pipeline.route(PipelineMessage(type: type, body: request.body["body"] ?? .nil))
             try? await request.respond(result.value)
         } catch let error as RoutingError {
-            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
@@ -144,7 +144,7 @@ struct EngineCallServer: Sendable {
                 try? await request.respond(result)
             }
         } catch let error as RoutingError {
-            try? await request.fail(code: AdminError.Code.routing("\(error.code)").rawValue, message: error.reason)
+            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
         }
