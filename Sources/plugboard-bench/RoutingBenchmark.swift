@@ -6,6 +6,7 @@ import Chan
 import Hooks
 import Hub
 import Logging
+import Pipeline
 import PluginProcess
 import Routing
 import Spawn
@@ -21,6 +22,8 @@ struct RoutingBenchmark: AsyncParsableCommand {
               hub.subprocess            one job call to a subprocess plugin
               hooks.chain3.inprocess    a mutating chain of three in-process plugins
               hooks.chain3.subprocess   a mutating chain of three subprocess plugins
+              pipeline.inprocess        a message through two in-process pipeline plugins
+              pipeline.subprocess       a message through two subprocess pipeline plugins
             The limit columns: for in-process scenarios, a plain async closure call; for
             subprocess ones, the raw pipe ping-pong of the same machine, measured in this run.
             """
@@ -56,6 +59,16 @@ struct RoutingBenchmark: AsyncParsableCommand {
         let chainIn = try await measure(calls, warmup: warmup) { _ = try await hooks.run("container.create", payload: payload, object: "c") }
         report("hooks.chain3.inprocess", chainIn, limit: direct)
 
+        let pipeline = Pipeline(logger: logger)
+        for (i, name) in ["p", "q"].enumerated() {
+            pipeline.register(type: "log", priority: 10 - i, by: .inProcess(name) { invocation in
+                .array([.fields(("type", .string(invocation.name)), ("body", invocation.payload))])
+            })
+        }
+        let message = PipelineMessage(type: "log", body: payload)
+        let pipeIn = try await measure(calls, warmup: warmup) { _ = try await pipeline.route(message) }
+        report("pipeline.inprocess", pipeIn, limit: direct)
+
         if inProcessOnly { return }
 
         // Subprocesses.
@@ -74,6 +87,13 @@ struct RoutingBenchmark: AsyncParsableCommand {
         }
         let chainSub = try await measure(calls, warmup: warmup) { _ = try await remoteHooks.run("container.create", payload: payload, object: "c") }
         report("hooks.chain3.subprocess", chainSub, limit: rawResult, extra: [("vs_hub_subprocess", .double(chainSub.p50 / hubSub.p50))])
+
+        let remotePipeline = Pipeline(logger: logger)
+        for (i, peer) in peers.prefix(2).enumerated() {
+            remotePipeline.register(type: "log", priority: 10 - i, by: peer.participant)
+        }
+        let pipeSub = try await measure(calls, warmup: warmup) { _ = try await remotePipeline.route(message) }
+        report("pipeline.subprocess", pipeSub, limit: rawResult, extra: [("vs_hub_subprocess", .double(pipeSub.p50 / hubSub.p50))])
 
         for peer in peers { await peer.stop() }
     }
@@ -166,6 +186,7 @@ struct RoutingPeer: AsyncParsableCommand {
                             }
                             switch invocation.kind {
                             case .hook: try? await request.respond(.fields(("payload", appendEnv(invocation.payload, name))))
+                            case .pipeline: try? await request.respond(.array([.fields(("type", .string(invocation.name)), ("body", invocation.payload))]))
                             default: try? await request.respond(invocation.payload)
                             }
                         }
