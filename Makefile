@@ -44,6 +44,7 @@ run: deps bundles
 	mkdir -p .build/run-data
 	$(SWIFT) run --skip-build plugboardd --metrics-listen 127.0.0.1:9464 \
 		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data" \
+		--plugin local-volumes "$$(pwd)/.build/run-data/volumes" \
 		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log" \
 		--plugin-container "label=$(LABEL_BUNDLE)" \
 		--plugin-exec "audit=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/audit.sh $$(pwd)/.build/run-data/audit.log" \

@@ -92,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "AdminProtocol", "Engine", "PluginKit", "Routing", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService",
+                "AdminProtocol", "Engine", "PluginKit", "Routing", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService", "LocalVolumesPlugin",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -115,8 +115,11 @@ let package = Package(
         .target(name: "EchoPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/echo", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-echo", dependencies: ["EchoPlugin", "PluginKit"], path: "plugins/echo/main", swiftSettings: strict),
         .target(name: "HostMountPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/host-mount", exclude: ["main"], swiftSettings: strict),
+        // A volume driver (the volume.driver extension point) over local directories.
+        .target(name: "LocalVolumesPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/local-volumes", exclude: ["main"], swiftSettings: strict),
+        .executableTarget(name: "plugboard-plugin-local-volumes", dependencies: ["LocalVolumesPlugin", "PluginKit"], path: "plugins/local-volumes/main", swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-host-mount", dependencies: ["HostMountPlugin", "PluginKit"], path: "plugins/host-mount/main", swiftSettings: strict),
-        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", "Pipeline", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
+        .target(name: "ContainersPlugin", dependencies: ["PluginKit", "Chan", "Containers", "Hooks", "Pipeline", "Routing", log, nioLocks], path: "plugins/containers", exclude: ["main"], swiftSettings: strict),
         .executableTarget(name: "plugboard-plugin-containers", dependencies: ["ContainersPlugin", "Containers", "PluginKit", log], path: "plugins/containers/main", swiftSettings: strict),
         // The container plugin we ship: its binary goes into a rootfs that plugins/label/build-bundle.sh makes.
         .target(name: "LabelPlugin", dependencies: ["PluginKit", "Chan"], path: "plugins/label", exclude: ["main", "bundle", "build-bundle.sh", "README.md"], swiftSettings: strict),

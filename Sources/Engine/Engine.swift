@@ -253,6 +253,10 @@ struct InProcessEngineCalls: EngineCalls {
         try await hub.callBest(point, argument, timeout: timeout, caller: plugin)
     }
 
+    func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value {
+        try await hub.callProvider(point, owner: provider, argument, timeout: timeout, caller: plugin)
+    }
+
     func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value {
         .array(try await hub.callAll(point, argument, timeout: timeout, caller: plugin).map(\.value))
     }

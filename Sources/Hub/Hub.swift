@@ -147,6 +147,21 @@ public final class Hub: Sendable {
         throw RoutingError(.noProvider, tried.isEmpty ? "nobody provides \(extensionPoint)" : "every provider of \(extensionPoint) went away (\(tried.sorted().joined(separator: ", ")))")
     }
 
+    /// Calls the provider `owner` of `extensionPoint` (a caller that names its driver).
+    /// Throws ``RoutingError/Code/noProvider`` naming the providers there are when `owner`
+    /// is not one of them.
+    public func callProvider(_ extensionPoint: String, owner: String, _ argument: Value, timeout: Duration = Hub.defaultTimeout, caller: String? = nil) async throws -> Value {
+        let all = providers(of: extensionPoint)
+        guard let provider = all.first(where: { $0.owner == owner }) else {
+            let there = all.map(\.owner)
+            throw RoutingError(.noProvider, "plugin \(owner) does not provide \(extensionPoint)" + (there.isEmpty ? "; nobody does" : "; its providers are \(there.joined(separator: ", "))"))
+        }
+        return try await provider.participant.invoke(
+            Invocation(kind: .job, name: extensionPoint, payload: argument, extra: caller.map { .fields(("caller", .string($0))) } ?? .nil),
+            timeout: timeout, tracking: inFlight
+        )
+    }
+
     /// What one provider answered in ``callAll(_:_:timeout:caller:)``.
     public struct ProviderAnswer: Sendable {
         /// On the wire: `{"plugin", "priority", "ok": VALUE}` or `{"plugin", "priority", "error": {"code", "message"}}`.

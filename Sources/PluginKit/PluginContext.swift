@@ -40,6 +40,9 @@ public protocol EngineCalls: Sendable {
     /// when a provider goes away); the plugin needs the point in its `calls`, granted.
     func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value
 
+    /// Calls the provider named `provider` of `point` (the plugin needs the point granted).
+    func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value
+
     /// Calls every provider of `point`, best first: `[{"plugin", "priority", "ok"}` or
     /// `{"plugin", "priority", "error": {"code", "message"}}]`.
     func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value

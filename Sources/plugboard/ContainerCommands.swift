@@ -24,6 +24,8 @@ struct ContainerGroup: AsyncParsableCommand {
         @Option(help: ArgumentHelp("A label (repeatable).", valueName: "key=value")) var label: [String] = []
         @Option(help: "The host name inside (default: the name).") var hostname: String?
         @Option(help: "The working directory inside (default /).") var workdir: String?
+        @Option(name: [.customShort("v"), .customLong("volume")], help: ArgumentHelp("A volume: NAME:/path[:ro], from the volume driver (repeatable).", valueName: "name:path")) var volume: [String] = []
+        @Option(help: ArgumentHelp("The plugin that provides volume.driver to ask (default: the best provider).", valueName: "plugin")) var volumeDriver: String?
         @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
 
         var value: Value {
@@ -46,6 +48,17 @@ struct ContainerGroup: AsyncParsableCommand {
                 if let name { fields.append(("name", .string(name))) }
                 if let hostname { fields.append(("hostname", .string(hostname))) }
                 if let workdir { fields.append(("workdir", .string(workdir))) }
+                if !volume.isEmpty {
+                    fields.append(("volumes", .array(try volume.map { text in
+                        let parts = text.split(separator: ":").map(String.init)
+                        guard parts.count == 2 || (parts.count == 3 && parts[2] == "ro"), parts[1].hasPrefix("/") else {
+                            throw ValidationError("-v takes NAME:/path or NAME:/path:ro, not \(text)")
+                        }
+                        var v: [(String, Value)] = [("name", .string(parts[0])), ("destination", .string(parts[1])), ("readonly", .bool(parts.count == 3))]
+                        if let volumeDriver { v.append(("driver", .string(volumeDriver))) }
+                        return .map(v.map { (key: .string($0.0), value: $0.1) })
+                    })))
+                }
                 return .map(fields.map { (key: .string($0.0), value: $0.1) })
             }
         }

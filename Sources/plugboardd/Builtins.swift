@@ -3,6 +3,7 @@ import ContainersPlugin
 import EchoPlugin
 import Engine
 import HostMountPlugin
+import LocalVolumesPlugin
 import Logging
 import PluginKit
 import Services
@@ -13,6 +14,7 @@ func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
     var builtins: [String: any Plugin] = [
         "echo": EchoPlugin(),
         "host-mount": HostMountPlugin(),
+        "local-volumes": LocalVolumesPlugin(),
     ]
     if let runtime = engine.containers {
         builtins["containers"] = ContainersPlugin(runc: runtime.runc, bundles: runtime.bundles + "/containers", logger: logger)
@@ -21,7 +23,7 @@ func makeBuiltins(engine: Engine, logger: Logger) -> [String: any Plugin] {
 }
 
 /// Every built-in's name, whether or not it can run here.
-let builtinNames = ["containers", "echo", "host-mount"]
+let builtinNames = ["containers", "echo", "host-mount", "local-volumes"]
 
 /// The services every plugboardd runs, before any other plugin: events, state, metrics.
 func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin) throws -> [PluginSpec] {

@@ -385,4 +385,38 @@ struct ContainerTests {
         daemon.process.signal(SIGTERM)
         _ = await daemon.process.waitForExit()
     }
+
+    @Test("a volume from the shipped local-volumes driver is visible in a container, by the best provider or by --volume-driver; it outlives the container")
+    func volumes() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("volumes")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/admin.sock"
+        let rootfs = try busyboxRootfs(in: dir)
+        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+            "--plugin", "containers", "--plugin", "local-volumes", "\(dir)/volumes",
+        ])
+        let plugboard = try builtExecutable("plugboard")
+        try await whileRunning(daemon) {
+            let endpoints = try await runCommand(plugboard, ["endpoints", "--socket", socket])
+            #expect(endpoints.out.contains("volume.driver") && endpoints.out.contains("local-volumes"), "\(endpoints.out)")
+            let write = try await runCommand(plugboard, [
+                "container", "run", "--rm", "--socket", socket, "--rootfs", rootfs, "-v", "data:/mnt/data",
+                "--", "sh", "-c", "echo kept > /mnt/data/note.txt",
+            ])
+            #expect(write.status == .exited(0), "\(write.err)")
+            #expect((try? String(contentsOfFile: dir + "/volumes/data/note.txt", encoding: .utf8)) == "kept\n", "the volume is a directory of the driver's")
+            let read = try await runCommand(plugboard, [
+                "container", "run", "--rm", "--socket", socket, "--rootfs", rootfs, "-v", "data:/data:ro", "--volume-driver", "local-volumes",
+                "--", "sh", "-c", "cat /data/note.txt; touch /data/x 2>/dev/null || echo read-only",
+            ])
+            #expect(read.out == "kept\nread-only\n", "\(read.out) \(read.err)")
+            let badDriver = try await runCommand(plugboard, [
+                "container", "run", "--socket", socket, "--rootfs", rootfs, "-v", "data:/data", "--volume-driver", "nobody", "--", "true",
+            ])
+            #expect(badDriver.status != .exited(0) && badDriver.err.contains("plugin nobody does not provide volume.driver; its providers are local-volumes"), "\(badDriver.err)")
+        }
+        daemon.process.signal(SIGTERM)
+        _ = await daemon.process.waitForExit()
+    }
 }

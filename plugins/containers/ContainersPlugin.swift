@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import Logging
 import Pipeline
 import PluginKit
+import Routing
 
 /// `containers`: the container lifecycle on runc, as a built-in plugin.
 ///
@@ -23,6 +24,8 @@ public struct ContainersPlugin: Plugin {
     /// that has an engine, cancelled when the plugin stops.
     private let notifier = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let logger: Logger
+    /// The volumes each container has mounted, by container id, to unmount at rm.
+    private let mountedVolumes = NIOLockedValueBox<[String: [VolumeBinder.Mounted]]>([:])
 
     struct Notification: Sendable {
         let event: String
@@ -79,6 +82,7 @@ public struct ContainersPlugin: Plugin {
         var d = PluginDeclaration(name: "containers", version: "1.0.0")
         for event in Self.hookEvents { d.runsHooks(event) }
         d.sendsMessages(Self.logMessageType)
+        d.calls.append(VolumeBinder.point)
         if let engine = context.engine {
             manager.setLogFilter(Self.logFilter(engine: engine, logger: logger))
             let (notifications, logger) = (self.notifications, self.logger)
@@ -99,7 +103,8 @@ public struct ContainersPlugin: Plugin {
         d.onStop = { notifier.withLockedValue { $0 }?.cancel() }
         let manager = self.manager
         let hooks = HookRunner(engine: context.engine)
-        d.job("container.create") { try await Self.create($0, manager: manager, hooks: hooks) }
+        let volumes = VolumeBinder(engine: context.engine, mounted: mountedVolumes)
+        d.job("container.create") { try await Self.create($0, manager: manager, hooks: hooks, volumes: volumes) }
         d.job("container.start") { argument in
             let r = try await manager.inspect(try Self.ref(argument))
             var payload = r.spec.value
@@ -123,6 +128,7 @@ public struct ContainersPlugin: Plugin {
             let ref = try Self.ref(argument)
             let r = try await manager.inspect(ref)
             try await manager.remove(ref, force: argument["force"]?.boolValue ?? false)
+            await volumes.unmountAll(container: r.id)
             return .fields(("id", .string(r.id)), ("name", .string(r.name)), ("removed", true))
         }
         d.job("container.ls") { _ in
@@ -166,9 +172,18 @@ public struct ContainersPlugin: Plugin {
         return s
     }
 
-    static func create(_ argument: Value, manager: ContainerManager, hooks: HookRunner) async throws -> Value {
+    static func create(_ argument: Value, manager: ContainerManager, hooks: HookRunner, volumes: VolumeBinder) async throws -> Value {
         let id = ContainerManager.newID()
         guard case .map(var entries) = argument else { throw ContainerError(.badSpec, "container.create takes a spec map (see docs/CONTAINERS.md)") }
+        // Volumes become bind mounts of the paths their drivers answer, before the hooks see the spec.
+        if let requested = argument["volumes"], requested != .nil {
+            entries.removeAll { $0.key == "volumes" }
+            let mounts = try await volumes.mount(requested, container: id)
+            var existing = argument["mounts"]?.arrayValue ?? []
+            existing.append(contentsOf: mounts)
+            entries.removeAll { $0.key == "mounts" }
+            entries.append((key: "mounts", value: .array(existing)))
+        }
         if argument["name"] == nil || argument["name"] == .nil {
             entries.removeAll { $0.key == "name" }
             entries.append((key: "name", value: .string(id)))
@@ -244,5 +259,73 @@ struct HookRunner: Sendable {
             throw ContainerError(.badSpec, "the containers plugin runs no \(event) hooks before it is connected to the engine")
         }
         return try await engine.runHooks(event, payload: payload, object: object)
+    }
+}
+
+/// Volumes for containers: Docker's VolumeDriver idea over the `volume.driver` extension
+/// point. A spec's `"volumes": [{"name", "destination", "driver"?, "readonly"?}]` asks the
+/// named driver plugin — or the best provider of `volume.driver` — to mount each volume,
+/// and binds the path it answers at `destination`.
+struct VolumeBinder: Sendable {
+    /// The extension point volume drivers provide.
+    static let point = "volume.driver"
+
+    /// A volume a container has mounted, and who mounted it.
+    struct Mounted: Sendable {
+        let name: String
+        let driver: String?
+    }
+
+    let engine: (any EngineCalls)?
+    let mounted: NIOLockedValueBox<[String: [Mounted]]>
+
+    /// Mounts each requested volume and returns the bind mounts for the spec.
+    func mount(_ requested: Value, container id: String) async throws -> [Value] {
+        guard let list = requested.arrayValue else { throw ContainerError(.badSpec, "\"volumes\" must be a list of {name, destination, driver?, readonly?}") }
+        guard let engine else { throw ContainerError(.badSpec, "volumes need the engine: the containers plugin is not connected yet") }
+        var mounts: [Value] = []
+        for (i, v) in list.enumerated() {
+            guard let name = v["name"]?.stringValue, let destination = v["destination"]?.stringValue, destination.hasPrefix("/") else {
+                throw ContainerError(.badSpec, "volumes[\(i)] needs a \"name\" and an absolute \"destination\"")
+            }
+            let driver = v["driver"]?.stringValue
+            let request: Value = .fields(("op", "mount"), ("name", .string(name)), ("container", .string(id)))
+            let answer: Value
+            do {
+                if let driver {
+                    answer = try await engine.callProvider(Self.point, provider: driver, request, timeout: .seconds(30))
+                } else {
+                    answer = try await engine.callBest(Self.point, request, timeout: .seconds(30))
+                }
+            } catch let error as ChanError {
+                throw ContainerError(.badSpec, "volume \(name): \(error.reason)")
+            } catch let error as RoutingError {
+                throw ContainerError(.badSpec, "volume \(name): \(error.reason)")
+            }
+            guard let path = answer["path"]?.stringValue, path.hasPrefix("/") else {
+                throw ContainerError(.badSpec, "volume \(name): the driver answered no absolute \"path\": \(answer)")
+            }
+            mounted.withLockedValue { $0[id, default: []].append(Mounted(name: name, driver: driver)) }
+            let readonly = v["readonly"]?.boolValue ?? false
+            mounts.append(.fields(
+                ("source", .string(path)), ("destination", .string(destination)), ("type", "bind"),
+                ("options", .array(["rbind", readonly ? "ro" : "rw"]))
+            ))
+        }
+        return mounts
+    }
+
+    /// Tells each volume's driver that the container no longer uses it.
+    func unmountAll(container id: String) async {
+        guard let engine else { return }
+        let volumes = mounted.withLockedValue { $0.removeValue(forKey: id) } ?? []
+        for v in volumes {
+            let request: Value = .fields(("op", "unmount"), ("name", .string(v.name)), ("container", .string(id)))
+            if let driver = v.driver {
+                _ = try? await engine.callProvider(Self.point, provider: driver, request, timeout: .seconds(30))
+            } else {
+                _ = try? await engine.callBest(Self.point, request, timeout: .seconds(30))
+            }
+        }
     }
 }

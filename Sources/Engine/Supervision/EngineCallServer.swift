@@ -139,6 +139,9 @@ struct EngineCallServer: Sendable {
             if all {
                 let answers = try await engine.hub.callAll(point, argument, caller: caller)
                 try? await request.respond(.array(answers.map(\.value)))
+            } else if let provider = request.body["provider"]?.stringValue {
+                let result = try await engine.hub.callProvider(point, owner: provider, argument, caller: caller)
+                try? await request.respond(result)
             } else {
                 let result = try await engine.hub.callBest(point, argument, caller: caller)
                 try? await request.respond(result)

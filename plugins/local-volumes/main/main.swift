@@ -1,0 +1,4 @@
+import LocalVolumesPlugin
+import PluginKit
+
+await PluginKit.serve(LocalVolumesPlugin())
