@@ -93,7 +93,7 @@ public struct Participant: Sendable {
     public func invoke(_ invocation: Invocation, timeout: Duration, tracking calls: InFlightCalls? = nil) async throws -> Value {
         let name = self.name
         // Built only when needed: formatting the Duration on every call showed up in profiles.
-        let timeoutError: @Sendable () -> RoutingError = { RoutingError(.timeout, "plugin \(name) did not answer \(invocation.kind.rawValue) \(invocation.name) within \(timeout)", plugin: name) }
+        let timeoutError: @Sendable () -> RoutingError = { RoutingError(.timeout, "plugin \(name) did not answer \(invocation.kind.rawValue) \(invocation.name) within \(timeout.short)", plugin: name) }
         switch route {
         case .local(let handler):
             // A closure cannot be interrupted, so it runs in its own task and the caller races it.

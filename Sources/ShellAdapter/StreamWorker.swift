@@ -49,7 +49,7 @@ actor StreamWorker {
             }
         case .timedOut:
             stop()
-            throw ShellCallError.timedOut("\(what) (stream mode) did not answer within \(timeout); its process group was killed and will be restarted")
+            throw ShellCallError.timedOut("\(what) (stream mode) did not answer within \(timeout.short); its process group was killed and will be restarted")
         case .ended:
             let status = await process.waitForExit()
             let said = stderr?.text.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""

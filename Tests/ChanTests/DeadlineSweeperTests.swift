@@ -55,3 +55,15 @@ struct DeadlineSweeperTests {
         #expect(Duration.clampedSeconds(.nan) == .zero && Duration.clampedSeconds(.infinity) == .seconds(86_400))
     }
 }
+
+@Suite("durations for people")
+struct ShortDurationTests {
+    @Test("rounded to what matters", arguments: [
+        (Duration.nanoseconds(2_999_998_015), "3s"), (.milliseconds(250), "250ms"), (.milliseconds(1500), "1.5s"),
+        (.seconds(90), "1m30s"), (.seconds(120), "2m"), (.seconds(3900), "1h5m"), (.seconds(172_800), "2d"), (.zero, "0ms"),
+        (.seconds(Int64.max), "106751991167d7h"),
+    ])
+    func short(_ duration: Duration, _ text: String) {
+        #expect(duration.short == text)
+    }
+}

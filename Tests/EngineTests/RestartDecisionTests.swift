@@ -48,7 +48,7 @@ struct RestartDecisionTests {
         }
         let fourth = history.decide(after: .exited(2), policy: .onFailure, backoff: backoff, crashLoop: limit, activeSince: nil, now: at(3))
         #expect(fourth == .stay(.failed, because: .crashLoop(ends: 4, window: .seconds(10), last: .exited(2))))
-        if case .stay(_, let why) = fourth { #expect("\(why)" == "crash loop: 4 ends in 10.0 seconds; last: exited with status 2") }
+        if case .stay(_, let why) = fourth { #expect("\(why)" == "crash loop: 4 ends in 10s; last: exited with status 2") }
     }
 
     @Test("ends older than the window do not count: the window slides")

@@ -46,7 +46,7 @@ public struct PendingReply: Sendable {
         do {
             reply = try await receiver.receive(timeout: timeout)
         } catch let error as ChanError where error.code == .timeout {
-            throw ChanError(.timeout, "no reply within \(timeout)")
+            throw ChanError(.timeout, "no reply within \(timeout.short)")
         }
         guard let reply else {
             throw ChanError(.noReply, "the peer closed the reply channel without answering")

@@ -137,7 +137,7 @@ extension Session {
         }
         let deadline = timeout.map { timeout in
             deadlines.schedule(in: timeout) { [weak self] in
-                self?.failWaiter(channel: id, waiterID: waiterID, ChanError(.timeout, "no message on channel \(id) within \(timeout)"))
+                self?.failWaiter(channel: id, waiterID: waiterID, ChanError(.timeout, "no message on channel \(id) within \(timeout.short)"))
             }
         }
         defer { if let deadline { deadlines.cancel(deadline) } }

@@ -184,7 +184,7 @@ public final class Session: @unchecked Sendable {
             // fail() wakes the waiter in start(), whether it is parked yet or not.
             let stillWaiting = self.state.withLockedValue { s in s.peerHello == nil && s.failure == nil }
             if stillWaiting {
-                self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout)"), sendGoAway: true)
+                self.fail(ChanError(.timeout, "no HELLO from the peer within \(timeout.short)"), sendGoAway: true)
             }
         }
         // The HELLO may already be here (or the session over): then the timer goes at once.

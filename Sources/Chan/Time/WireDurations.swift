@@ -50,6 +50,28 @@ extension Duration {
     }
 }
 
+extension Duration {
+    /// For people: rounded to what matters — `3s`, `250ms`, `1.5s`, `2m`, `1m30s`, `1h5m`,
+    /// `2d` — not `2.999998015 seconds`.
+    public var short: String {
+        let ms = saturatingMilliseconds
+        if ms < 0 { return "-" + Duration.milliseconds(ms == .min ? .max : -ms).short }
+        // Rounded divisions that cannot overflow, even at Int64.max.
+        func rounded(_ value: Int64, _ unit: Int64) -> Int64 { value / unit + (value % unit >= (unit + 1) / 2 ? 1 : 0) }
+        if ms < 1000 { return "\(ms)ms" }
+        if ms < 10_000 {
+            let tenths = rounded(ms, 100)
+            return tenths % 10 == 0 ? "\(tenths / 10)s" : "\(tenths / 10).\(tenths % 10)s"
+        }
+        let s = rounded(ms, 1000)
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return s % 60 == 0 ? "\(s / 60)m" : "\(s / 60)m\(s % 60)s" }
+        if s < 86_400 { let m = rounded(s, 60); return m % 60 == 0 ? "\(m / 60)h" : "\(m / 60)h\(m % 60)m" }
+        let h = rounded(s, 3600)
+        return h % 24 == 0 ? "\(h / 24)d" : "\(h / 24)d\(h % 24)h"
+    }
+}
+
 extension Int {
     /// `self + other`, or `Int.max` / `Int.min` where the sum would overflow.
     public func addingSaturating(_ other: Int) -> Int {

@@ -220,7 +220,7 @@ actor PluginSupervisor {
                 delay = after
             }
             withdraw(reason: "\(reason)", expectBack: delay + spec.startTimeout)
-            set(.restarting, "\(reason); restarting in \(delay)")
+            set(.restarting, "\(reason); restarting in \(delay.short)")
             do {
                 try await engine.clock.sleep(for: delay)
             } catch {

@@ -16,7 +16,7 @@ public enum RestartDecision: Sendable, Hashable {
         public var description: String {
             switch self {
             case .policy(let policy, let reason): return "ended (\(reason)) and its restart policy is \(policy.rawValue)"
-            case .crashLoop(let ends, let window, let last): return "crash loop: \(ends) ends in \(window); last: \(last)"
+            case .crashLoop(let ends, let window, let last): return "crash loop: \(ends) ends in \(window.short); last: \(last)"
             }
         }
     }
