@@ -147,6 +147,9 @@ public struct Participant: Sendable {
                 throw timeoutError()
             case .remote:
                 throw RoutingError(.handlerFailed, error.reason, plugin: name, handlerCode: error.remoteCode)
+            case .channelReset where sender.owningSession.closeReason == nil:
+                // The plugin lives on and aborted this one reply: a failure, not a departure.
+                throw RoutingError(.handlerFailed, "plugin \(name) aborted its reply to \(invocation.kind.rawValue) \(invocation.name): \(error.reason)", plugin: name)
             case .peerGone, .channelClosed, .channelReset, .noReply, .protocolViolation:
                 let why = await explain?() ?? error.reason
                 throw RoutingError(.ownerGone, "plugin \(name) went away: \(why)", plugin: name)

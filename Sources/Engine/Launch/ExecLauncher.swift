@@ -76,8 +76,12 @@ func startPluginProcess(
         let runName = request.nameIsKnown ? name : description.name
         let calls = try launched.session.open(label: "calls")
         let process = launched.process
+        let session = launched.session
         let participant = Participant.remote(runName, calls: calls) {
-            await process.waitForExit(timeout: .seconds(2)).map { "\($0)" }
+            // A plugin cut off for breaking the protocol is then stopped with SIGTERM: the
+            // violation is what its callers need to hear, not the signal.
+            if let reason = session.closeReason, reason.code == .protocolViolation { return "it broke the protocol (\(reason.reason))" }
+            return await process.waitForExit(timeout: .seconds(2)).map { "\($0)" }
         }
         return LaunchedPlugin(
             description: description, participant: participant,
@@ -92,6 +96,11 @@ func startPluginProcess(
         _ = await stderrDone.wait(atMost: .seconds(1))
         output.cancel()
         let said = lastErrors.withLockedValue { $0 }
-        throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)" + (said.isEmpty ? "" : "; its last words on stderr: \(said.joined(separator: " | "))"))
+        let lastWords = said.isEmpty ? "" : "; its last words on stderr: \(said.joined(separator: " | "))"
+        // No HELLO in time: the daemon killed it for that; say so rather than "killed by signal 9".
+        if let chan = error as? ChanError, chan.code == .timeout {
+            throw EngineError(.startFailed, "plugin \(name) sent no HELLO within its start timeout (\(request.spec.startTimeout.short)), so it was stopped (\(status))" + lastWords)
+        }
+        throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)" + lastWords)
     }
 }

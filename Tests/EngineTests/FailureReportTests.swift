@@ -1,0 +1,34 @@
+import Chan
+import Routing
+import Testing
+import TestSupport
+@testable import Engine
+
+/// Every failure says what happened: the caller hears the cause, not its side effect.
+@Suite("failures say what happened", .serialized)
+struct FailureReportTests {
+    @Test("the caller of a plugin cut off for breaking the protocol hears the violation, not the SIGTERM that followed")
+    func violationIsTheReason() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([try testPlugin("liar", "provides=liar.work")])
+        await #expect {
+            try await engine.hub.call("liar.garbage", timeout: .seconds(10))
+        } throws: { error in
+            let reason = (error as? RoutingError)?.reason ?? "\(error)"
+            return reason.contains("broke the protocol") && !reason.contains("signal")
+        }
+        await engine.shutdown(grace: .seconds(1))
+    }
+
+    @Test("a plugin that never sends HELLO fails to start with a handshake timeout, not 'killed by signal 9'")
+    func noHello() async throws {
+        let engine = Engine(logger: quietLogger)
+        let silent = PluginSpec(name: "silent", kind: .exec(command: "/bin/sleep", arguments: ["30"]), startTimeout: .milliseconds(300))
+        await #expect {
+            try await engine.boot([silent])
+        } throws: { error in
+            let reason = (error as? EngineError)?.reason ?? "\(error)"
+            return reason.contains("plugin silent sent no HELLO within its start timeout (300ms)")
+        }
+    }
+}
