@@ -253,6 +253,11 @@ struct InProcessEngineCalls: EngineCalls {
         try await hub.callBest(point, argument, timeout: timeout, caller: plugin)
     }
 
+    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) {
+        // A built-in has no session of its own to make one on.
+        throw RoutingError(.rejected, "plugin \(plugin) runs in process: byte streams in results need a subprocess or container plugin")
+    }
+
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value {
         try await hub.callProvider(point, owner: provider, argument, timeout: timeout, caller: plugin)
     }

@@ -40,6 +40,11 @@ public protocol EngineCalls: Sendable {
     /// when a provider goes away); the plugin needs the point in its `calls`, granted.
     func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value
 
+    /// A new byte stream on the plugin's session: write to the writer, return the reader in
+    /// a job's result (or pass it in an argument) and it reaches the caller through the
+    /// daemon. Subprocess and container plugins only.
+    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader)
+
     /// Calls the provider named `provider` of `point` (the plugin needs the point granted).
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value
 

@@ -146,6 +146,10 @@ final class EngineConnection: EngineCalls, Sendable {
         return try await channel.request(.fields(("best", .string(point)), ("argument", argument)), timeout: timeout)
     }
 
+    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) {
+        try session.makeByteStream()
+    }
+
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value {
         guard let channel else { throw ChanError(.notStarted, "no channel to the engine") }
         return try await channel.request(.fields(("best", .string(point)), ("provider", .string(provider)), ("argument", argument)), timeout: timeout)

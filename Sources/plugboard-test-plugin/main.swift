@@ -62,6 +62,34 @@ struct TestPlugin: Plugin {
                 return .fields(("code", .string(error.remoteCode ?? "none")), ("message", .string(error.reason)))
             }
         }
+        // Returns a byte stream of `size` bytes (byte i is i % 251), written as the caller reads.
+        d.job("\(name).bytes") { argument in
+            guard let engine = context.engine else { return "no engine" }
+            let size = Int(argument["size"]?.intValue ?? 0)
+            let (writer, reader) = try engine.makeByteStream()
+            Task {
+                var sent = 0
+                while sent < size {
+                    let n = min(65_536, size - sent)
+                    try? await writer.write((sent..<(sent + n)).map { UInt8($0 % 251) })
+                    sent += n
+                }
+                writer.close()
+            }
+            return .channel(.byteStreamReader(reader))
+        }
+        // Reads a byte stream (the argument, or its "stdin" field) to its end: its size and sum.
+        d.job("\(name).count") { argument in
+            let end = argument["stdin"] ?? argument
+            guard case .channel(.byteStreamReader(let reader)) = end else { return "no stream" }
+            var size = 0
+            var sum = 0
+            while let chunk = try await reader.read() {
+                size += chunk.count
+                for b in chunk { sum = (sum + Int(b)) % 1_000_003 }
+            }
+            return .fields(("size", .int(Int64(size))), ("sum", .int(Int64(sum))), ("label", argument["label"] ?? .nil))
+        }
         d.job("\(name).best") { argument in
             guard let engine = context.engine, let point = argument["point"]?.stringValue else { return "no engine" }
             return try await engine.callBest(point, argument["argument"] ?? .nil, timeout: .seconds(10))

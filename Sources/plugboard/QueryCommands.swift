@@ -21,6 +21,7 @@ struct Call: AsyncParsableCommand {
     @Argument(help: "The argument, as JSON (default null).") var json: String?
     @Flag(help: "Call the best provider of the extension point; fail over in rank order if it goes away.") var best = false
     @Flag(help: "Call every provider of the extension point, best first; print each answer or error.") var all = false
+    @Flag(help: "Hand the job a byte stream of this command's stdin: the argument itself, or its \"stdin\" field when the JSON is a map.") var stdin = false
 
     func run() async throws {
         var argument: Value = .nil
@@ -34,7 +35,34 @@ struct Call: AsyncParsableCommand {
         if best && all { throw ValidationError("give --best or --all, not both") }
         if best { return try printJSON(try await connection.send(Admin.CallBest(point: job, argument: argument))) }
         if all { return try printJSON(try await connection.send(Admin.CallAll(point: job, argument: argument))) }
-        try printJSON(try await connection.send(Admin.Call(job: job, argument: argument)))
+        // The session stays open while streams flow: stdin up, a result's stream down.
+        let (session, channel) = try await connection.open()
+        defer { session.close(reason: "done") }
+        var upload: ByteStreamWriter?
+        if stdin {
+            let (writer, reader) = try session.makeByteStream()
+            upload = writer
+            if case .map(var entries) = argument {
+                entries.append((key: "stdin", value: .channel(.byteStreamReader(reader))))
+                argument = .map(entries)
+            } else {
+                argument = .channel(.byteStreamReader(reader))
+            }
+        }
+        let pending = try await channel.startRequest(try Admin.Call(job: job, argument: argument).wireBody(), timeout: .seconds(60))
+        if let upload {
+            try await copyStandardInput(to: upload)
+        }
+        let result: Value
+        do {
+            result = try await pending.reply()
+        } catch let error as ChanError where error.code == .remote {
+            throw CLIError("\(error.reason) [\(error.remoteCode ?? "unknown")]")
+        }
+        if case .channel(.byteStreamReader(let reader)) = result {
+            return try await copy(reader, to: 1)
+        }
+        try printJSON(result)
     }
 }
 
@@ -193,4 +221,22 @@ struct MetricsCommand: AsyncParsableCommand {
         let text = try await connection.send(Admin.Call(job: "metrics.scrape"))
         print(text.stringValue ?? "", terminator: "")
     }
+}
+
+/// Copies this process's stdin to `writer` until end of file, then closes it. The reads
+/// block, so they run on a thread of their own, one chunk at a time.
+func copyStandardInput(to writer: ByteStreamWriter) async throws {
+    while true {
+        let chunk: [UInt8] = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var buffer = [UInt8](repeating: 0, count: 65_536)
+                var n: Int
+                repeat { n = read(0, &buffer, buffer.count) } while n < 0 && errno == EINTR
+                continuation.resume(returning: n > 0 ? Array(buffer[0..<n]) : [])
+            }
+        }
+        if chunk.isEmpty { break }
+        try await writer.write(chunk)
+    }
+    writer.close()
 }

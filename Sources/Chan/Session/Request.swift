@@ -19,9 +19,17 @@ public struct Request: Sendable {
         self.reply = reply
     }
 
-    /// Answers with a result, closing the reply channel.
+    /// Answers with a result, closing the reply channel. Channel ends in the result that
+    /// belong to another session (a byte stream a plugin returned, forwarded by the daemon)
+    /// are bridged into the reply's session, with pumps owned by that session.
     public func respond(_ result: Value) async throws {
-        try await reply.finish(with: .map([(key: .string("ok"), value: result)]))
+        let session = reply.owningSession
+        guard session.holdsForeignEnds(result) else {
+            return try await reply.finish(with: .map([(key: .string("ok"), value: result)]))
+        }
+        let (bridged, pumps) = try session.bridge(result)
+        try await reply.finish(with: .map([(key: .string("ok"), value: bridged)]))
+        for pump in pumps { session.tasks.run(pump) }
     }
 
     /// Answers with an error, closing the reply channel.

@@ -13,13 +13,36 @@ extension Session {
         return (bridged, pumps)
     }
 
+    /// Whether `value` holds a channel end that cannot travel on this session as it is —
+    /// one of another session, or one received from the peer (a reader the peer writes to
+    /// cannot be handed back to it) — found by a walk, without allocating: most values hold
+    /// none, and are sent as they are.
+    public func holdsForeignEnds(_ value: Value) -> Bool {
+        switch value {
+        case .array(let items): return items.contains { holdsForeignEnds($0) }
+        case .map(let entries): return entries.contains { holdsForeignEnds($0.key) || holdsForeignEnds($0.value) }
+        case .channel(let end): return needsBridge(end)
+        default: return false
+        }
+    }
+
+    /// An end of another session, or one of ours that only a local pipe's end could not be.
+    private func needsBridge(_ end: ChannelEnd) -> Bool {
+        let core = end.core
+        guard core.session === self else { return true }
+        return state.withLockedValue { s in
+            guard !core.released, let channel = s.channels[core.id] else { return false }
+            return channel.role != .localPipe
+        }
+    }
+
     private func bridge(_ value: Value, pumps: inout [@Sendable () async -> Void]) throws -> Value {
         switch value {
         case .array(let items):
             return .array(try items.map { try bridge($0, pumps: &pumps) })
         case .map(let entries):
             return .map(try entries.map { (key: try bridge($0.key, pumps: &pumps), value: try bridge($0.value, pumps: &pumps)) })
-        case .channel(let end) where end.core.session !== self:
+        case .channel(let end) where needsBridge(end):
             return try bridgeEnd(end, pumps: &pumps)
         default:
             return value
