@@ -76,7 +76,15 @@ public enum PluginKit {
         do {
             let invocation = try Invocation(wire: request.body)
             let result = try await declaration.answer(invocation)
-            try await request.respond(result)
+            do {
+                try await request.respond(result)
+            } catch {
+                // The answer exists but cannot travel (over the daemon's frame limit, or an
+                // end that cannot be sent): the caller hears why, and so does the log.
+                let message = "plugin \(declaration.name) could not send its answer to \(invocation.kind.rawValue) \(invocation.name): \(error); send large data as a byte stream"
+                writeStandardError("plugboard: \(message)\n")
+                try? await request.fail(code: "reply.unsendable", message: message)
+            }
         } catch let error as RoutingError {
             try? await request.fail(code: error.wireCode, message: error.reason)
         } catch let error as PluginError {

@@ -90,6 +90,10 @@ struct TestPlugin: Plugin {
             }
             return .fields(("size", .int(Int64(size))), ("sum", .int(Int64(sum))), ("label", argument["label"] ?? .nil))
         }
+        // Answers with `size` bytes: past the daemon's 1 MiB frame limit it cannot be sent as one.
+        d.job("\(name).big") { argument in
+            .binary([UInt8](repeating: 0x42, count: Int(argument["size"]?.intValue ?? 0)))
+        }
         d.job("\(name).best") { argument in
             guard let engine = context.engine, let point = argument["point"]?.stringValue else { return "no engine" }
             return try await engine.callBest(point, argument["argument"] ?? .nil, timeout: .seconds(10))

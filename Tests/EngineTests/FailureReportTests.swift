@@ -31,4 +31,19 @@ struct FailureReportTests {
             return reason.contains("plugin silent sent no HELLO within its start timeout (300ms)")
         }
     }
+
+    @Test("an answer too large for one frame reaches the caller as an error that says so, with its own code")
+    func unsendableAnswer() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([try testPlugin("big", "")])
+        await #expect {
+            try await engine.hub.call("big.big", .fields(("size", 2_000_000)), timeout: .seconds(10))
+        } throws: { error in
+            let e = error as? RoutingError
+            return e?.wireCode == "reply.unsendable" && e?.reason.contains("could not send its answer to job big.big") == true
+                && e?.reason.contains("byte stream") == true
+        }
+        #expect(try await engine.hub.call("big.big", .fields(("size", 1000))) == .binary([UInt8](repeating: 0x42, count: 1000)), "the plugin serves on")
+        await engine.shutdown(grace: .seconds(1))
+    }
 }
