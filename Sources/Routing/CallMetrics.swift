@@ -46,7 +46,7 @@ public final class CallMetrics: Sendable {
         let key = job + "\u{0}" + plugin + "\u{0}" + "\(error)"
         let counter = errors.withLockedValue { e in
             if let c = e[key] { return c }
-            let c = Counter(label: "plugboard_call_errors_total", dimensions: [("job", job), ("plugin", plugin), ("code", "\(error)".replacingOccurrences(of: " ", with: "_"))])
+            let c = Counter(label: "plugboard_call_errors_total", dimensions: [("job", job), ("plugin", plugin), ("code", RoutingError(error, "").wireCode)])
             e[key] = c
             return c
         }

@@ -291,7 +291,7 @@ struct ServicesTests {
             let samples = try parseExposition(cli.out)
             #expect(samples[#"plugboard_calls_total{job="echo",plugin="echo"}"#] == 25)
             #expect(samples[#"plugboard_call_duration_seconds_count{job="echo",plugin="echo"}"#] == 25)
-            #expect(samples[#"plugboard_call_errors_total{job="state.get",plugin="state",code="handler_failed"}"#] == 3)
+            #expect(samples[#"plugboard_call_errors_total{job="state.get",plugin="state",code="routing.handler-failed"}"#] == 3)
             #expect(samples[#"plugboard_call_timeouts_total{job="p.hang",plugin="p"}"#] == 1)
             #expect(samples[#"plugboard_plugin_restarts_total{plugin="p"}"#] == 1)
             #expect(samples[#"plugboard_plugins{state="active"}"#] == 5, "echo, events, metrics, p, state")
