@@ -29,6 +29,8 @@ public struct EngineError: Error, Hashable, CustomStringConvertible {
         public static let badSetting = Code("bad setting")
         /// The state directory cannot be made or locked.
         public static let stateDirectory = Code("state directory")
+        /// plugboardd ran out of a resource of its own (file descriptors) starting a plugin.
+        public static let daemonOutOfResources = Code("daemon out of resources")
         /// Another plugboardd holds the state directory.
         public static let stateDirectoryInUse = Code("state directory in use")
     }

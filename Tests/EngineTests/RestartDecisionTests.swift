@@ -51,6 +51,22 @@ struct RestartDecisionTests {
         if case .stay(_, let why) = fourth { #expect("\(why)" == "crash loop: 4 ends in 10s; last: exited with status 2") }
     }
 
+    @Test("the daemon running out of descriptors is retried with backoff and never counts toward the crash loop")
+    func daemonsFault() {
+        var history = RestartHistory()
+        let limit = CrashLoopLimit(restarts: 2, window: .seconds(60))
+        for i in 0..<6 {
+            let d = history.decide(after: .daemonOutOfResources("EMFILE"), policy: .onFailure, backoff: backoff, crashLoop: limit, activeSince: nil, now: at(Double(i)))
+            guard case .restart = d else { Issue.record("attempt \(i): \(d)"); return }
+        }
+        // The plugin's own crashes still count, only they.
+        _ = history.decide(after: .exited(1), policy: .onFailure, backoff: backoff, crashLoop: limit, activeSince: nil, now: at(7))
+        _ = history.decide(after: .exited(1), policy: .onFailure, backoff: backoff, crashLoop: limit, activeSince: nil, now: at(8))
+        let third = history.decide(after: .exited(1), policy: .onFailure, backoff: backoff, crashLoop: limit, activeSince: nil, now: at(9))
+        #expect(third == .stay(.failed, because: .crashLoop(ends: 3, window: .seconds(60), last: .exited(1))))
+        #expect(PluginEndReason.daemonOutOfResources("EMFILE").kind == "daemon-out-of-resources")
+    }
+
     @Test("ends older than the window do not count: the window slides")
     func slidingWindow() {
         var history = RestartHistory()

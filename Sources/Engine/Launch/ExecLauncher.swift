@@ -40,8 +40,18 @@ func startPluginProcess(
         logger[metadataKey: "plugin.name"] = "\(request.name)"
         return logger
     }()
-    let out = try PipeDescriptors.make()
-    let err = try PipeDescriptors.make()
+    let out: PipeDescriptors
+    let err: PipeDescriptors
+    do {
+        out = try PipeDescriptors.make()
+        do { err = try PipeDescriptors.make() } catch {
+            close(out.readEnd)
+            close(out.writeEnd)
+            throw error
+        }
+    } catch let error as SystemError where error.errno == EMFILE || error.errno == ENFILE {
+        throw EngineError(.daemonOutOfResources, "plugboardd is out of file descriptors (\(error.errno == EMFILE ? "EMFILE" : "ENFILE")) and cannot start plugin \(request.name); raise its limit (ulimit -n, LimitNOFILE=)")
+    }
     let launched: PluginProcess
     do {
         launched = try await PluginProcess.launch(

@@ -15,6 +15,9 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
     case sessionEnded(String, then: ExitStatus?)
     /// Starting it again failed.
     case startFailed(String)
+    /// Starting it again failed for want of the daemon's own resources (EMFILE: out of
+    /// file descriptors): not the plugin's fault, so it does not count toward its crash loop.
+    case daemonOutOfResources(String)
 
     /// The reason for a process that ended with `status`.
     public init(_ status: ExitStatus) {
@@ -26,6 +29,12 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
 
     /// An ordinary `exit(0)`: the only end the `on-failure` policy leaves alone.
     public var isCleanExit: Bool { self == .exited(0) }
+
+    /// The daemon, not the plugin, was at fault (it ran out of descriptors).
+    public var isDaemonsFault: Bool {
+        if case .daemonOutOfResources = self { return true }
+        return false
+    }
 
     /// The plugin was cut off for breaking the protocol.
     public var isProtocolViolation: Bool {
@@ -41,6 +50,7 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
         case .protocolViolation(let detail, let then): return "broke the protocol (\(detail))" + (then.map { "; then \($0)" } ?? "")
         case .sessionEnded(let detail, let then): return "its session ended (\(detail))" + (then.map { "; then \($0)" } ?? "")
         case .startFailed(let detail): return "its restart failed: \(detail)"
+        case .daemonOutOfResources(let detail): return "plugboardd could not start it: \(detail)"
         }
     }
 
@@ -52,6 +62,7 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
         case .protocolViolation: return "protocol-violation"
         case .sessionEnded: return "session-ended"
         case .startFailed: return "start-failed"
+        case .daemonOutOfResources: return "daemon-out-of-resources"
         }
     }
 }

@@ -235,7 +235,11 @@ actor PluginSupervisor {
             } catch {
                 logger.warning("restart failed", metadata: ["plugin.error": "\(error)"])
                 // A failed start counts as an end: the history decides again at once.
-                failedStart = .startFailed("\(error)")
+                if let e = error as? EngineError, e.code == .daemonOutOfResources {
+                    failedStart = .daemonOutOfResources(e.reason)
+                } else {
+                    failedStart = .startFailed("\(error)")
+                }
             }
         }
     }

@@ -79,7 +79,9 @@ public struct RestartHistory: Sendable {
             return .stay(reason.isCleanExit ? .stopped : .failed, because: .policy(policy, reason))
         }
         let windowStart = now - crashLoop.window
-        let recent = ends.filter { $0.at > windowStart }.count
+        // The daemon's own shortage (EMFILE) is not the plugin's crash: it is retried with
+        // backoff, and does not count toward the crash-loop limit.
+        let recent = ends.filter { $0.at > windowStart && !$0.reason.isDaemonsFault }.count
         if recent > crashLoop.restarts {
             return .stay(.failed, because: .crashLoop(ends: recent, window: crashLoop.window, last: reason))
         }
