@@ -5,6 +5,7 @@
 import Glibc
 #endif
 import Chan
+import Foundation
 import Logging
 
 LoggingSystem.bootstrap { label in
@@ -166,6 +167,53 @@ func serve() async throws {
             }
         }
     }
+}
+
+/// `replay SEND_HEX EXPECT_HEX`: no session, raw bytes. Writes SEND to fd 4 at once, reads
+/// fd 3 until as many bytes as EXPECT have come, says on stderr whether they match, then
+/// holds the connection until the daemon closes it.
+func replay(send: String, expect: String) -> Never {
+    func bytes(_ hex: String) -> [UInt8] {
+        let digits = hex.filter(\.isHexDigit)
+        return stride(from: 0, to: digits.count - 1, by: 2).compactMap { i in
+            let start = digits.index(digits.startIndex, offsetBy: i)
+            return UInt8(digits[start..<digits.index(start, offsetBy: 2)], radix: 16)
+        }
+    }
+    func say(_ text: String) {
+        var line = Array((text + "\n").utf8)
+        _ = write(2, &line, line.count)
+    }
+    var out = bytes(send)
+    var written = 0
+    while written < out.count {
+        let n = out[written...].withUnsafeBytes { write(4, $0.baseAddress, $0.count) }
+        if n <= 0 { say("replay: cannot write to fd 4 (errno \(errno))"); exit(1) }
+        written += n
+    }
+    let expected = bytes(expect)
+    var got: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while got.count < expected.count {
+        let n = read(3, &buffer, buffer.count)
+        if n <= 0 { break }
+        got.append(contentsOf: buffer[0..<n])
+    }
+    if let i = zip(expected, got).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+        say("replay: mismatch at byte \(i): expected \(String(format: "%02x", expected[i])), got \(String(format: "%02x", got[i])); received \(got.map { String(format: "%02x", $0) }.joined(separator: " "))")
+    } else if got.count < expected.count {
+        say("replay: only \(got.count) of \(expected.count) bytes came: \(got.map { String(format: "%02x", $0) }.joined(separator: " "))")
+    } else {
+        say("replay: matched \(expected.count) bytes")
+    }
+    out = []
+    while read(3, &buffer, buffer.count) > 0 {}
+    exit(0)
+}
+
+if mode == "replay" {
+    let args = Array(CommandLine.arguments.dropFirst(2))
+    replay(send: args.first ?? "", expect: args.count > 1 ? args[1] : "")
 }
 
 do {
