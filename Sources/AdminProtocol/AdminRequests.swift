@@ -472,15 +472,31 @@ public enum Admin {
             }
         }
 
+        /// An optional step that failed and was skipped.
+        public struct Skipped: Codable, Sendable, Hashable {
+            /// The plugin.
+            public var plugin: String
+            /// Why its step failed.
+            public var reason: String
+            /// A skipped step.
+            public init(plugin: String, reason: String) {
+                self.plugin = plugin
+                self.reason = reason
+            }
+        }
+
         /// The messages no further plugin wanted, in the order they finished.
         public var final: [Message]
         /// Every step, in the order taken.
         public var path: [Step]
+        /// Optional steps that failed and were skipped.
+        public var skipped: [Skipped]
 
         /// A run.
-        public init(final: [Message], path: [Step]) {
+        public init(final: [Message], path: [Step], skipped: [Skipped] = []) {
             self.final = final
             self.path = path
+            self.skipped = skipped
         }
     }
 

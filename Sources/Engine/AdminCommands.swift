@@ -119,7 +119,8 @@ enum AdminCommands {
                 func message(_ m: PipelineMessage) -> Admin.PipelineRun.Message { .init(type: m.type, body: m.body) }
                 return Admin.PipelineRun(
                     final: result.final.map(message),
-                    path: result.path.map { .init(run: $0.run, plugin: $0.plugin, input: message($0.input), output: $0.output.map(message)) }
+                    path: result.path.map { .init(run: $0.run, plugin: $0.plugin, input: message($0.input), output: $0.output.map(message)) },
+                    skipped: result.skipped.map { .init(plugin: $0.plugin, reason: $0.reason) }
                 )
             }
         case .events:

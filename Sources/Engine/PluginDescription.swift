@@ -1,5 +1,6 @@
 import Chan
 import Hooks
+import Pipeline
 import PluginKit
 
 /// What a plugin declared, without its handlers: parsed from HELLO's `meta` for a
@@ -13,6 +14,8 @@ public struct PluginDescription: Sendable, Hashable {
         public var priority: Int
         /// How long one call to the handler may take (default 10 s).
         public var timeout: Duration
+        /// What its failure means for a run (default required).
+        public var policy: Pipeline.StepPolicy = .required
     }
 
     /// An extension point the plugin provides, with its rank.
@@ -45,7 +48,7 @@ public struct PluginDescription: Sendable, Hashable {
         version = d.version
         jobs = d.jobs.map(\.name)
         hooks = d.hooks.map(\.options)
-        messageTypes = d.messageTypes.map { MessageType(type: $0.type, priority: $0.priority, timeout: $0.timeout) }
+        messageTypes = d.messageTypes.map { MessageType(type: $0.type, priority: $0.priority, timeout: $0.timeout, policy: $0.policy) }
         provides = d.providers.map { ProvidedPoint(point: $0.point, priority: $0.priority) }
         requires = d.requires
         calls = d.calls
@@ -86,7 +89,14 @@ public struct PluginDescription: Sendable, Hashable {
             guard let type = m["type"]?.stringValue else {
                 throw EngineError(.badDeclaration, "plugin \(fallbackName): a pipeline entry lacks \"type\"")
             }
-            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .clampedMilliseconds(m["timeout_ms"]?.intValue, default: .seconds(10)))
+            var policy = Pipeline.StepPolicy.required
+            if let text = m["policy"]?.stringValue {
+                guard let p = Pipeline.StepPolicy(rawValue: text) else {
+                    throw EngineError(.badDeclaration, "plugin \(fallbackName): pipeline type \(type) has policy \(text); it is required or optional")
+                }
+                policy = p
+            }
+            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .clampedMilliseconds(m["timeout_ms"]?.intValue, default: .seconds(10)), policy: policy)
         }
     }
 }

@@ -25,6 +25,16 @@ public final class Pipeline: Sendable {
         public var timeout: Duration
         /// Where the handler is reached.
         public var participant: Participant
+        /// What its failure means for the run.
+        public var policy: StepPolicy = .required
+    }
+
+    /// What a pipeline step's failure (an error, a timeout, its plugin gone) means.
+    public enum StepPolicy: String, Sendable, Hashable, Codable {
+        /// The run fails with the step's error.
+        case required
+        /// The step is skipped and recorded; the message goes on as it was.
+        case optional
     }
 
     /// Bounds on one call to ``route(_:)``.
@@ -55,10 +65,10 @@ public final class Pipeline: Sendable {
     }
 
     /// Registers `participant` for messages of `type`.
-    public func register(type: String, priority: Int, timeout: Duration = .seconds(10), by participant: Participant) {
+    public func register(type: String, priority: Int, timeout: Duration = .seconds(10), policy: StepPolicy = .required, by participant: Participant) {
         registrations.withLockedValue { r in
             r[type, default: []].removeAll { $0.owner == participant.name }
-            r[type, default: []].append(Registration(type: type, owner: participant.name, priority: priority, timeout: timeout, participant: participant))
+            r[type, default: []].append(Registration(type: type, owner: participant.name, priority: priority, timeout: timeout, participant: participant, policy: policy))
         }
     }
 
@@ -103,11 +113,19 @@ public final class Pipeline: Sendable {
             guard result.path.count < limits.maxHops else {
                 throw RoutingError(.hopLimit, "the pipeline run exceeded \(limits.maxHops) steps (a loop between plugins?); path: \(describe(result.path))")
             }
-            let answer = try await next.participant.invoke(
-                Invocation(kind: .pipeline, name: current.message.type, payload: current.message.body),
-                timeout: next.timeout, tracking: inFlight
-            )
-            let outputs = try Pipeline.parseOutputs(answer, plugin: next.owner)
+            let outputs: [PipelineMessage]
+            do {
+                let answer = try await next.participant.invoke(
+                    Invocation(kind: .pipeline, name: current.message.type, payload: current.message.body),
+                    timeout: next.timeout, tracking: inFlight
+                )
+                outputs = try Pipeline.parseOutputs(answer, plugin: next.owner)
+            } catch let error as RoutingError where next.policy == .optional {
+                // An optional step that fails is skipped: the message goes on as it was.
+                result.skipped.append((plugin: next.owner, reason: error.reason))
+                stack.append(Pending(message: current.message, run: current.run, seen: current.seen.union([next.owner])))
+                continue
+            }
             result.path.append(.init(run: current.run, plugin: next.owner, input: current.message, output: outputs))
             var spawned: [Pending] = []
             for output in outputs {

@@ -48,6 +48,8 @@ public struct PipelineResult: Sendable {
     public var final: [PipelineMessage]
     /// Every step, in the order taken.
     public var path: [Step]
+    /// Optional steps that failed and were skipped, with why.
+    public var skipped: [(plugin: String, reason: String)] = []
 
     /// The plugins in the order they handled messages.
     public var plugins: [String] { path.map(\.plugin) }
@@ -64,6 +66,7 @@ public struct PipelineResult: Sendable {
     public var value: Value {
         .fields(
             ("final", .array(final.map(\.wireValue))),
+            ("skipped", .array(skipped.map { .fields(("plugin", .string($0.plugin)), ("reason", .string($0.reason))) })),
             ("path", .array(path.map { step in
                 .fields(
                     ("run", .int(Int64(step.run))), ("plugin", .string(step.plugin)),
@@ -89,5 +92,6 @@ public struct PipelineResult: Sendable {
             return Step(run: Int(clamping: step["run"]?.intValue ?? 0), plugin: step["plugin"]?.stringValue ?? "", input: input, output: try messages(step["output"]))
         }
         self.init(final: try messages(value["final"]), path: path)
+        skipped = (value["skipped"]?.arrayValue ?? []).map { (plugin: $0["plugin"]?.stringValue ?? "", reason: $0["reason"]?.stringValue ?? "") }
     }
 }

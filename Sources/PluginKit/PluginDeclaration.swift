@@ -1,5 +1,6 @@
 import Chan
 import Hooks
+import Pipeline
 import Routing
 
 /// A job handler: the argument in, the result out.
@@ -63,6 +64,8 @@ public struct PluginDeclaration: Sendable {
         public var priority: Int
         /// How long one call to the handler may take.
         public var timeout: Duration
+        /// What its failure means: the run fails (`required`) or the step is skipped (`optional`).
+        public var policy: Pipeline.StepPolicy = .required
         /// Handles one message and returns the messages to route on.
         public var handler: MessageHandler
     }
@@ -144,8 +147,8 @@ public struct PluginDeclaration: Sendable {
     }
 
     /// Handles pipeline messages of `type`, at `priority`; each call may take up to `timeout`.
-    public mutating func messages(_ type: String, priority: Int = 0, timeout: Duration = .seconds(10), _ handler: @escaping MessageHandler) {
-        messageTypes.append(MessageType(type: type, priority: priority, timeout: timeout, handler: handler))
+    public mutating func messages(_ type: String, priority: Int = 0, timeout: Duration = .seconds(10), policy: Pipeline.StepPolicy = .required, _ handler: @escaping MessageHandler) {
+        messageTypes.append(MessageType(type: type, priority: priority, timeout: timeout, policy: policy, handler: handler))
     }
 
     /// Answers one invocation from the engine (see docs/PROTOCOL.md, "Routing calls").
@@ -184,7 +187,7 @@ public struct PluginDeclaration: Sendable {
             ("jobs", .array(jobs.map { .string($0.name) })),
             ("hooks", .array(hooks.map { $0.options.wireValue })),
             ("pipeline", .array(messageTypes.map { m in
-                .fields(("type", .string(m.type)), ("priority", .int(Int64(m.priority))), ("timeout_ms", .int(Self.milliseconds(m.timeout))))
+                .fields(("type", .string(m.type)), ("priority", .int(Int64(m.priority))), ("timeout_ms", .int(Self.milliseconds(m.timeout))), ("policy", .string(m.policy.rawValue)))
             })),
             ("provides", .array(providers.map { .fields(("point", .string($0.point)), ("priority", .int(Int64($0.priority)))) })),
             ("requires", .array(requires.map { .string($0) })),

@@ -99,8 +99,8 @@ public enum ScriptHeader {
                     throw fail("unknown key \"\(key)\"; the keys are \(keys.joined(separator: ", "))")
                 }
             }
-            if kind != .hook, entry.policy != .required || entry.phase != .mutate || entry.overrides {
-                throw fail("policy, phase and overrides apply to hooks only")
+            if kind != .hook, (kind != .pipeline && entry.policy != .required) || entry.phase != .mutate || entry.overrides {
+                throw fail("phase and overrides apply to hooks only, policy to hooks and pipeline types")
             }
             if kind == .pipeline, entry.format != .json {
                 throw fail("pipeline entries answer with JSON messages: format=env cannot be used")

@@ -38,7 +38,7 @@ public struct ShellPlugin: Plugin {
                     }
                 }
             case .pipeline:
-                d.messages(entry.name, priority: entry.priority, timeout: entry.timeout) { type, body in
+                d.messages(entry.name, priority: entry.priority, timeout: entry.timeout, policy: entry.policy == .optional ? .optional : .required) { type, body in
                     guard case .value(let v) = try await runner.answer(entry, payload: body) else { return [] }
                     return try Self.messages(v, defaultType: type)
                 }

@@ -41,6 +41,13 @@ struct TestPlugin: Plugin {
                 return out
             }
         }
+        // pipeline-fail=TYPE:PRIORITY: an optional step that always fails (it must be skipped).
+        for entry in list("pipeline-fail") {
+            let parts = entry.split(separator: ":").map(String.init)
+            d.messages(parts[0], priority: parts.count > 1 ? Int(parts[1]) ?? 0 : 0, policy: .optional) { _, _ in
+                throw PluginError(code: "test.broken", message: "\(name) fails every message")
+            }
+        }
         for type in list("sends") { d.sendsMessages(type) }
         // point=POINT:PRIORITY provides an extension point answering "NAME:ARGUMENT".
         for entry in list("point") {

@@ -141,6 +141,7 @@ struct PipelineSend: AsyncParsableCommand {
             ["\(step.run)", step.plugin, show(step.input), step.output.isEmpty ? "(dropped)" : step.output.map(show).joined(separator: "; ")]
         })
         print("")
+        for s in run.skipped { print("skipped: \(s.plugin) (\(s.reason))") }
         print(run.final.isEmpty ? "no message came out" : "out: " + run.final.map(show).joined(separator: "; "))
     }
 }

@@ -367,6 +367,8 @@ struct ContainerTests {
             "--plugin", "containers",
             "--plugin-exec", "mask=\(sh) \(repositoryRoot)/plugins/shell/mask-secrets.sh",
             "--plugin-exec", "tagger=\(try builtExecutable("plugboard-test-plugin")) pipeline=container.log:10",
+            // Between the two, an optional step that always fails: skipped, the line goes on.
+            "--plugin-exec", "broken=\(try builtExecutable("plugboard-test-plugin")) pipeline-fail=container.log:30",
         ])
         let plugboard = try builtExecutable("plugboard")
         try await whileRunning(daemon) {

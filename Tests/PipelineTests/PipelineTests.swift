@@ -14,6 +14,25 @@ struct PipelineTests {
         }
     }
 
+    @Test("an optional step that fails is skipped and recorded, the message going on as it was; a required one fails the run")
+    func stepPolicy() async throws {
+        let pipeline = Pipeline(logger: quietLogger)
+        pipeline.register(type: "log", priority: 30, by: appender("first"))
+        pipeline.register(type: "log", priority: 20, policy: .optional, by: .inProcess("flaky") { _ in throw RoutingError(.handlerFailed, "flaky broke") })
+        pipeline.register(type: "log", priority: 10, by: appender("last"))
+        let result = try await pipeline.route(PipelineMessage(type: "log", body: "x"))
+        #expect(result.final == [PipelineMessage(type: "log", body: "x|first|last")])
+        #expect(result.plugins == ["first", "last"])
+        #expect(result.skipped.map(\.plugin) == ["flaky"] && result.skipped.first?.reason.contains("flaky broke") == true)
+        let wire = try PipelineResult(value: result.value)
+        #expect(wire.skipped.map(\.plugin) == ["flaky"])
+
+        pipeline.register(type: "log", priority: 20, policy: .required, by: .inProcess("flaky") { _ in throw RoutingError(.handlerFailed, "flaky broke") })
+        await #expect { try await pipeline.route(PipelineMessage(type: "log", body: "y")) } throws: {
+            ($0 as? RoutingError)?.reason.contains("flaky broke") == true
+        }
+    }
+
     @Test("a message goes to the highest priority first; equal priorities go by plugin name")
     func priorityOrder() async throws {
         let pipeline = Pipeline(logger: quietLogger)

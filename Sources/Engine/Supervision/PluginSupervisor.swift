@@ -124,7 +124,7 @@ actor PluginSupervisor {
             )
         }
         for m in description.messageTypes {
-            engine.pipeline.register(type: m.type, priority: pipelineOverrides[m.type] ?? m.priority, timeout: m.timeout, by: participant)
+            engine.pipeline.register(type: m.type, priority: pipelineOverrides[m.type] ?? m.priority, timeout: m.timeout, policy: m.policy, by: participant)
         }
     }
 
