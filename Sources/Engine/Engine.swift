@@ -57,6 +57,8 @@ struct EngineParts: Sendable {
     /// Jobs every plugin may call without a grant (those of `openToAll` plugins).
     let openJobs: NIOLockedValueBox<Set<String>>
     let callerFor: @Sendable (String) -> (any EngineCalls)?
+    /// The in-memory session built-ins make byte streams on, once the engine has booted.
+    let streams: NIOLockedValueBox<InProcessStreams?>
     /// What supervisors wait on between restarts (the backoff): the continuous clock, or a
     /// test's own.
     let clock: any Clock<Duration>
@@ -118,6 +120,8 @@ public final class Engine: Sendable {
                 ])
             }
         }
+        let streams = NIOLockedValueBox<InProcessStreams?>(nil)
+        self.streams = streams
         parts = EngineParts(
             hub: hub, hooks: hooks, pipeline: pipeline, logger: logger, shimPath: shimPath, containers: containers,
             emit: { event in
@@ -129,7 +133,8 @@ public final class Engine: Sendable {
             },
             publish: { type, attributes in bus.publish(type, attributes) },
             openJobs: NIOLockedValueBox([]),
-            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, pipeline: pipeline, plugin: name) },
+            callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, pipeline: pipeline, streams: streams, plugin: name) },
+            streams: streams,
             clock: clock
         )
     }
@@ -161,6 +166,7 @@ public final class Engine: Sendable {
     /// plugin that does not start. Then everything started is stopped again.
     public func boot(_ specs: [PluginSpec], grace: Duration = .seconds(5)) async throws {
         var started: [(String, PluginSupervisor, PluginDescription)] = []
+        try await startStreamSession()
         // Containers an earlier plugboardd left in our runc root (it was killed) go first.
         if let containers { await containers.runc.removeAll(logger: logger) }
         do {
@@ -205,6 +211,15 @@ public final class Engine: Sendable {
         }
     }
 
+    /// Where built-ins make byte streams, once the engine has booted.
+    private let streams: NIOLockedValueBox<InProcessStreams?>
+
+    private func startStreamSession() async throws {
+        guard streams.withLockedValue({ $0 }) == nil else { return }
+        let made = try await InProcessStreams.make(logger: logger)
+        streams.withLockedValue { $0 = made }
+    }
+
     /// Stops every plugin, in reverse boot order.
     public func shutdown(grace: Duration = .seconds(5)) async {
         let all = supervisors.withLockedValue { $0 }
@@ -243,6 +258,7 @@ struct InProcessEngineCalls: EngineCalls {
     let hub: Hub
     let hooks: Hooks
     let pipeline: Pipeline
+    let streams: NIOLockedValueBox<InProcessStreams?>
     let plugin: String
 
     func send(_ type: String, _ body: Value) async throws -> PipelineResult {
@@ -253,9 +269,11 @@ struct InProcessEngineCalls: EngineCalls {
         try await hub.callBest(point, argument, timeout: timeout, caller: plugin)
     }
 
-    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) {
-        // A built-in has no session of its own to make one on.
-        throw RoutingError(.rejected, "plugin \(plugin) runs in process: byte streams in results need a subprocess or container plugin")
+    func makeByteStream() async throws -> (ByteStreamWriter, ByteStreamReader) {
+        guard let streams = streams.withLockedValue({ $0 }) else {
+            throw RoutingError(.rejected, "plugin \(plugin) asked for a byte stream before the engine booted")
+        }
+        return try await streams.makeByteStream()
     }
 
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value {
@@ -276,5 +294,42 @@ struct InProcessEngineCalls: EngineCalls {
 
     func notify(_ event: String, payload: Value, object: String) async throws {
         hooks.notify(event, payload: payload, object: object)
+    }
+}
+
+/// Byte streams for built-ins, which have no session of their own. A stream's ends must be
+/// on two sessions before bytes flow (a pipe whose ends are both here is not connected), so
+/// the engine keeps an in-memory session pair: the writer is made on one, its reader is
+/// handed over a channel to the other, and that reader — like any plugin's — is bridged to
+/// whoever the built-in answers.
+struct InProcessStreams: Sendable {
+    let near: Session
+    let far: Session
+    let handover: Sender
+    let arrivals: Receiver
+    /// One handover at a time, so that each maker gets its own reader back.
+    let gate = Limiter(limit: 1)
+
+    static func make(logger: Logger) async throws -> InProcessStreams {
+        let (near, far) = Session.inMemoryPair(.init(name: "plugboardd-streams"), .init(name: "plugboardd-streams-far"), logger: logger)
+        async let farStarted: Hello = far.start()
+        try await near.start()
+        _ = try await farStarted
+        let handover = try near.open(label: "streams")
+        guard let arrivals = try await far.accept() else {
+            throw RoutingError(.rejected, "the in-process stream session closed at once")
+        }
+        return InProcessStreams(near: near, far: far, handover: handover, arrivals: arrivals)
+    }
+
+    func makeByteStream() async throws -> (ByteStreamWriter, ByteStreamReader) {
+        try await gate.run {
+            let (writer, reader) = try near.makeByteStream()
+            try await handover.send(.channel(.byteStreamReader(reader)))
+            guard case .channel(.byteStreamReader(let arrived))? = try await arrivals.receive() else {
+                throw RoutingError(.rejected, "a byte stream for a built-in did not arrive")
+            }
+            return (writer, arrived)
+        }
     }
 }

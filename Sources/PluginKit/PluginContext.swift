@@ -42,8 +42,8 @@ public protocol EngineCalls: Sendable {
 
     /// A new byte stream on the plugin's session: write to the writer, return the reader in
     /// a job's result (or pass it in an argument) and it reaches the caller through the
-    /// daemon. Subprocess and container plugins only.
-    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader)
+    /// daemon. Built-ins get theirs from the engine (an in-memory session pair).
+    func makeByteStream() async throws -> (ByteStreamWriter, ByteStreamReader)
 
     /// Calls the provider named `provider` of `point` (the plugin needs the point granted).
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value

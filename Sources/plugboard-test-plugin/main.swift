@@ -73,7 +73,7 @@ struct TestPlugin: Plugin {
         d.job("\(name).bytes") { argument in
             guard let engine = context.engine else { return "no engine" }
             let size = Int(argument["size"]?.intValue ?? 0)
-            let (writer, reader) = try engine.makeByteStream()
+            let (writer, reader) = try await engine.makeByteStream()
             Task {
                 var sent = 0
                 while sent < size {

@@ -14,7 +14,7 @@ struct FailingEngine: EngineCalls {
     func notify(_ event: String, payload: Value, object: String) async throws { throw RoutingError(.handlerFailed, "boom") }
     func callBest(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.noProvider, "none") }
     func callAll(_ point: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.noProvider, "none") }
-    func makeByteStream() throws -> (ByteStreamWriter, ByteStreamReader) { throw RoutingError(.rejected, "none") }
+    func makeByteStream() async throws -> (ByteStreamWriter, ByteStreamReader) { throw RoutingError(.rejected, "none") }
     func callProvider(_ point: String, provider: String, _ argument: Value, timeout: Duration) async throws -> Value { throw RoutingError(.noProvider, "none") }
     func send(_ type: String, _ body: Value) async throws -> PipelineResult { throw RoutingError(.timeout, "plugin slow did not answer container.log within 10 s") }
 }

@@ -5,7 +5,9 @@ import Chan
 import Foundation
 import Spawn
 import Testing
+import PluginKit
 import TestSupport
+@testable import Engine
 
 /// A job's result can be a byte stream: it reaches the admin caller through the daemon,
 /// directly or through another plugin, intact.
@@ -85,5 +87,55 @@ struct StreamResultTests {
             #expect(answer["size"]?.intValue == 300_000 && answer["sum"]?.intValue == Int64(expectedSum) && answer["label"] == "upload", "\(stdout)")
         }
         await place.stop(daemon)
+    }
+
+    /// A built-in that answers with a byte stream of `size` bytes.
+    struct Streamer: Plugin {
+        func declare(_ context: PluginContext) -> PluginDeclaration {
+            var d = PluginDeclaration(name: "streamer")
+            d.job("streamer.bytes") { argument in
+                guard let engine = context.engine else { return "no engine" }
+                let size = Int(argument["size"]?.intValue ?? 0)
+                let (writer, reader) = try await engine.makeByteStream()
+                Task {
+                    var sent = 0
+                    while sent < size {
+                        let n = min(65_536, size - sent)
+                        try? await writer.write((sent..<(sent + n)).map { UInt8($0 % 251) })
+                        sent += n
+                    }
+                    writer.close()
+                }
+                return .channel(.byteStreamReader(reader))
+            }
+            return d
+        }
+    }
+
+    @Test("a built-in returns a byte stream too: to an in-process caller, and bridged to a subprocess plugin that calls it")
+    func builtinStream() async throws {
+        let engine = Engine(logger: quietLogger)
+        try await engine.boot([
+            PluginSpec(name: "streamer", kind: .builtin(Streamer())),
+            try testPlugin("counter", "calls=streamer.bytes"),
+        ])
+        let result = try await engine.hub.call("streamer.bytes", .fields(("size", 300_000)))
+        guard case .channel(.byteStreamReader(let reader)) = result else {
+            Issue.record("not a stream: \(result)")
+            return
+        }
+        var got: [UInt8] = []
+        while let chunk = try await reader.read() { got.append(contentsOf: chunk) }
+        #expect(got.count == 300_000 && got.enumerated().allSatisfy { $0.element == UInt8($0.offset % 251) })
+        // A subprocess plugin calls it through the engine: the stream is bridged to its session.
+        let counted = try await engine.hub.call("counter.call", .fields(("job", "streamer.bytes"), ("argument", .fields(("size", 200_000)))))
+        guard case .channel(.byteStreamReader(let relayed)) = counted else {
+            Issue.record("not a stream: \(counted)")
+            return
+        }
+        var total = 0
+        while let chunk = try await relayed.read() { total += chunk.count }
+        #expect(total == 200_000)
+        await engine.shutdown(grace: .seconds(1))
     }
 }
