@@ -150,6 +150,8 @@ public struct Participant: Sendable {
             case .channelReset where sender.owningSession.closeReason == nil:
                 // The plugin lives on and aborted this one reply: a failure, not a departure.
                 throw RoutingError(.handlerFailed, "plugin \(name) aborted its reply to \(invocation.kind.rawValue) \(invocation.name): \(error.reason)", plugin: name)
+            case .badMessage:
+                throw RoutingError(.badAnswer, "plugin \(name) answered \(invocation.kind.rawValue) \(invocation.name) with a malformed reply: \(error.reason)", plugin: name)
             case .peerGone, .channelClosed, .channelReset, .noReply, .protocolViolation:
                 let why = await explain?() ?? error.reason
                 throw RoutingError(.ownerGone, "plugin \(name) went away: \(why)", plugin: name)

@@ -103,6 +103,9 @@ func participate(_ request: Request, name: String) async throws {
         try await request.respond(payload)
     case ("job", "whoami"):
         try await request.respond(.string(name))
+    case ("job", "malformed"):
+        // A reply that is neither {"ok"} nor {"error"}.
+        try await request.reply.finish(with: .fields(("answer", 42)))
     case ("job", "hang"):
         await hoard.keep(.channel(.sender(request.reply)))
     case ("job", "count-bytes"):

@@ -33,6 +33,8 @@ struct TestPlugin: Plugin {
                 // A container.log-like map has its "line" tagged; anything else is taken as text.
                 if case .map(var entries) = body, let i = entries.firstIndex(where: { $0.key == "line" }), let line = entries[i].value.stringValue {
                     entries[i].value = .string(line + "+" + name)
+                    // A line that says "alert" also yields an alert message: a run of its own.
+                    if line.contains("alert") { return [(type, .map(entries)), ("alert", .fields(("line", .string(line))))] }
                     return [(type, .map(entries))]
                 }
                 let text = body.stringValue ?? "\(body)"
@@ -46,6 +48,13 @@ struct TestPlugin: Plugin {
             let parts = entry.split(separator: ":").map(String.init)
             d.messages(parts[0], priority: parts.count > 1 ? Int(parts[1]) ?? 0 : 0, policy: .optional) { _, _ in
                 throw PluginError(code: "test.broken", message: "\(name) fails every message")
+            }
+        }
+        // announce=TYPE: handles TYPE messages by publishing them as "test.announced" events.
+        for type in list("announce") {
+            d.messages(type) { _, body in
+                _ = try await context.engine?.call("events.publish", .fields(("type", "test.announced"), ("attributes", .fields(("line", body["line"] ?? body)))), timeout: .seconds(10))
+                return []
             }
         }
         for type in list("sends") { d.sendsMessages(type) }

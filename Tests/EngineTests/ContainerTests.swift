@@ -369,13 +369,23 @@ struct ContainerTests {
             "--plugin-exec", "tagger=\(try builtExecutable("plugboard-test-plugin")) pipeline=container.log:10",
             // Between the two, an optional step that always fails: skipped, the line goes on.
             "--plugin-exec", "broken=\(try builtExecutable("plugboard-test-plugin")) pipeline-fail=container.log:30",
+            // The tagger turns a line saying "alert" into an alert message too; this one publishes it.
+            "--plugin-exec", "pager=\(try builtExecutable("plugboard-test-plugin")) announce=alert",
         ])
         let plugboard = try builtExecutable("plugboard")
         try await whileRunning(daemon) {
+            let session = try await Session.connect(unixSocketPath: socket, configuration: .init(name: "watcher"), logger: quietLogger)
+            try await session.start()
+            let (sink, events) = try session.makePipe()
+            _ = try await session.open(label: "admin").request(.fields(("command", "events"), ("sink", .channel(.sender(sink))), ("types", ["test.announced"])), timeout: .seconds(10))
             let r = try await runCommand(plugboard, [
                 "container", "run", "--socket", socket, "--rootfs", rootfs, "--name", "chatty",
-                "--", "sh", "-c", "echo 'login user=bob password=hunter2'; echo 'all fine'; echo 'token=abc123 oops' >&2",
+                "--", "sh", "-c", "echo 'login user=bob password=hunter2'; echo 'all fine'; echo 'token=abc123 oops' >&2; echo 'alert: disk full'",
             ])
+            // The alert the tagger returned started its own run, which reached the pager.
+            let announced = try await withDeadline(30, "the alert's own run") { try await events.receive() }
+            #expect(announced?["line"] == "alert: disk full", "\(String(describing: announced))")
+            session.close(reason: "done")
             #expect(r.status == .exited(0), "\(r.err)")
             let logs = try await runCommand(plugboard, ["container", "logs", "--socket", socket, "chatty"])
             #expect(logs.out.contains("login user=bob password=****+tagger\n"), "\(logs.out)")

@@ -19,6 +19,18 @@ struct HubTests {
         #expect(hub.endpoints == [Hub.Endpoint(name: "echo", owner: "echo-plugin", restarting: false, remote: false)])
     }
 
+    @Test("a malformed reply is an error naming the plugin")
+    func malformedReply() async throws {
+        let hub = Hub(logger: quietLogger)
+        let (participant, peer) = try await PeerProcess.participant("odd")
+        try hub.register(jobs: ["malformed"], for: participant)
+        await #expect { try await hub.call("malformed", 1) } throws: { error in
+            let e = error as? RoutingError
+            return e?.code == .badAnswer && e?.reason.contains("plugin odd answered job malformed with a malformed reply") == true
+        }
+        await peer.stop()
+    }
+
     @Test("callBest fails over to the next provider when the best one goes away mid-call; callAll answers in rank order")
     func providerFailover() async throws {
         let hub = Hub(logger: quietLogger)
