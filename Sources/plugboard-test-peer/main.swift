@@ -103,6 +103,9 @@ func participate(_ request: Request, name: String) async throws {
         try await request.respond(payload)
     case ("job", "whoami"):
         try await request.respond(.string(name))
+    case ("job", "abort"):
+        // Alive, but aborts this one reply.
+        request.reply.reset(reason: "changed my mind")
     case ("job", "malformed"):
         // A reply that is neither {"ok"} nor {"error"}.
         try await request.reply.finish(with: .fields(("answer", 42)))

@@ -19,7 +19,7 @@ struct HubTests {
         #expect(hub.endpoints == [Hub.Endpoint(name: "echo", owner: "echo-plugin", restarting: false, remote: false)])
     }
 
-    @Test("a malformed reply is an error naming the plugin")
+    @Test("a malformed reply is an error naming the plugin; an aborted reply is a failure, not a departure")
     func malformedReply() async throws {
         let hub = Hub(logger: quietLogger)
         let (participant, peer) = try await PeerProcess.participant("odd")
@@ -27,6 +27,12 @@ struct HubTests {
         await #expect { try await hub.call("malformed", 1) } throws: { error in
             let e = error as? RoutingError
             return e?.code == .badAnswer && e?.reason.contains("plugin odd answered job malformed with a malformed reply") == true
+        }
+        // A live plugin that aborts one reply failed that call; it did not go away.
+        try hub.register(jobs: ["abort"], for: participant)
+        await #expect { try await hub.call("abort", 1) } throws: { error in
+            let e = error as? RoutingError
+            return e?.code == .handlerFailed && e?.reason.contains("aborted its reply") == true && e?.reason.contains("changed my mind") == true
         }
         await peer.stop()
     }
