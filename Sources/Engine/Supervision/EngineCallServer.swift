@@ -49,107 +49,67 @@ struct EngineCallServer: Sendable {
     }
 
     private func answer(_ request: Request) async {
-        if let point = request.body["best"]?.stringValue ?? request.body["all"]?.stringValue {
-            return await answerProviders(request, point: point, all: request.body["all"] != nil)
-        }
-        if let type = request.body["pipeline.send"]?.stringValue {
-            return await answerPipelineSend(request, type: type)
-        }
-        if let event = request.body["hooks.run"]?.stringValue ?? request.body["hooks.notify"]?.stringValue {
-            return await answerHooks(request, event: event, run: request.body["hooks.run"] != nil)
-        }
-        guard let job = request.body["job"]?.stringValue else {
-            try? await request.fail(code: "bad.request", message: "an engine request is {\"job\": NAME, \"argument\": VALUE}, {\"hooks.run\": EVENT, ...} or {\"hooks.notify\": EVENT, ...}")
-            return
-        }
-        var allowed = engine.openJobs.withLockedValue { $0.contains(job) }
-        if !allowed { allowed = await isGranted(job) }
-        guard allowed else {
-            let why = asked.contains(job) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
-            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not call job \(job): \(why)")
-            return
-        }
-        do {
-            let result = try await engine.hub.call(job, request.body["argument"] ?? .nil, caller: caller)
-            try? await request.respond(result)
-        } catch let error as RoutingError {
-            try? await request.fail(code: error.wireCode, message: error.reason)
-        } catch {
-            try? await request.fail(code: "engine.error", message: "\(error)")
-        }
-    }
-
-    /// Runs a hook chain (or tells observers) for a plugin granted `hooks.run:EVENT`.
-    private func answerHooks(_ request: Request, event: String, run: Bool) async {
-        let grant = hookRunGrant(event)
-        guard await isGranted(grant) else {
-            let why = asked.contains(grant) ? "it asked for it but was not granted it" : "it did not declare it (runsHooks)"
-            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not run the \(event) hooks: \(why)")
-            return
-        }
-        guard let payload = request.body["payload"], let object = request.body["object"]?.stringValue else {
-            try? await request.fail(code: "bad.request", message: "a hooks request needs \"payload\" and \"object\"")
-            return
-        }
-        do {
-            if run {
-                let outcome = try await engine.hooks.run(event, payload: payload, object: object)
-                try? await request.respond(outcome.value)
-            } else {
-                engine.hooks.notify(event, payload: payload, object: object)
-                try? await request.respond(.nil)
+        let body = request.body
+        let argument = body["argument"] ?? .nil
+        if let point = body["best"]?.stringValue ?? body["all"]?.stringValue {
+            guard await permit(request, point, open: true, what: "call extension point \(point)", declaredIn: "its declaration (\"calls\")") else { return }
+            return await reply(request) {
+                if body["all"] != nil { return .array(try await engine.hub.callAll(point, argument, caller: caller).map(\.value)) }
+                if let provider = body["provider"]?.stringValue { return try await engine.hub.callProvider(point, owner: provider, argument, caller: caller) }
+                return try await engine.hub.callBest(point, argument, caller: caller)
             }
-        } catch let error as RoutingError {
-            try? await request.fail(code: error.wireCode, message: error.reason)
-        } catch {
-            try? await request.fail(code: "engine.error", message: "\(error)")
         }
-    }
-
-    /// Routes a message through the pipeline for a plugin granted `pipeline.send:TYPE`.
-    private func answerPipelineSend(_ request: Request, type: String) async {
-        let grant = pipelineSendGrant(type)
-        guard await isGranted(grant) else {
-            let why = asked.contains(grant) ? "it asked for it but was not granted it" : "it did not declare it (sendsMessages)"
-            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not send \(type) messages into the pipeline: \(why)")
-            return
+        if let type = body["pipeline.send"]?.stringValue {
+            guard await permit(request, pipelineSendGrant(type), what: "send \(type) messages into the pipeline", declaredIn: "it did not declare it (sendsMessages)") else { return }
+            return await reply(request) { try await engine.pipeline.route(PipelineMessage(type: type, body: body["body"] ?? .nil)).value }
         }
-        do {
-            let result = try await engine.pipeline.route(PipelineMessage(type: type, body: request.body["body"] ?? .nil))
-            try? await request.respond(result.value)
-        } catch let error as RoutingError {
-            try? await request.fail(code: error.wireCode, message: error.reason)
-        } catch {
-            try? await request.fail(code: "engine.error", message: "\(error)")
-        }
-    }
-
-    /// Calls the best provider of `point`, or all of them, for a plugin granted the point
-    /// (it names the point in its `calls`, like a job).
-    private func answerProviders(_ request: Request, point: String, all: Bool) async {
-        var allowed = engine.openJobs.withLockedValue { $0.contains(point) }
-        if !allowed { allowed = await isGranted(point) }
-        guard allowed else {
-            let why = asked.contains(point) ? "it asked for it but was not granted it" : "it did not ask for it in its declaration (\"calls\")"
-            try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not call extension point \(point): \(why)")
-            return
-        }
-        do {
-            let argument = request.body["argument"] ?? .nil
-            if all {
-                let answers = try await engine.hub.callAll(point, argument, caller: caller)
-                try? await request.respond(.array(answers.map(\.value)))
-            } else if let provider = request.body["provider"]?.stringValue {
-                let result = try await engine.hub.callProvider(point, owner: provider, argument, caller: caller)
-                try? await request.respond(result)
-            } else {
-                let result = try await engine.hub.callBest(point, argument, caller: caller)
-                try? await request.respond(result)
+        if let event = body["hooks.run"]?.stringValue ?? body["hooks.notify"]?.stringValue {
+            guard await permit(request, hookRunGrant(event), what: "run the \(event) hooks", declaredIn: "it did not declare it (runsHooks)") else { return }
+            guard let payload = body["payload"], let object = body["object"]?.stringValue else {
+                try? await request.fail(code: "bad.request", message: "a hooks request needs \"payload\" and \"object\"")
+                return
             }
+            return await reply(request) {
+                guard body["hooks.run"] != nil else {
+                    engine.hooks.notify(event, payload: payload, object: object)
+                    return .nil
+                }
+                return try await engine.hooks.run(event, payload: payload, object: object).value
+            }
+        }
+        guard let job = body["job"]?.stringValue else {
+            try? await request.fail(code: "bad.request", message: "an engine request is {\"job\": NAME, \"argument\": VALUE}, {\"best\"|\"all\": POINT, ...}, {\"pipeline.send\": TYPE, ...}, {\"hooks.run\": EVENT, ...} or {\"hooks.notify\": EVENT, ...}")
+            return
+        }
+        guard await permit(request, job, open: true, what: "call job \(job)", declaredIn: "its declaration (\"calls\")") else { return }
+        await reply(request) { try await engine.hub.call(job, argument, caller: caller) }
+    }
+
+    /// Whether the plugin may use `grant` (a job, a point, `hooks.run:EVENT`,
+    /// `pipeline.send:TYPE`); if not, the request is refused saying why. `open`: the jobs of
+    /// services every plugin may call count too.
+    private func permit(_ request: Request, _ grant: String, open: Bool = false, what: String, declaredIn: String) async -> Bool {
+        if open, engine.openJobs.withLockedValue({ $0.contains(grant) }) { return true }
+        if await isGranted(grant) { return true }
+        let why = asked.contains(grant)
+            ? "it asked for it but was not granted it"
+            : (declaredIn.hasPrefix("it ") ? declaredIn : "it did not ask for it in \(declaredIn)")
+        try? await request.fail(code: "permission.denied", message: "plugin \(caller) may not \(what): \(why)")
+        return false
+    }
+
+    /// Answers `request` with what `work` returns, or with its failure's code and reason.
+    private func reply(_ request: Request, _ work: () async throws -> Value) async {
+        let result: Value
+        do {
+            result = try await work()
         } catch let error as RoutingError {
             try? await request.fail(code: error.wireCode, message: error.reason)
+            return
         } catch {
             try? await request.fail(code: "engine.error", message: "\(error)")
+            return
         }
+        try? await request.respond(result)
     }
 }
