@@ -500,40 +500,51 @@ public enum Admin {
         }
     }
 
-    /// `call.best`: calls the best provider of an extension point (failing over in rank
-    /// order when a provider goes away).
-    public struct CallBest: AdminRequest {
-        /// The command: `call.best`.
-        public static let command = AdminCommand.callBest
-        /// What the daemon answers: the provider's result.
+    /// Which providers a ``ProviderCall`` asks, and what it answers.
+    public protocol ProviderCallMode: Sendable {
+        /// What the daemon answers.
+        associatedtype Reply: Codable, Sendable
+        /// The command.
+        static var command: AdminCommand { get }
+    }
+
+    /// The best provider, failing over in rank order when a provider goes away: `call.best`.
+    public enum BestProvider: ProviderCallMode {
+        /// The provider's result.
         public typealias Reply = Value
+        /// `call.best`.
+        public static let command = AdminCommand.callBest
+    }
+
+    /// Every provider, best first: `call.all`.
+    public enum AllProviders: ProviderCallMode {
+        /// Each provider's answer or error, in rank order.
+        public typealias Reply = [ProviderAnswer]
+        /// `call.all`.
+        public static let command = AdminCommand.callAll
+    }
+
+    /// A call of an extension point's providers: `{"point", "argument"}`.
+    public struct ProviderCall<Mode: ProviderCallMode>: AdminRequest {
+        /// The command: `call.best` or `call.all`.
+        public static var command: AdminCommand { Mode.command }
+        /// What the daemon answers.
+        public typealias Reply = Mode.Reply
         /// The extension point.
         public var point: String
         /// The argument.
         public var argument: Value
-        /// A call of the best provider of `point`.
+        /// A call of `point`'s providers.
         public init(point: String, argument: Value = .nil) {
             self.point = point
             self.argument = argument
         }
     }
 
+    /// `call.best`: calls the best provider of an extension point.
+    public typealias CallBest = ProviderCall<BestProvider>
     /// `call.all`: calls every provider of an extension point, best first.
-    public struct CallAll: AdminRequest {
-        /// The command: `call.all`.
-        public static let command = AdminCommand.callAll
-        /// What the daemon answers: each provider's answer or error, in rank order.
-        public typealias Reply = [ProviderAnswer]
-        /// The extension point.
-        public var point: String
-        /// The argument.
-        public var argument: Value
-        /// A call of every provider of `point`.
-        public init(point: String, argument: Value = .nil) {
-            self.point = point
-            self.argument = argument
-        }
-    }
+    public typealias CallAll = ProviderCall<AllProviders>
 
     /// One provider's answer to `call.all`.
     public struct ProviderAnswer: Codable, Sendable, Hashable {
