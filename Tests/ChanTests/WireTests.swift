@@ -7,7 +7,7 @@ import TestSupport
 
 /// The session against a peer played by hand, byte for byte: the framing docs/PROTOCOL.md
 /// describes, with a default Swift session's HELLO (max_frame 16 MiB). The worked example
-/// there — plugboardd's own HELLO announces 1 MiB to plugins — is replayed against a real
+/// there — the daemon's own HELLO announces 1 MiB to plugins — is replayed against a real
 /// daemon by `DaemonWireTests`.
 @Suite("the wire, byte for byte")
 struct WireTests {

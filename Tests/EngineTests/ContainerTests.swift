@@ -273,7 +273,7 @@ struct ContainerTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socket = dir + "/admin.sock"
         let rootfs = try busyboxRootfs(in: dir)
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "containers"])
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", ["--plugin", "containers"])
         let plugboard = try builtExecutable("plugboard")
         try await whileRunning(daemon) {
             let r = try await runCommand(plugboard, [
@@ -315,7 +315,7 @@ struct ContainerTests {
         try "from the host".write(toFile: hostDir + "/note.txt", atomically: true, encoding: .utf8)
         let socket = dir + "/admin.sock"
         let rootfs = try busyboxRootfs(in: dir)
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", [
             "--plugin", "host-mount", "\(hostDir) /mnt/host",
             "--plugin-exec", "containers=\(try builtExecutable("plugboard-plugin-containers")) \(dir)/containers-state",
         ])
@@ -339,7 +339,7 @@ struct ContainerTests {
         let dir = "/tmp/plugboard-hookgrant-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socket = dir + "/admin.sock"
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "echo"])
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", ["--plugin", "echo"])
         let plugboard = try builtExecutable("plugboard")
         try await whileRunning(daemon) {
             // Added at run time without --grant-all-permissions: it asked, but was not granted.
@@ -363,7 +363,7 @@ struct ContainerTests {
         let socket = dir + "/admin.sock"
         let rootfs = try busyboxRootfs(in: dir)
         let sh = try builtExecutable("plugboard-sh")
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", [
             "--plugin", "containers",
             "--plugin-exec", "mask=\(sh) \(repositoryRoot)/plugins/shell/mask-secrets.sh",
             "--plugin-exec", "tagger=\(try builtExecutable("plugboard-test-plugin")) pipeline=container.log:10",
@@ -405,7 +405,7 @@ struct ContainerTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socket = dir + "/admin.sock"
         let rootfs = try busyboxRootfs(in: dir)
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", [
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", [
             "--plugin", "containers", "--plugin", "local-volumes", "\(dir)/volumes",
         ])
         let plugboard = try builtExecutable("plugboard")

@@ -12,10 +12,10 @@ struct Daemon {
     let process: SpawnedProcess
     let log: LogLines
 
-    /// Starts plugboardd on `socket` with its state in `stateDir`, a 1 s shutdown grace and
+    /// Starts plugboardd on `socket` with its state in `stateDirectory`, a 1 s shutdown grace and
     /// `extra`, and waits (with a deadline) until it says it is ready.
-    static func startReady(socket: String, stateDir: String, _ extra: [String] = []) async throws -> Daemon {
-        let daemon = try await start(["--admin-socket", socket, "--state-dir", stateDir, "--shutdown-grace", "1"] + extra)
+    static func startReady(socket: String, stateDirectory: String, _ extra: [String] = []) async throws -> Daemon {
+        let daemon = try await start(["--admin-socket", socket, "--state-dir", stateDirectory, "--shutdown-grace", "1"] + extra)
         let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
         if ready == nil {
             daemon.process.signal(SIGKILL)
@@ -56,7 +56,7 @@ struct DaemonPlace {
     /// Starts plugboardd with `echo` and `extra`, its state beside the socket's directory
     /// (the daemon creates that one 0700 itself), and waits until it is ready.
     func startDaemon(_ extra: [String] = []) async throws -> Daemon {
-        try await Daemon.startReady(socket: socket, stateDir: dir + "-state", ["--plugin", "echo"] + extra)
+        try await Daemon.startReady(socket: socket, stateDirectory: dir + "-state", ["--plugin", "echo"] + extra)
     }
 
     /// SIGTERM, wait for the exit, and remove both directories.

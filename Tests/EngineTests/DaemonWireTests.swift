@@ -7,6 +7,7 @@ import TestSupport
 
 /// docs/PROTOCOL.md's worked example is a real exchange with plugboardd: its bytes, read
 /// from the page, are replayed by an exec plugin of a real daemon.
+/// (Each daemon here gets its own --admin-socket and --state-dir from `DaemonPlace`.)
 @Suite("the worked example in PROTOCOL.md, against a real daemon")
 struct DaemonWireTests {
     /// The frames of the "Worked example" section: direction and hex, in order.

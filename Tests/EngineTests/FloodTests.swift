@@ -29,7 +29,7 @@ struct FloodTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let plugin = try builtExecutable("plugboard-test-plugin")
         let socket = dir + "/admin.sock"
-        let daemon = try await Daemon.startReady(socket: socket, stateDir: dir + "/state", ["--plugin", "echo", "--plugin-exec", "flooder=\(plugin) calls=echo"])
+        let daemon = try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", ["--plugin", "echo", "--plugin-exec", "flooder=\(plugin) calls=echo"])
         try await whileRunning(daemon) {
             let (session, admin) = try await adminSession(socket)
             defer { session.close(reason: "done") }

@@ -107,7 +107,7 @@ struct ServicesTests {
     var socket: String { dir + "/admin.sock" }
 
     func start(_ extra: [String] = []) async throws -> Daemon {
-        try await Daemon.startReady(socket: socket, stateDir: dir + "/state", extra)
+        try await Daemon.startReady(socket: socket, stateDirectory: dir + "/state", extra)
     }
 
     func stop(_ daemon: Daemon) async throws {

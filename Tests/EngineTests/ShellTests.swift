@@ -22,7 +22,7 @@ struct ShellDaemonTests {
     let dir = "/tmp/plugboard-shell-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
 
     func start(_ arguments: [String]) async throws -> Daemon {
-        try await Daemon.startReady(socket: dir + "/admin.sock", stateDir: dir + "/state", arguments)
+        try await Daemon.startReady(socket: dir + "/admin.sock", stateDirectory: dir + "/state", arguments)
     }
 
     func cli(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {

@@ -9,6 +9,7 @@ import TestSupport
 
 /// Every integer that arrives from a plugin or an admin client is checked or saturating:
 /// each test sends the value to a real plugboardd and then checks that it still serves.
+/// (Each daemon here gets its own --admin-socket and --state-dir from `DaemonPlace`.)
 @Suite("no integer from the wire can trap the daemon", .serialized)
 struct WireIntegerTests {
     let place = DaemonPlace("ints")
