@@ -40,7 +40,11 @@ enum AdminCommands {
 
     /// Decodes `body` as `R`, answers it with `handle`, and encodes the reply.
     private static func typed<R: AdminRequest>(_ type: R.Type, _ body: Value, _ handle: (R) async throws -> R.Reply) async throws -> Value {
-        try ValueEncoder().encode(try await handle(try R.decode(body)))
+        let reply = try await handle(try R.decode(body))
+        // A reply that is already a Value (call, call.best, plugin.inspect) goes as it is: no
+        // second encoding on the admin call path.
+        if let value = reply as? Value { return value }
+        return try ValueEncoder().encode(reply)
     }
 
     static func run(_ body: Value, engine: Engine, builtins: @escaping AdminServer.BuiltinLookup) async throws -> Value {
