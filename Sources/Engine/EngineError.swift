@@ -17,6 +17,8 @@ public struct EngineError: Error, Hashable, CustomStringConvertible {
         public static let startFailed = Code("start failed")
         /// A plugin asked for privileges it was not granted.
         public static let permissionDenied = Code("permission denied")
+        /// A plugin name (or a job, event or type name) is not of the allowed form, or is reserved.
+        public static let badName = Code("bad name")
         /// Two plugins would share a name.
         public static let duplicateName = Code("duplicate plugin name")
         /// No plugin has the given name.

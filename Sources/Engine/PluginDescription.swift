@@ -2,6 +2,7 @@ import Chan
 import Hooks
 import Pipeline
 import PluginKit
+import Routing
 
 /// What a plugin declared, without its handlers: parsed from HELLO's `meta` for a
 /// subprocess, taken from the declaration for a built-in.
@@ -68,7 +69,10 @@ public struct PluginDescription: Sendable, Hashable {
             }
         }
         name = v["name"]?.stringValue ?? fallbackName
-        version = v["version"]?.stringValue ?? "unknown"
+        if let problem = Names.problem(withPluginName: name) {
+            throw EngineError(.badDeclaration, "plugin \(fallbackName) declared a name that is refused: \(problem)")
+        }
+        version = String((v["version"]?.stringValue ?? "unknown").prefix(64))
         jobs = try strings("jobs")
         requires = try strings("requires")
         provides = try (v["provides"]?.arrayValue ?? []).map { p in
@@ -96,7 +100,24 @@ public struct PluginDescription: Sendable, Hashable {
                 }
                 policy = p
             }
-            return MessageType(type: type, priority: Int(m["priority"]?.intValue ?? 0), timeout: .clampedMilliseconds(m["timeout_ms"]?.intValue, default: .seconds(10)), policy: policy)
+            return MessageType(type: type, priority: Int(clamping: m["priority"]?.intValue ?? 0), timeout: .clampedMilliseconds(m["timeout_ms"]?.intValue, default: .seconds(10)), policy: policy)
+        }
+        try checkNames(plugin: fallbackName)
+    }
+
+    /// Refuses a declaration whose jobs, points, events, message types or grants are not of
+    /// the allowed form (``Names``), naming the first that is not.
+    func checkNames(plugin: String) throws {
+        let named: [(String, [String])] = [
+            ("job", jobs), ("required job", requires), ("extension point", provides.map(\.point)), ("grant", calls),
+            ("hook event", hooks.map(\.event)), ("pipeline message type", messageTypes.map(\.type)),
+        ]
+        for (what, names) in named {
+            for n in names {
+                if let problem = Names.problem(withRegistrationName: n, what: what) {
+                    throw EngineError(.badDeclaration, "plugin \(plugin): \(problem)")
+                }
+            }
         }
     }
 }
