@@ -14,30 +14,61 @@ extension Engine {
     }
 
     /// Adds and starts a plugin while the engine runs. Its requirements must already be met.
+    ///
+    /// A name being added is claimed first: a second add of it is refused at once, and an
+    /// add that fails leaves nothing behind (its process stopped, its name free).
     public func add(_ spec: PluginSpec, grace: Duration = .seconds(5)) async throws -> PluginStatus {
-        if let name = spec.name, supervisorList.contains(where: { $0.name == name }) {
-            throw EngineError(.duplicateName, "a plugin named \(name) already exists")
+        if let name = spec.name {
+            if let problem = Names.problem(withPluginName: name, allowReserved: spec.openToAll) { throw EngineError(.badName, problem) }
+            try claim(name)
         }
+        var claimed = spec.name
+        defer { if let claimed { release(claimed) } }
         let supervisor = PluginSupervisor(spec: spec, provisionalName: spec.name ?? "plugin\(supervisorList.count)", engine: parts)
+        // A launch that fails has stopped what it started.
         let description = try await supervisor.launch()
         let name = await supervisor.name
-        if supervisorList.contains(where: { $0.name == name }) {
-            await supervisor.stop(grace: grace)
-            throw EngineError(.duplicateName, "a plugin named \(name) already exists")
-        }
-        let provided = Set(hub.endpoints.map(\.name))
-        if let missing = description.requires.first(where: { !provided.contains($0) }) {
-            await supervisor.stop(grace: grace)
-            throw EngineError(.bootOrder, "plugin \(name) requires job \(missing), which no plugin provides")
+        if claimed == nil {
+            // It named itself: claim that name now.
+            do {
+                if let problem = Names.problem(withPluginName: name) { throw EngineError(.badName, problem) }
+                try claim(name)
+                claimed = name
+            } catch {
+                await supervisor.stop(grace: .zero)
+                throw error
+            }
         }
         do {
-            try await supervisor.activate()
+            return try await operations.withGate(name) {
+                let provided = Set(hub.endpoints.map(\.name))
+                if let missing = description.requires.first(where: { !provided.contains($0) }) {
+                    throw EngineError(.bootOrder, "plugin \(name) requires job \(missing), which no plugin provides")
+                }
+                try await supervisor.activate()
+                appendSupervisor(name, supervisor)
+                return await supervisor.status
+            }
         } catch {
             await supervisor.stop(grace: grace)
             throw error
         }
-        appendSupervisor(name, supervisor)
-        return await supervisor.status
+    }
+
+    /// Claims `name` for an add in progress; throws when a plugin has it or another add
+    /// claimed it.
+    private func claim(_ name: String) throws {
+        let existing = Set(supervisorList.map(\.name))
+        let ok = claimedNames.withLockedValue { claimed -> Bool in
+            guard !claimed.contains(name), !existing.contains(name) else { return false }
+            claimed.insert(name)
+            return true
+        }
+        guard ok else { throw EngineError(.duplicateName, "a plugin named \(name) already exists (or is being added)") }
+    }
+
+    private func release(_ name: String) {
+        _ = claimedNames.withLockedValue { $0.remove(name) }
     }
 
     /// Plugins whose `requires` name one of `name`'s jobs, and that are not themselves off.
@@ -62,38 +93,43 @@ extension Engine {
 
     /// Stops `name` and marks it disabled; refused while an active plugin requires it, unless `force`.
     public func disable(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
-        let s = try supervisor(name)
-        try await refuseIfRequired(name, force: force, to: "disable")
-        await s.disable(grace: grace)
+        try await operations.withGate(name) {
+            let s = try supervisor(name)
+            try await refuseIfRequired(name, force: force, to: "disable")
+            await s.disable(grace: grace)
+        }
     }
 
     /// Starts a disabled plugin again.
     public func enable(_ name: String) async throws {
-        try await supervisor(name).enable()
+        try await operations.withGate(name) { try await supervisor(name).enable() }
     }
 
     /// Restarts `name` now, clearing a crash loop.
     public func restart(_ name: String, grace: Duration = .seconds(5)) async throws {
-        try await supervisor(name).restartNow(grace: grace)
+        try await operations.withGate(name) { try await supervisor(name).restartNow(grace: grace) }
     }
 
     /// Stops and forgets `name`; refused while an active plugin requires it, unless `force`.
     public func remove(_ name: String, force: Bool = false, grace: Duration = .seconds(5)) async throws {
-        let s = try supervisor(name)
-        try await refuseIfRequired(name, force: force, to: "remove")
-        await s.stop(grace: grace)
-        removeSupervisor(name)
+        try await operations.withGate(name) {
+            let s = try supervisor(name)
+            try await refuseIfRequired(name, force: force, to: "remove")
+            await s.stop(grace: grace)
+            await s.release()
+            removeSupervisor(name)
+        }
     }
 
     /// Changes how `name` is supervised (restart policy, backoff, start timeout, crash-loop limit).
     public func set(_ name: String, _ settings: [String: String]) async throws {
-        try await supervisor(name).apply(settings)
+        try await operations.withGate(name) { try await supervisor(name).apply(settings) }
     }
 
     /// Lets `name` call `jobs` through the engine, and grants a container plugin
     /// `privileges` (they apply from its next start).
     public func grant(_ name: String, jobs: [String], privileges: [Privilege] = []) async throws {
-        try await supervisor(name).grant(jobs, privileges: privileges)
+        try await operations.withGate(name) { try await supervisor(name).grant(jobs, privileges: privileges) }
     }
 
     /// Whether plugin `name` holds `grant` (a job it may call, or a token such as
@@ -112,6 +148,7 @@ extension Engine {
         let privileges = await s.extraPrivileges
         let containerID = await s.containerID
         let spec = await s.spec
+        let resources = await s.resources
         let hooks = self.hooks.allRegistrations.filter { $0.owner == name }
         let pipeline = self.pipeline.allRegistrations.filter { $0.owner == name }
         let command: Value
@@ -148,6 +185,17 @@ extension Engine {
                 ("asked", .array((status.description?.calls ?? []).map { .string($0) })),
                 ("granted_all_asked", .bool(spec.grantAll)),
                 ("granted", .array(grants.sorted().map { .string($0) }))
+            )),
+            ("resources", .fields(
+                ("limits", .fields(
+                    ("memory_bytes", resources.limits.memoryBytes.map { .int($0) } ?? .nil),
+                    ("pids", resources.limits.pids.map { .int($0) } ?? .nil),
+                    ("cpus", resources.limits.cpus.map { .float($0) } ?? .nil)
+                )),
+                ("usage", resources.usage.map { u in .fields(
+                    ("memory_bytes", u.memoryBytes.map { .int($0) } ?? .nil), ("pids", u.pids.map { .int($0) } ?? .nil), ("oom_kills", .int(u.oomKills))
+                ) } ?? .nil),
+                ("cgroup", resources.cgroup.map { .string($0) } ?? .nil)
             )),
             ("history", .array(history.ends.map { .fields(("reason", .string("\($0.reason)")), ("end", .string($0.reason.kind))) }))
         )
