@@ -60,6 +60,8 @@ public final class Hub: Sendable {
         /// Jobs whose owner left for good (failed, stopped, removed), with why: a call
         /// to one is told that, not just "no job named".
         var departed: [String: (owner: String, reason: String)] = [:]
+        /// Set while the engine boots: unknown jobs wait for it instead of failing.
+        var bootGate: ReadinessSignal?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -238,6 +240,12 @@ public final class Hub: Sendable {
             let slot: Slot? = state.withLockedValue { $0.slots[job] }
             switch slot {
             case nil:
+                // While the engine boots, the plugin serving the job may still be starting:
+                // wait for the boot to end (within this call's own timeout), then look again.
+                if let gate = state.withLockedValue({ $0.bootGate }) {
+                    let remaining = timeout - elapsed(since: start)
+                    if remaining > .zero, await gate.wait(atMost: remaining) { continue }
+                }
                 // Off the hot path: only a call that finds no owner asks why.
                 if let departed = state.withLockedValue({ $0.departed[job] }) {
                     throw RoutingError(.ownerGone, "job \(job) is not served now: its plugin \(departed.owner) \(departed.reason)", plugin: departed.owner)
@@ -295,6 +303,14 @@ public final class Hub: Sendable {
         for w in expired {
             w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner))
         }
+    }
+
+    /// While `gate` has not fired, a call to a job no plugin has registered or reserved waits
+    /// for it (up to the call's own timeout) and looks again, instead of failing at once: the
+    /// engine sets one while it boots, when the plugin serving a job may still be starting.
+    /// Nil lifts it.
+    public func holdUnknownJobs(until gate: ReadinessSignal?) {
+        state.withLockedValue { $0.bootGate = gate }
     }
 
     /// Reserves `jobs` for `owner` before it is active: calls made meanwhile wait for it to

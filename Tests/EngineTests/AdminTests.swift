@@ -50,7 +50,7 @@ struct AdminTests {
         let ls = try await place.cli(["plugin", "ls", "--format", "json"])
         #expect(ls.status == .exited(0), "\(ls.err)")
         let rows = try JSONSerialization.jsonObject(with: Data(ls.out.utf8)) as? [[String: Any]]
-        #expect(rows?.map { $0["name"] as? String } == ["echo", "events", "host-mount", "metrics", "state"])
+        #expect(rows?.map { $0["name"] as? String } == ["events", "metrics", "state", "echo", "host-mount"])
         #expect(rows?.first?["kind"] as? String == "builtin")
         #expect(rows?.first?["state"] as? String == "active")
         #expect(rows?.first?.keys.contains("pid") == true && rows?.first?.keys.contains("restarts") == true)

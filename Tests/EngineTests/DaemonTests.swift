@@ -182,17 +182,17 @@ struct DaemonTests {
     func sigterm() async throws {
         let daemon = try await Daemon.start(in: dir, try arguments())
         let ready = try await withDeadline(60, "plugboardd ready") { await daemon.log.waitFor("plugboardd ready") }
-        // The services (events, metrics, state) boot with the rest; nothing requires anything here.
-        #expect(ready?.contains(#"["echo", "events", "first", "host-mount", "metrics", "second", "state"]"#) == true, "\(ready ?? "no line")")
+        // The services (events, metrics, state) boot first and stop last; nothing requires anything here.
+        #expect(ready?.contains(#"["events", "metrics", "state", "echo", "first", "host-mount", "second"]"#) == true, "\(ready ?? "no line")")
         let children = ProcessWatch.children(of: daemon.process.pid)
         #expect(children.count == 2, "two exec plugins: \(children)")
         daemon.process.signal(SIGTERM)
         let status = try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() }
         #expect(status == .exited(0))
         let stops = daemon.log.all.filter { $0.contains("stopping plugin") }.compactMap { line in
-            ["state", "second", "metrics", "host-mount", "first", "events", "echo"].first { line.contains("plugin.name=\($0) ") }
+            ["second", "host-mount", "first", "echo", "state", "metrics", "events"].first { line.contains("plugin.name=\($0) ") }
         }
-        #expect(stops == ["state", "second", "metrics", "host-mount", "first", "events", "echo"])
+        #expect(stops == ["second", "host-mount", "first", "echo", "state", "metrics", "events"])
         for child in children { #expect(ProcessWatch.waitUntilGone(child, timeout: .seconds(10)), "child \(child) outlived plugboardd") }
     }
 
