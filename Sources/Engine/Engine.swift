@@ -62,6 +62,8 @@ struct EngineParts: Sendable {
     /// What supervisors wait on between restarts (the backoff): the continuous clock, or a
     /// test's own.
     let clock: any Clock<Duration>
+    /// Cgroups for exec plugins; nil runs them in process groups only.
+    let containment: PluginContainment?
 }
 
 /// The engine: the hub, the pipeline and the hooks, and the plugins that serve them.
@@ -80,7 +82,15 @@ public final class Engine: Sendable {
     private let supervisors = NIOLockedValueBox<[(name: String, supervisor: PluginSupervisor)]>([])
     private let order = NIOLockedValueBox<[String]>([])
     private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
+    /// Names being added right now: a second `plugin add` of one of them is refused at once.
+    let claimedNames = NIOLockedValueBox<Set<String>>([])
+    /// One admin operation per plugin name at a time (add, remove, enable, disable,
+    /// restart, set, grant): six concurrent restarts are six restarts in a row, never six
+    /// processes.
+    let operations = KeyedGate()
 
+    /// Where exec plugins' processes are kept (cgroups); nil when they run in process groups only.
+    public let containment: PluginContainment?
     /// The container runtime container plugins run on; nil when containers are not available.
     public let containers: ContainerRuntime?
     /// Every engine event (plugin lifecycle, registrations, hook outcomes, notifications
@@ -93,7 +103,13 @@ public final class Engine: Sendable {
     ///     process; by default the one next to the running executable, if present.
     ///   - containers: runc and its state, for container plugins; without it they are refused.
     ///   - clock: what restart backoffs wait on; a test injects one that records the delays.
-    public init(logger: Logger, shimPath: String? = Engine.defaultShimPath(), containers: ContainerRuntime? = nil, clock: any Clock<Duration> = ContinuousClock()) {
+    ///   - containment: a cgroup per exec plugin, so that it ends whole and takes limits;
+    ///     without it plugins run in process groups only.
+    public init(
+        logger: Logger, shimPath: String? = Engine.defaultShimPath(), containers: ContainerRuntime? = nil,
+        clock: any Clock<Duration> = ContinuousClock(), containment: PluginContainment? = nil
+    ) {
+        self.containment = containment
         self.containers = containers
         let hub = Hub(logger: logger)
         let pipeline = Pipeline(logger: logger)
@@ -135,7 +151,8 @@ public final class Engine: Sendable {
             openJobs: NIOLockedValueBox([]),
             callerFor: { name in InProcessEngineCalls(hub: hub, hooks: hooks, pipeline: pipeline, streams: streams, plugin: name) },
             streams: streams,
-            clock: clock
+            clock: clock,
+            containment: containment
         )
     }
 
@@ -166,9 +183,30 @@ public final class Engine: Sendable {
     /// plugin that does not start. Then everything started is stopped again.
     public func boot(_ specs: [PluginSpec], grace: Duration = .seconds(5)) async throws {
         var started: [(String, PluginSupervisor, PluginDescription)] = []
+        for spec in specs {
+            if let name = spec.name, let problem = Names.problem(withPluginName: name, allowReserved: spec.openToAll) {
+                throw EngineError(.badName, problem)
+            }
+        }
         try await startStreamSession()
-        // Containers an earlier plugboardd left in our runc root (it was killed) go first.
+        // Calls plugins make right after their HELLO, to jobs of plugins still starting,
+        // wait for the boot instead of failing as unknown.
+        let booted = ReadinessSignal()
+        hub.holdUnknownJobs(until: booted)
+        defer {
+            hub.holdUnknownJobs(until: nil)
+            booted.fire()
+        }
+        // Containers an earlier plugboardd left in our runc root (it was killed) go first,
+        // and so does whatever its plugins left in our cgroups.
         if let containers { await containers.runc.removeAll(logger: logger) }
+        if let containment {
+            for (plugin, pids) in await containment.sweepLeftovers() {
+                logger.warning("ended processes a previous plugboardd's plugin left behind", metadata: [
+                    "plugin.name": "\(plugin)", "plugboard.pids": "\(pids.map(String.init).joined(separator: ","))", "plugboard.count": "\(pids.count)",
+                ])
+            }
+        }
         do {
             // Start them all concurrently: each waits only for its own HELLO.
             started = try await withThrowingTaskGroup(of: (String, PluginSupervisor, PluginDescription).self) { group in
@@ -179,6 +217,10 @@ public final class Engine: Sendable {
                         // The name it runs under (NAME= on the command line) wins over the declared one.
                         var description = try await supervisor.launch()
                         description.name = await supervisor.name
+                        // Known at once, so that a call it makes right after its HELLO (state.get
+                        // to the state service) is checked against its grants, not refused as
+                        // coming from nobody.
+                        self.appendSupervisor(description.name, supervisor)
                         return (description.name, supervisor, description)
                     }
                 }
@@ -190,7 +232,11 @@ public final class Engine: Sendable {
             if let duplicate = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
                 throw EngineError(.duplicateName, "two plugins are named \(duplicate)")
             }
-            let bootOrder = try BootOrder.sort(started.map(\.2))
+            // The services (events, state, metrics) first, so that no plugin's first call to
+            // them finds them missing, and last at shutdown.
+            var services: Set<String> = []
+            for (name, supervisor, _) in started where await supervisor.spec.openToAll { services.insert(name) }
+            let bootOrder = try BootOrder.sort(started.map(\.2), first: services)
             // Until each is active, calls to its jobs wait for it instead of failing.
             for (name, supervisor, description) in started {
                 let spec = await supervisor.spec
@@ -226,9 +272,11 @@ public final class Engine: Sendable {
         for (name, supervisor) in all.reversed() {
             logger.info("stopping plugin", metadata: ["plugin.name": "\(name)"])
             await supervisor.stop(grace: grace)
+            await supervisor.release()
         }
         for c in subscribers.withLockedValue({ Array($0.values) }) { c.finish() }
         bus.closeAll()
+        containment?.removeInstance()
     }
 
     /// The plugins, in boot order.

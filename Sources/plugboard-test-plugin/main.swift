@@ -1,10 +1,10 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
-//   provides=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
+//   provides=a,b provides-on-restart=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
 //   point=POINT:PRIORITY,... (provides an extension point answering "NAME:ARGUMENT")
 //   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
 //   "alert" also yields an alert message) sends=TYPE,... (may send those into the pipeline)
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
-// NAME.restarts, NAME.close4, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
+// NAME.restarts, NAME.close3, NAME.close4, NAME.spawn, NAME.eat, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,6 +26,8 @@ struct TestPlugin: Plugin {
         d.requires = list("requires")
         d.calls = list("calls")
         for job in list("provides") { d.job(job) { $0 } }
+        // provides-on-restart=a,b: jobs it declares only once restarted (a declaration that changes).
+        if context.restarts > 0 { for job in list("provides-on-restart") { d.job(job) { $0 } } }
         let name = context.name
         for entry in list("pipeline") {
             let parts = entry.split(separator: ":").map(String.init)
@@ -134,6 +136,35 @@ struct TestPlugin: Plugin {
             // Cuts its own line to the daemon: nothing it writes arrives any more.
             close(4)
             return "closed"
+        }
+        d.job("\(name).close3") { _ in
+            // Stops reading what the daemon sends, and lives on: its session is dead, its process is not.
+            close(3)
+            return "closed"
+        }
+        // Runs `sh -c COMMAND` as its own child, which inherits fds 3/4 (as a careless
+        // plugin's children do), and answers once the shell has exited: for tests of what a
+        // plugin leaves behind.
+        d.job("\(name).spawn") { argument in
+            let command = argument["command"]?.stringValue ?? "true"
+            var pid: pid_t = 0
+            let argv: [UnsafeMutablePointer<CChar>?] = ["/bin/sh", "-c", command].map { (word: String) in strdup(word) } + [nil]
+            defer { for p in argv { free(p) } }
+            let rc = posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ)
+            guard rc == 0 else { throw PluginError(code: "test.spawn", message: "posix_spawn: \(rc)") }
+            // The shell has forked whatever it backgrounds once it exits.
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+            return .int(Int64(pid))
+        }
+        // Allocates and touches `mib` MiB, and keeps it: for tests of memory limits.
+        d.job("\(name).eat") { argument in
+            let mib = Int(argument["mib"]?.intValue ?? 64)
+            for _ in 0..<mib {
+                guard let block = malloc(1 << 20) else { return "malloc failed" }
+                memset(block, 0x5a, 1 << 20)
+            }
+            return .int(Int64(mib))
         }
         d.job("\(name).hang") { _ in
             // Never answers: a hung plugin, for tests of deadlines and crashes.

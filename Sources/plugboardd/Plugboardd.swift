@@ -85,7 +85,10 @@ struct Plugboardd: AsyncParsableCommand {
         } catch {
             noRuntime = "\(error)"
         }
-        let engine = Engine(logger: logger, containers: runtime)
+        // A cgroup per exec plugin under plugboard/INSTANCE (named after the state directory).
+        let containment = PluginContainment(stateDirectory: stateDirectory, logger: logger)
+        logger.info("plugin containment: \(containment.summary)")
+        let engine = Engine(logger: logger, containers: runtime, containment: containment)
         let builtins = makeBuiltins(engine: engine, logger: logger)
         let metrics = MetricsPlugin(registry: registry, engine: engine)
         let metricsAddress = try metricsListen.map(Self.parseHostPort)

@@ -64,7 +64,10 @@ final class NIOFrameTransport: FrameTransport, Sendable {
             return o.pending
         }
         guard let batch else { return }
-        channel.writeAndFlush(batch, promise: nil)
+        // A write that fails (EPIPE: the peer closed its reading end while its writing end
+        // stays open) means nothing sent arrives any more: the session is over, and closing
+        // the channel says so, instead of every later request failing one by one.
+        channel.writeAndFlush(batch).whenFailure { [channel] _ in channel.close(promise: nil) }
     }
 
     func write(frame: Frame) {

@@ -19,7 +19,10 @@ struct ExecLauncher: PluginLauncher {
     func launch(_ request: LaunchRequest) async throws -> LaunchedPlugin {
         var environment = ProcessInfo.processInfo.environment
         environment.merge(pluginEnvironment(request)) { _, ours in ours }
-        let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, [String(getpid()), command] + arguments) } ?? (command, arguments)
+        // The shim joins the plugin's cgroups from inside, before exec: nothing the plugin
+        // forks can start outside them.
+        let joins = (request.cgroup?.procsFiles ?? []).flatMap { ["--cgroup-procs", $0] }
+        let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, joins + [String(getpid()), command] + arguments) } ?? (command, arguments)
         return try await startPluginProcess(
             request, executable: executable, arguments: argv, environment: environment, what: command, engine: engine
         )
@@ -65,6 +68,13 @@ func startPluginProcess(
     }
     close(out.writeEnd)
     close(err.writeEnd)
+    if engine.shimPath == nil, let cgroup = request.cgroup {
+        // Without the shim the daemon moves the child in: anything it forked before this
+        // line is outside the cgroup (the shim exists to close that gap).
+        do { try cgroup.join(launched.process.pid) } catch {
+            logger.warning("cannot move the plugin into its cgroup", metadata: ["plugin.error": "\(error)"])
+        }
+    }
     let name = request.name
     let lastErrors = NIOLockedValueBox<[String]>([])
     let stderrDone = ReadinessSignal()

@@ -14,6 +14,8 @@ struct LaunchRequest: Sendable {
     var restarts: Int
     /// Container privileges granted after it was added (`plugboard plugin grant`).
     var extraPrivileges: Set<Privilege>
+    /// The cgroup its process starts in (exec plugins, where cgroups are writable).
+    var cgroup: PluginCgroup? = nil
 }
 
 /// A plugin's process and its session, for exec and container plugins.

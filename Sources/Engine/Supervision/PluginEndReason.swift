@@ -15,6 +15,11 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
     case sessionEnded(String, then: ExitStatus?)
     /// Starting it again failed.
     case startFailed(String)
+    /// The kernel killed it for passing its memory limit (bytes); `then` is how its process ended.
+    case overMemoryLimit(Int64, then: ExitStatus?)
+    /// Its new declaration claims what another plugin holds (a job): restarting cannot
+    /// help, so it ends `failed` with this as its reason.
+    case registrationConflict(String)
     /// Starting it again failed for want of the daemon's own resources (EMFILE: out of
     /// file descriptors): not the plugin's fault, so it does not count toward its crash loop.
     case daemonOutOfResources(String)
@@ -51,10 +56,13 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
         case .sessionEnded(let detail, let then): return "its session ended (\(detail))" + (then.map { "; then \($0)" } ?? "")
         case .startFailed(let detail): return "its restart failed: \(detail)"
         case .daemonOutOfResources(let detail): return "plugboardd could not start it: \(detail)"
+        case .overMemoryLimit(let bytes, let then): return "killed for passing its memory limit of \(ResourceLimits.describe(bytes: bytes))" + (then.map { " (\($0))" } ?? "")
+        case .registrationConflict(let detail): return "its declaration conflicts with another plugin: \(detail)"
         }
     }
 
-    /// A short machine-readable kind: exited, signalled, protocol-violation, session-ended, start-failed.
+    /// A short machine-readable kind: exited, signalled, protocol-violation, session-ended,
+    /// start-failed, daemon-out-of-resources, over-memory-limit, registration-conflict.
     public var kind: String {
         switch self {
         case .exited: return "exited"
@@ -63,6 +71,8 @@ public enum PluginEndReason: Sendable, Hashable, CustomStringConvertible {
         case .sessionEnded: return "session-ended"
         case .startFailed: return "start-failed"
         case .daemonOutOfResources: return "daemon-out-of-resources"
+        case .overMemoryLimit: return "over-memory-limit"
+        case .registrationConflict: return "registration-conflict"
         }
     }
 }

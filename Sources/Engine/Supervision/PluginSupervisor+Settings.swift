@@ -36,9 +36,21 @@ extension PluginSupervisor {
                     throw EngineError(.badSetting, "plugin \(name) handles no pipeline type \(type)")
                 }
                 pipelineOverrides[type] = n
+            case _ where ResourceLimits.keys.contains(key):
+                try next.limits.set(key, value)
             default:
-                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
+                throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: memory, pids, cpu, restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
             }
+        }
+        if next.limits != spec.limits {
+            guard case .exec = spec.kind else {
+                throw EngineError(.badSetting, "plugin \(name) is a \(spec.kindName) plugin; resource limits apply to exec plugins (container plugins: linux.resources in the bundle's config)")
+            }
+            guard engine.containment?.isAvailable == true else {
+                throw EngineError(.badSetting, "resource limits need cgroups, and this plugboardd has none it can write")
+            }
+            // Applied at once to the running plugin's cgroup, and again at every start.
+            try cgroup?.apply(next.limits)
         }
         spec = next
         // A running plugin's hooks and pipeline types take the new priorities at once.

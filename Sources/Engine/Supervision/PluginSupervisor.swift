@@ -44,6 +44,12 @@ actor PluginSupervisor {
     /// Jobs granted beyond the launch-time grant (`plugboard plugin grant`).
     var extraGrants: Set<String> = []
 
+    /// The cgroup its processes live in (exec plugins, where cgroups are writable): made at
+    /// the first start, emptied before every start and after every end, removed with it.
+    private(set) var cgroup: PluginCgroup?
+    /// The cgroup's memory-limit kills when the current run started.
+    private var oomKillsAtLaunch: Int64 = 0
+
     init(spec: PluginSpec, provisionalName: String, engine: EngineParts) {
         self.spec = spec
         self.name = provisionalName
@@ -77,7 +83,11 @@ actor PluginSupervisor {
 
     /// Starts the plugin and waits for its declaration; does not register it yet.
     func launch() async throws -> PluginDescription {
-        let request = LaunchRequest(name: name, nameIsKnown: spec.name != nil || restarts > 0, spec: spec, restarts: restarts, extraPrivileges: extraPrivileges)
+        let nameIsKnown = spec.name != nil || restarts > 0
+        let request = LaunchRequest(
+            name: name, nameIsKnown: nameIsKnown, spec: spec, restarts: restarts, extraPrivileges: extraPrivileges,
+            cgroup: try await prepareCgroup(nameIsKnown: nameIsKnown)
+        )
         let launched = try await launcher.launch(request)
         if !request.nameIsKnown { name = launched.description.name }
         current = launched
@@ -90,6 +100,74 @@ actor PluginSupervisor {
             callServer = Task { await server.serve() }
         }
         return launched.description
+    }
+
+    /// The cgroup for the next run of an exec plugin: made if need be, emptied of whatever the
+    /// last run left, with the plugin's limits applied.
+    private func prepareCgroup(nameIsKnown: Bool) async throws -> PluginCgroup? {
+        guard case .exec = spec.kind, let containment = engine.containment else { return nil }
+        if cgroup == nil {
+            // A plugin that names itself is known only after its HELLO: its cgroup has a name of its own.
+            let dirName = nameIsKnown ? name : "unnamed-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            do {
+                cgroup = try containment.group(for: dirName)
+            } catch {
+                throw EngineError(.startFailed, "plugin \(name): cannot make its cgroup: \(error)")
+            }
+        }
+        guard let cgroup else { return nil }
+        await killRemains(of: cgroup, when: "before its start")
+        do {
+            try cgroup.apply(spec.limits)
+        } catch {
+            throw EngineError(.startFailed, "plugin \(name): cannot apply its resource limits: \(error)")
+        }
+        oomKillsAtLaunch = cgroup.usage().oomKills
+        return cgroup
+    }
+
+    /// Kills what is left in `cgroup` and logs it when something was.
+    private func killRemains(of cgroup: PluginCgroup, when: String) async {
+        let left = await cgroup.killAll()
+        if !left.isEmpty {
+            logger.warning("ended processes the plugin left behind", metadata: [
+                "plugboard.when": "\(when)", "plugboard.pids": "\(left.map(String.init).joined(separator: ","))", "plugboard.count": "\(left.count)",
+            ])
+        }
+    }
+
+    /// Ends everything the plugin started: its cgroup, or, without cgroups, its process group.
+    private func endProcesses() async {
+        if let cgroup {
+            await killRemains(of: cgroup, when: "after its end")
+        } else {
+            current?.process?.process.signalGroup(SIGKILL)
+        }
+    }
+
+    /// Stops the current run's process if it is still there (a start that got as far as a
+    /// HELLO but could not be activated), and everything it started.
+    private func abandonRun() async {
+        if let run = current?.process, run.process.exitStatus == nil {
+            run.session.close(reason: "plugin could not be activated")
+            run.process.signal(SIGKILL)
+            _ = await run.process.waitForExit()
+        }
+        await endRun()
+    }
+
+    /// Forgets the plugin for good (`plugin rm`, shutdown): whatever is left of its processes
+    /// is killed and its cgroup removed. Call after ``stop(grace:)``.
+    func release() async {
+        guard let cgroup else { return }
+        await killRemains(of: cgroup, when: "at its removal")
+        await cgroup.remove()
+        self.cgroup = nil
+    }
+
+    /// Limits and usage for `plugin inspect`.
+    var resources: (limits: ResourceLimits, usage: ResourceUsage?, cgroup: String?) {
+        (spec.limits, cgroup?.usage(), cgroup?.directories.first)
     }
 
     /// Registers the plugin's jobs, hooks and pipeline types; it is active from then on.
@@ -179,10 +257,12 @@ actor PluginSupervisor {
         }
     }
 
-    /// Ends the current run's own tasks (engine calls, output) and cleans up after it.
+    /// Ends the current run's own tasks (engine calls, output), everything its process
+    /// started, and cleans up after it.
     private func endRun() async {
         callServer?.cancel()
         callServer = nil
+        await endProcesses()
         current?.process?.output.cancel()
         await launcher.cleanUp()
     }
@@ -190,11 +270,14 @@ actor PluginSupervisor {
     private func superviseUntilStopped() async {
         var failedStart: PluginEndReason?
         while true {
-            let reason: PluginEndReason
+            var reason: PluginEndReason
             if let failedStart {
                 reason = failedStart
             } else if let run = current?.process {
                 reason = await Self.waitForEnd(run)
+                if let limit = spec.limits.memoryBytes, let cgroup, cgroup.usage().oomKills > oomKillsAtLaunch {
+                    reason = .overMemoryLimit(limit, then: run.process.exitStatus)
+                }
             } else {
                 return
             }
@@ -212,7 +295,7 @@ actor PluginSupervisor {
             case .stay(let final, let why):
                 switch why {
                 case .policy: withdraw(reason: "\(why)", expectBack: nil)
-                case .crashLoop: withdraw(reason: "failed (\(why))", expectBack: nil)
+                case .crashLoop, .hopeless: withdraw(reason: "failed (\(why))", expectBack: nil)
                 }
                 set(final, "\(why)")
                 return
@@ -231,12 +314,21 @@ actor PluginSupervisor {
             Counter(label: "plugboard_plugin_restarts_total", dimensions: [("plugin", name)]).increment()
             do {
                 _ = try await launch()
+                // stop() came while it started: the new run must not outlive it.
+                if stopping {
+                    await abandonRun()
+                    return
+                }
                 try activate()
             } catch {
                 logger.warning("restart failed", metadata: ["plugin.error": "\(error)"])
+                // Whatever started is stopped: a run that is not registered does not live on.
+                await abandonRun()
                 // A failed start counts as an end: the history decides again at once.
                 if let e = error as? EngineError, e.code == .daemonOutOfResources {
                     failedStart = .daemonOutOfResources(e.reason)
+                } else if let e = error as? RoutingError, e.code == .nameConflict {
+                    failedStart = .registrationConflict(e.reason)
                 } else {
                     failedStart = .startFailed("\(error)")
                 }
@@ -255,8 +347,20 @@ actor PluginSupervisor {
         history.clear()
         restarts += 1
         set(.starting, "restart requested")
-        _ = try await launch()
-        try activate()
+        try await launchAndActivate()
+    }
+
+    /// Starts and registers it for an operator; on failure nothing of the run is left and
+    /// the plugin is `failed` with the reason.
+    private func launchAndActivate() async throws {
+        do {
+            _ = try await launch()
+            try activate()
+        } catch {
+            await abandonRun()
+            set(.failed, "\(error)")
+            throw error
+        }
     }
 
     /// Stops the plugin and marks it disabled (`plugboard plugin disable`).
@@ -273,8 +377,7 @@ actor PluginSupervisor {
         stopping = false
         history.clear()
         set(.starting, "enabled by an operator")
-        _ = try await launch()
-        try activate()
+        try await launchAndActivate()
     }
 
     private func withdraw(reason: String, expectBack: Duration?) {

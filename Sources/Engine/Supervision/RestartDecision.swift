@@ -11,12 +11,15 @@ public enum RestartDecision: Sendable, Hashable {
         case policy(RestartPolicy, PluginEndReason)
         /// It ended more often than the crash-loop limit allows inside the window.
         case crashLoop(ends: Int, window: Duration, last: PluginEndReason)
+        /// Starting it again cannot help (its declaration conflicts with another plugin's).
+        case hopeless(PluginEndReason)
 
         /// "ended (…) and its restart policy is never", "crash loop: 6 ends in 60.0 seconds; last: …".
         public var description: String {
             switch self {
             case .policy(let policy, let reason): return "ended (\(reason)) and its restart policy is \(policy.rawValue)"
             case .crashLoop(let ends, let window, let last): return "crash loop: \(ends) ends in \(window.short); last: \(last)"
+            case .hopeless(let reason): return "\(reason); not restarted"
             }
         }
     }
@@ -69,6 +72,7 @@ public struct RestartHistory: Sendable {
     ) -> RestartDecision {
         ends.append(End(at: now, reason: reason))
         if ends.count > Self.kept { ends.removeFirst(ends.count - Self.kept) }
+        if case .registrationConflict = reason { return .stay(.failed, because: .hopeless(reason)) }
         let restart: Bool
         switch policy {
         case .always: restart = true

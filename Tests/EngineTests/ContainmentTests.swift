@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chan
+import Foundation
+import Spawn
+import Testing
+import TestSupport
+
+/// Processes whose command line holds `marker` (descendants a plugin started).
+func processes(holding marker: String) -> [pid_t] {
+    let me = getpid()
+    return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry -> pid_t? in
+        guard let pid = pid_t(entry), pid != me, let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
+        let text = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        return text.contains(marker) ? pid : nil
+    }
+}
+
+/// A shell command that leaves three descendants behind, each holding `marker`: one in a
+/// new session (setsid), one double-forked (reparented away), one plain background job
+/// that keeps the plugin's fds 3/4.
+func escapingCommand(_ marker: String) -> String {
+    "setsid sleep 4321.\(marker) & (sleep 4322.\(marker) &) ; sleep 4323.\(marker) &"
+}
+
+@Suite("containment: a plugin ends whole, names are checked, one process per plugin", .serialized)
+struct ContainmentTests {
+    let place = DaemonPlace("containment")
+
+    func pluginExec(_ name: String, _ options: String = "") throws -> [String] {
+        ["--plugin-exec", "\(name)=\(try builtExecutable("plugboard-test-plugin"))" + (options.isEmpty ? "" : " " + options)]
+    }
+
+    @Test("names that break the rules are refused where they enter, with the rule")
+    func names() async throws {
+        let daemon = try await place.startDaemon()
+        try await whileRunning(daemon) {
+            let plugin = try builtExecutable("plugboard-test-plugin")
+            for (bad, says) in [
+                ("../../../../tmp/x", "must start with a letter or a digit"), ("a/../../x", "holds '/'"), ("", "cannot be empty"),
+                ("two\nlines", "holds a newline"), (String(repeating: "n", count: 5000), "the limit is 64"), ("operator", "reserved for the engine"),
+                ("state", "reserved"),
+            ] {
+                let r = try await place.cli(["plugin", "add", bad, "--exec", plugin])
+                #expect(r.status != .exited(0), "\(bad.prefix(20)) was accepted")
+                #expect(r.err.contains(says), "\(bad.prefix(20)): \(r.err)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: "/tmp/x"))
+            let ls = try await place.cli(["plugin", "ls", "--format", "json"])
+            let rows = try JSONSerialization.jsonObject(with: Data(ls.out.utf8)) as? [[String: Any]]
+            #expect(rows?.compactMap { $0["name"] as? String }.sorted() == ["echo", "events", "metrics", "state"])
+            // A good name still goes in.
+            #expect(try await place.cli(["plugin", "add", "good-name_1.x", "--exec", plugin]).status == .exited(0))
+        }
+        await place.stop(daemon)
+        // On the daemon's command line the same rule stops it before it starts anything.
+        let refused = try await Daemon.start(in: place.dir + "-cmdline", ["--plugin-exec", ".hidden=/bin/true"])
+        #expect(await refused.process.waitForExit() != .exited(0))
+        #expect(refused.log.all.joined(separator: "\n").contains("must start with a letter or a digit"), "\(refused.log.all.suffix(4))")
+        try? FileManager.default.removeItem(atPath: place.dir + "-cmdline")
+    }
+
+    @Test("double-forked, setsid and fd-keeping descendants end with the plugin: at rm, at a restart, at SIGTERM")
+    func descendantsEnd() async throws {
+        let marker = String(UInt32.random(in: 100_000...999_999))
+        let daemon = try await place.startDaemon(try pluginExec("leaky"))
+        try await whileRunning(daemon) {
+            let (session, admin) = try await adminSession(place.socket)
+            let events = try await pluginEvents(session, admin, plugin: "leaky")
+            // A restart: the crash ends the plugin, and what it left goes before the next run.
+            _ = try await adminCall(admin, "leaky.spawn", .fields(("command", .string(escapingCommand(marker + "1")))))
+            #expect(processes(holding: marker + "1").count >= 3, "the descendants did not start")
+            _ = try? await adminCall(admin, "leaky.crash", .nil)
+            try await waitForActive(events, restarts: 1)
+            #expect(processes(holding: marker + "1").isEmpty, "descendants outlived a restart: \(processes(holding: marker + "1"))")
+            // plugin rm.
+            _ = try await adminCall(admin, "leaky.spawn", .fields(("command", .string(escapingCommand(marker + "2")))))
+            #expect(processes(holding: marker + "2").count >= 3)
+            #expect(try await place.cli(["plugin", "rm", "leaky"]).status == .exited(0))
+            #expect(processes(holding: marker + "2").isEmpty, "descendants outlived plugin rm: \(processes(holding: marker + "2"))")
+            // SIGTERM of the daemon.
+            #expect(try await place.cli(["plugin", "add", "leaky2", "--exec", try builtExecutable("plugboard-test-plugin")]).status == .exited(0))
+            _ = try await adminCall(admin, "leaky2.spawn", .fields(("command", .string(escapingCommand(marker + "3")))))
+            #expect(processes(holding: marker + "3").count >= 3)
+            session.close(reason: "done")
+        }
+        await place.stop(daemon)
+        #expect(processes(holding: marker + "3").isEmpty, "descendants outlived plugboardd's SIGTERM: \(processes(holding: marker + "3"))")
+    }
+
+    @Test("after plugboardd is SIGKILLed, the next start on its state directory ends what its plugins left, and says so")
+    func predecessorsLeftovers() async throws {
+        let marker = String(UInt32.random(in: 100_000...999_999))
+        let first = try await place.startDaemon(try pluginExec("leaky"))
+        try await whileRunning(first) {
+            let (session, admin) = try await adminSession(place.socket)
+            _ = try await adminCall(admin, "leaky.spawn", .fields(("command", .string(escapingCommand(marker)))))
+            session.close(reason: "done")
+        }
+        #expect(processes(holding: marker).count >= 3)
+        first.process.signal(SIGKILL)
+        _ = await first.process.waitForExit()
+        // The plugin itself dies with its parent (the shim's parent-death signal); its descendants do not.
+        #expect(!processes(holding: marker).isEmpty, "nothing was left: the test proves nothing")
+        let second = try await place.startDaemon()
+        try await whileRunning(second) {
+            let said = try await withDeadline(10, "the sweep's log line") { await second.log.waitFor("left behind") }
+            #expect(said?.contains("leaky") == true, "\(said ?? "")")
+            #expect(processes(holding: marker).isEmpty, "leftovers survived the next start: \(processes(holding: marker))")
+        }
+        await place.stop(second)
+    }
+
+    @Test("six concurrent restarts leave exactly one process; two concurrent adds of one name make one plugin")
+    func serialised() async throws {
+        let daemon = try await place.startDaemon(try pluginExec("one"))
+        try await whileRunning(daemon) {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<6 { group.addTask { _ = try? await place.cli(["plugin", "restart", "one"]) } }
+            }
+            let inspect = try await place.cli(["plugin", "inspect", "one"])
+            let info = try #require(try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any], "\(inspect.out)")
+            #expect(info["restarts"] as? Int == 6)
+            #expect(info["state"] as? String == "active")
+            let cgroup = try #require((info["resources"] as? [String: Any])?["cgroup"] as? String, "no cgroup: \(inspect.out)")
+            let procs = try String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8).split(separator: "\n")
+            #expect(procs.map(String.init) == [String(info["pid"] as? Int ?? -1)], "processes in the plugin's cgroup: \(procs)")
+            // Two adds of one name at once: exactly one wins, and it works.
+            let plugin = try builtExecutable("plugboard-test-plugin")
+            let results = await withTaskGroup(of: Spawn.ExitStatus.self) { group -> [Spawn.ExitStatus] in
+                for _ in 0..<2 {
+                    group.addTask { (try? await place.cli(["plugin", "add", "twin", "--exec", plugin + " provides=twin.job"]))?.status ?? .exited(99) }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(results.filter { $0 == .exited(0) }.count == 1, "\(results)")
+            #expect(try await place.cli(["call", "twin.job", "\"hi\""]).out.contains("hi"))
+        }
+        await place.stop(daemon)
+    }
+
+    @Test("a plugin whose session died while its process lives is ended and restarted")
+    func deadSession() async throws {
+        let daemon = try await place.startDaemon(try pluginExec("mute"))
+        try await whileRunning(daemon) {
+            let (session, admin) = try await adminSession(place.socket)
+            let events = try await pluginEvents(session, admin, plugin: "mute")
+            _ = try await adminCall(admin, "mute.close3", .nil)
+            // The next call finds the session dead (its write fails), and the plugin is ended.
+            _ = try? await adminCall(admin, "mute.restarts", .nil)
+            try await waitForActive(events, restarts: 1)
+            #expect(try await adminCall(admin, "mute.restarts", .nil) == .int(1))
+            session.close(reason: "done")
+        }
+        await place.stop(daemon)
+    }
+
+    @Test("a restarted plugin whose declaration claims another's job ends failed, its process stopped")
+    func restartConflict() async throws {
+        let daemon = try await place.startDaemon(
+            try pluginExec("owner", "provides=shared.job") + pluginExec("claimer", "provides-on-restart=shared.job")
+        )
+        try await whileRunning(daemon) {
+            let (session, admin) = try await adminSession(place.socket)
+            let events = try await pluginEvents(session, admin, plugin: "claimer")
+            let pidBefore = try await pid(of: "claimer")
+            _ = try? await adminCall(admin, "claimer.crash", .nil)
+            let failed = try await withDeadline(30, "claimer failed") {
+                while let e = try await events.receive() { if e["type"] == "plugin.failed" { return e } }
+                throw DeadlineExceeded(what: "the event stream ended")
+            }
+            #expect(failed["detail"]?.stringValue?.contains("shared.job") == true, "\(failed)")
+            let inspect = try await place.cli(["plugin", "inspect", "claimer"])
+            #expect(inspect.out.contains("registration-conflict"), "\(inspect.out)")
+            let info = try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any]
+            let cgroup = try #require((info?["resources"] as? [String: Any])?["cgroup"] as? String)
+            #expect(try String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8).isEmpty, "the conflicting run's process lives on")
+            #expect(pidBefore != nil)
+            #expect(try await place.cli(["call", "shared.job", "\"still owner's\""]).out.contains("still owner's"))
+            session.close(reason: "done")
+        }
+        await place.stop(daemon)
+    }
+
+    @Test("a memory limit is applied through the cgroup: the plugin over it is killed, restarted, and says why")
+    func memoryLimit() async throws {
+        let daemon = try await place.startDaemon(try pluginExec("hungry"))
+        try await whileRunning(daemon) {
+            #expect(try await place.cli(["plugin", "set", "hungry", "memory=48M", "pids=32"]).status == .exited(0))
+            let bad = try await place.cli(["plugin", "set", "hungry", "memory=lots"])
+            #expect(bad.err.contains("memory is a size"), "\(bad.err)")
+            let before = try await place.cli(["plugin", "inspect", "hungry"])
+            #expect(before.out.contains(#""memory_bytes" : 50331648"#), "\(before.out)")
+            #expect(before.out.contains(#""pids" : 32"#), "\(before.out)")
+            let (session, admin) = try await adminSession(place.socket)
+            let events = try await pluginEvents(session, admin, plugin: "hungry")
+            let ate = try? await adminCall(admin, "hungry.eat", .fields(("mib", 200)))
+            #expect(ate == nil, "it ate 200 MiB under a 48 MiB limit")
+            try await waitForActive(events, restarts: 1)
+            let after = try await place.cli(["plugin", "inspect", "hungry"])
+            #expect(after.out.contains("over-memory-limit"), "\(after.out)")
+            #expect(after.out.contains("memory limit of 48 MiB"), "\(after.out)")
+            session.close(reason: "done")
+        }
+        await place.stop(daemon)
+    }
+
+    private func pid(of plugin: String) async throws -> Int? {
+        let inspect = try await place.cli(["plugin", "inspect", plugin])
+        return (try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any])?["pid"] as? Int
+    }
+}
