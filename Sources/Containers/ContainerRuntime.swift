@@ -1,3 +1,5 @@
+import Foundation
+
 /// Where Plugboard keeps its containers: runc's state (`--root`) and the generated bundles,
 /// both under the daemon's state directory, so nothing mixes with the user's containers.
 public struct ContainerRuntime: Sendable {
@@ -21,4 +23,20 @@ public struct ContainerRuntime: Sendable {
 
     /// The runc id of a container plugin.
     public static func pluginContainerID(_ plugin: String) -> String { "plugin-" + plugin }
+
+    /// Removes every generated bundle (at start, after ``Runc/removeAll(logger:)``): no
+    /// container outlives the daemon that made it, so none is adopted, and a bundle left
+    /// by a killed daemon is only litter. Returns how many were removed.
+    @discardableResult
+    public func removeLeftoverBundles() -> Int {
+        let fm = FileManager.default
+        var removed = 0
+        for group in ["containers", "plugins"] {
+            let dir = bundles + "/" + group
+            for entry in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where (try? fm.removeItem(atPath: dir + "/" + entry)) != nil {
+                removed += 1
+            }
+        }
+        return removed
+    }
 }

@@ -199,7 +199,11 @@ public final class Engine: Sendable {
         }
         // Containers an earlier plugboardd left in our runc root (it was killed) go first,
         // and so does whatever its plugins left in our cgroups.
-        if let containers { await containers.runc.removeAll(logger: logger) }
+        if let containers {
+            await containers.runc.removeAll(logger: logger)
+            let bundles = containers.removeLeftoverBundles()
+            if bundles > 0 { logger.warning("removed container bundles left by an earlier plugboardd", metadata: ["plugboard.count": "\(bundles)"]) }
+        }
         if let containment {
             for (plugin, pids) in await containment.sweepLeftovers() {
                 logger.warning("ended processes a previous plugboardd's plugin left behind", metadata: [

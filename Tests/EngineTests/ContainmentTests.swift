@@ -112,6 +112,22 @@ struct ContainmentTests {
         await place.stop(second)
     }
 
+    @Test("container bundles a killed plugboardd left are removed at the next start")
+    func leftoverBundles() async throws {
+        let state = place.dir + "-state"
+        for id in ["c-1", "c-2", "c-3"] {
+            try FileManager.default.createDirectory(atPath: "\(state)/bundles/containers/\(id)/rootfs", withIntermediateDirectories: true)
+            try Data("{}".utf8).write(to: URL(fileURLWithPath: "\(state)/bundles/containers/\(id)/config.json"))
+        }
+        chmod(state, 0o700)
+        let daemon = try await place.startDaemon()
+        try await whileRunning(daemon) {
+            #expect(daemon.log.all.contains { $0.contains("removed container bundles left by an earlier plugboardd") && $0.contains("plugboard.count=3") }, "\(daemon.log.all.suffix(5))")
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(state)/bundles/containers"))?.isEmpty == true)
+        }
+        await place.stop(daemon)
+    }
+
     @Test("six concurrent restarts leave exactly one process; two concurrent adds of one name make one plugin")
     func serialised() async throws {
         let daemon = try await place.startDaemon(try pluginExec("one"))
