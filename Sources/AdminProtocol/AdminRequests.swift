@@ -120,9 +120,13 @@ public enum Admin {
         public var grantAllPermissions: Bool
         /// Container privileges granted one by one (`network=host`, `mount=SRC:DST[:ro]`, …).
         public var privileges: [String]?
+        /// Take over the state a removed plugin of this name left (`--adopt-state NAME`); a new
+        /// plugin starts with an empty state namespace otherwise.
+        public var adoptState: String?
 
         /// A request to add `name`.
-        public init(name: String, exec: String? = nil, builtin: String? = nil, container: String? = nil, options: String? = nil, grantAllPermissions: Bool = false, privileges: [String]? = nil) {
+        public init(name: String, exec: String? = nil, builtin: String? = nil, container: String? = nil, options: String? = nil, grantAllPermissions: Bool = false, privileges: [String]? = nil, adoptState: String? = nil) {
+            self.adoptState = adoptState
             self.name = name
             self.exec = exec
             self.builtin = builtin
@@ -135,6 +139,7 @@ public enum Admin {
         enum CodingKeys: String, CodingKey {
             case name, exec, builtin, container, options, privileges
             case grantAllPermissions = "grant_all_permissions"
+            case adoptState = "adopt_state"
         }
 
         /// Decodes a request; `grant_all_permissions` defaults to false.
@@ -147,6 +152,7 @@ public enum Admin {
             options = try c.decodeIfPresent(String.self, forKey: .options)
             grantAllPermissions = try c.decodeIfPresent(Bool.self, forKey: .grantAllPermissions) ?? false
             privileges = try c.decodeIfPresent([String].self, forKey: .privileges)
+            adoptState = try c.decodeIfPresent(String.self, forKey: .adoptState)
         }
     }
 

@@ -165,9 +165,11 @@ enum AdminCommands {
             }
             privileges.insert(p)
         }
-        return PluginSpec(
+        var spec = PluginSpec(
             name: r.name, kind: kind, options: r.options ?? "", grantAll: r.grantAllPermissions,
             privileges: privileges, grantAllPrivileges: r.grantAllPermissions
         )
+        spec.adoptState = r.adoptState
+        return spec
     }
 }

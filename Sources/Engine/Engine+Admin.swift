@@ -24,6 +24,30 @@ extension Engine {
         }
         var claimed = spec.name
         defer { if let claimed { release(claimed) } }
+        var adopted = false
+        if let removed = spec.adoptState {
+            guard let name = spec.name else { throw EngineError(.badSetting, "--adopt-state needs the plugin's name") }
+            guard let custody = stateCustody.withLockedValue({ $0 }) else { throw EngineError(.badSetting, "this engine keeps no plugin state to adopt") }
+            do {
+                let keys = try await custody.adopt(removed, into: name)
+                logger.info("plugin adopts a removed plugin's state", metadata: ["plugin.name": "\(name)", "plugboard.from": "\(removed)", "plugboard.keys": "\(keys)"])
+                adopted = true
+            } catch let error as EngineError {
+                throw error
+            } catch {
+                throw EngineError(.badSetting, "\(error)")
+            }
+        }
+        do {
+            return try await addClaimed(spec, claimed: &claimed, grace: grace)
+        } catch {
+            // What it adopted goes back aside: a failed add leaves nothing behind.
+            if adopted, let name = spec.name, let custody = stateCustody.withLockedValue({ $0 }) { _ = try? await custody.setAside(name) }
+            throw error
+        }
+    }
+
+    private func addClaimed(_ spec: PluginSpec, claimed: inout String?, grace: Duration) async throws -> PluginStatus {
         let supervisor = PluginSupervisor(spec: spec, provisionalName: spec.name ?? "plugin\(supervisorList.count)", engine: parts)
         // A launch that fails has stopped what it started.
         let description = try await supervisor.launch()
@@ -118,6 +142,15 @@ extension Engine {
             await s.stop(grace: grace)
             await s.release()
             removeSupervisor(name)
+            // Its state is its own: set aside, not inherited by the next plugin of this name.
+            if let custody = stateCustody.withLockedValue({ $0 }) {
+                do {
+                    let keys = try await custody.setAside(name)
+                    if keys > 0 { logger.info("removed plugin's state set aside", metadata: ["plugin.name": "\(name)", "plugboard.keys": "\(keys)"]) }
+                } catch {
+                    logger.error("removed plugin's state could not be set aside", metadata: ["plugin.name": "\(name)", "plugin.error": "\(error)"])
+                }
+            }
         }
     }
 

@@ -43,6 +43,16 @@ public struct PluginStatus: Sendable, Hashable {
     public var uptime: Double?
 }
 
+/// What keeps plugins' durable state (the state service): a plugin's state belongs to that
+/// plugin, so `plugin rm` sets it aside and a new plugin of the same name starts empty,
+/// unless it is added with `--adopt-state`.
+public protocol PluginStateCustody: Sendable {
+    /// Sets `plugin`'s state aside; returns how many keys it had.
+    func setAside(_ plugin: String) async throws -> Int
+    /// Gives `plugin` what a removed plugin `removed` left; throws when there is nothing.
+    func adopt(_ removed: String, into plugin: String) async throws -> Int
+}
+
 /// What supervisors share with the engine.
 struct EngineParts: Sendable {
     let hub: Hub
@@ -77,11 +87,13 @@ public final class Engine: Sendable {
     public let pipeline: Pipeline
     /// The lifecycle hook chains.
     public let hooks: Hooks
-    private let logger: Logger
+    let logger: Logger
     let parts: EngineParts
     private let supervisors = NIOLockedValueBox<[(name: String, supervisor: PluginSupervisor)]>([])
     private let order = NIOLockedValueBox<[String]>([])
     private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
+    /// Who keeps plugins' durable state (the state service), once plugboardd has said.
+    let stateCustody = NIOLockedValueBox<(any PluginStateCustody)?>(nil)
     /// Names being added right now: a second `plugin add` of one of them is refused at once.
     let claimedNames = NIOLockedValueBox<Set<String>>([])
     /// One admin operation per plugin name at a time (add, remove, enable, disable,
@@ -298,6 +310,11 @@ public final class Engine: Sendable {
 
     func removeSupervisor(_ name: String) {
         supervisors.withLockedValue { $0.removeAll { $0.name == name } }
+    }
+
+    /// Tells the engine who keeps plugins' state (plugboardd passes the state service's store).
+    public func setStateCustody(_ custody: any PluginStateCustody) {
+        stateCustody.withLockedValue { $0 = custody }
     }
 
     /// The boot order of the last ``boot(_:)``.

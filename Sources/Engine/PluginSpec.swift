@@ -89,6 +89,8 @@ public struct PluginSpec: Sendable {
     public var privileges: Set<Privilege>
     /// Grant a container plugin every privilege its manifest asks for (`--grant-all-permissions`).
     public var grantAllPrivileges: Bool
+    /// Take over the state a removed plugin of this name left (`plugin add --adopt-state`).
+    public var adoptState: String?
     /// Memory, process and CPU limits, applied through the plugin's cgroup (exec plugins).
     public var limits = ResourceLimits()
     /// Every plugin may call its jobs without a grant: the services (events, state), which

@@ -16,7 +16,7 @@ public final class StateStore: Sendable {
         public var version: Int64
     }
 
-    private let pool: DatabasePool
+    let pool: DatabasePool
     /// The SQLite file.
     public let path: String
 

@@ -47,12 +47,13 @@ struct PluginGroup: AsyncParsableCommand {
         @Option(help: ArgumentHelp("A container plugin: a bundle directory with rootfs/ and plugin.json, run by runc.", valueName: "bundle")) var container: String?
         @Flag(help: "Grant every job the plugin asks to call and, for a container plugin, every privilege its manifest asks for.") var grantAllPermissions = false
         @Option(help: ArgumentHelp("Grant one container privilege: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME (repeatable).", valueName: "privilege")) var grant: [String] = []
+        @Option(help: ArgumentHelp("Take over the state a removed plugin left (plugin rm keeps it aside); without this a new plugin starts with empty state, whatever its name.", valueName: "removed-name")) var adoptState: String?
 
         func run() async throws {
             guard [exec != nil, builtin != nil, container != nil].filter({ $0 }).count == 1 else { throw ValidationError("give exactly one of --exec, --builtin or --container") }
             let request = Admin.PluginAdd(
                 name: name, exec: exec, builtin: builtin, container: container.map { URL(fileURLWithPath: $0).standardizedFileURL.path },
-                options: options, grantAllPermissions: grantAllPermissions, privileges: grant.isEmpty ? nil : grant
+                options: options, grantAllPermissions: grantAllPermissions, privileges: grant.isEmpty ? nil : grant, adoptState: adoptState
             )
             let result = try await connection.send(request)
             print("\(result.name) \(result.state)")

@@ -33,6 +33,7 @@ func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin
     } catch {
         throw ValidationError("cannot open the state store \(stateDirectory)/state.sqlite: \(error)")
     }
+    engine.setStateCustody(StoreCustody(store: store))
     return [
         PluginSpec(name: "events", kind: .builtin(EventsPlugin(bus: engine.bus)), openToAll: true),
         PluginSpec(name: "state", kind: .builtin(StatePlugin(store: store) { caller, grant in await engine.isGranted(caller, grant) }), openToAll: true),
@@ -40,3 +41,10 @@ func makeServices(engine: Engine, stateDirectory: String, metrics: MetricsPlugin
     ]
 }
 let serviceNames = ["events", "state", "metrics"]
+
+/// The state service's store as the engine's keeper of plugins' state.
+struct StoreCustody: PluginStateCustody {
+    let store: StateStore
+    func setAside(_ plugin: String) async throws -> Int { try await store.setAside(plugin) }
+    func adopt(_ removed: String, into plugin: String) async throws -> Int { try await store.adopt(removed, into: plugin) }
+}

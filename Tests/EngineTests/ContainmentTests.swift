@@ -112,6 +112,34 @@ struct ContainmentTests {
         await place.stop(second)
     }
 
+    @Test("a removed plugin's state is set aside: a new plugin of its name starts empty, unless it adopts it")
+    func stateBelongsToThePlugin() async throws {
+        let daemon = try await place.startDaemon(try pluginExec("keeper"))
+        try await whileRunning(daemon) {
+            let (session, admin) = try await adminSession(place.socket)
+            func get(_ plugin: String) async throws -> Value {
+                try await adminCall(admin, "\(plugin).call", .fields(("job", "state.get"), ("argument", .fields(("key", "secret")))))
+            }
+            _ = try await adminCall(admin, "keeper.call", .fields(("job", "state.put"), ("argument", .fields(("key", "secret"), ("value", "the old keeper's")))))
+            #expect(try await get("keeper")["value"] == "the old keeper's")
+            #expect(try await place.cli(["plugin", "rm", "keeper"]).status == .exited(0))
+            let plugin = try builtExecutable("plugboard-test-plugin")
+            #expect(try await place.cli(["plugin", "add", "keeper", "--exec", plugin]).status == .exited(0))
+            #expect(try await get("keeper")["found"] == .bool(false), "a new plugin read the removed one's state")
+            #expect(try await place.cli(["plugin", "rm", "keeper"]).status == .exited(0))
+            // Asked for, it is taken over (the second keeper, which wrote nothing, did not
+            // replace it); there is nothing left to adopt twice.
+            let adopt = try await place.cli(["plugin", "add", "heir", "--exec", plugin, "--adopt-state", "keeper"])
+            #expect(adopt.status == .exited(0), "\(adopt.err)")
+            #expect(try await get("heir")["value"] == "the old keeper's")
+            let again = try await place.cli(["plugin", "add", "heir2", "--exec", plugin, "--adopt-state", "keeper"])
+            #expect(again.status != .exited(0) && again.err.contains("no removed plugin named keeper left any state"), "\(again.err)")
+            #expect(try await place.cli(["plugin", "ls"]).out.contains("heir2") == false, "a failed add left the plugin behind")
+            session.close(reason: "done")
+        }
+        await place.stop(daemon)
+    }
+
     @Test("container bundles a killed plugboardd left are removed at the next start")
     func leftoverBundles() async throws {
         let state = place.dir + "-state"
