@@ -182,6 +182,7 @@ extension Engine {
         let containerID = await s.containerID
         let spec = await s.spec
         let resources = await s.resources
+        let hookPrivileges = await s.hookPrivileges
         let hooks = self.hooks.allRegistrations.filter { $0.owner == name }
         let pipeline = self.pipeline.allRegistrations.filter { $0.owner == name }
         let command: Value
@@ -218,6 +219,10 @@ extension Engine {
                 ("asked", .array((status.description?.calls ?? []).map { .string($0) })),
                 ("granted_all_asked", .bool(spec.grantAll)),
                 ("granted", .array(grants.sorted().map { .string($0) }))
+            )),
+            ("hook_privileges", .fields(
+                ("asked", .array((status.description?.hookPrivileges ?? []).map { .string($0) })),
+                ("granted", .array(hookPrivileges.map(\.description).sorted().map { .string($0) }))
             )),
             ("resources", .fields(
                 ("limits", .fields(

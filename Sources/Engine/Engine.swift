@@ -166,6 +166,18 @@ public final class Engine: Sendable {
             clock: clock,
             containment: containment
         )
+        guardContainerHooks()
+    }
+
+    /// Checks `container.create` hooks' answers against their plugins' hook privileges
+    /// (see ``HookPrivilege``): a hook changes only what its plugin was granted.
+    private func guardContainerHooks() {
+        let supervisors = self.supervisors
+        hooks.setChangeGuard("container.create") { plugin, before, after in
+            let supervisor = supervisors.withLockedValue { list in list.first { $0.name == plugin }?.supervisor }
+            let granted = await supervisor?.hookPrivileges ?? []
+            return HookPrivilege.refusals(before: before, after: after, granted: granted)
+        }
     }
 
     /// `plugboard-exec-shim` next to the running executable, if it exists.

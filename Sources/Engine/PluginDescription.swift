@@ -1,4 +1,5 @@
 import Chan
+import Containers
 import Hooks
 import Pipeline
 import PluginKit
@@ -43,6 +44,8 @@ public struct PluginDescription: Sendable, Hashable {
     public var requires: [String]
     /// Jobs (and hook chains) it wants to call through the engine; each needs a grant.
     public var calls: [String]
+    /// What its hooks need to change (`mount=/srv/data`, `command`); each needs a grant.
+    public var hookPrivileges: [String] = []
 
     init(_ d: PluginDeclaration) {
         name = d.name
@@ -53,6 +56,7 @@ public struct PluginDescription: Sendable, Hashable {
         provides = d.providers.map { ProvidedPoint(point: $0.point, priority: $0.priority) }
         requires = d.requires
         calls = d.calls
+        hookPrivileges = d.hookPrivileges
     }
 
     /// Parses the declaration a plugin sent in HELLO.
@@ -82,6 +86,10 @@ public struct PluginDescription: Sendable, Hashable {
             return ProvidedPoint(point: point, priority: Int(clamping: p["priority"]?.intValue ?? 0))
         }
         calls = try strings("calls")
+        hookPrivileges = try strings("hook_privileges")
+        if let bad = hookPrivileges.first(where: { HookPrivilege($0) == nil }) {
+            throw EngineError(.badDeclaration, "plugin \(fallbackName): \"hook_privileges\" holds \(bad); a hook privilege is mount=/HOST/PATH, mount=/HOST/PATH:ro or command")
+        }
         hooks = try (v["hooks"]?.arrayValue ?? []).map { h in
             do {
                 return try HookOptions(wire: h)

@@ -20,6 +20,19 @@ public final class Hooks: Sendable {
     public let inFlight = InFlightCalls()
     private let logger: Logger
     private let reporter = NIOLockedValueBox<(@Sendable (HookReport) -> Void)?>(nil)
+    private let changeGuards = NIOLockedValueBox<[String: ChangeGuard]>([:])
+
+    /// Decides whether a mutate hook's change may be applied: given the hook's plugin, the
+    /// payload before and its answer, what it changed without the right, one entry per field
+    /// with the grant that would allow it (empty: allowed).
+    public typealias ChangeGuard = @Sendable (_ plugin: String, _ before: Value, _ after: Value) async -> [(field: String, missing: String)]
+
+    /// Checks every mutate hook's answer for `event` with `check` before it is applied. A
+    /// change it refuses fails the chain (``RoutingError/Code/notGranted``, naming plugin,
+    /// field and grant) when the hook is required, and is dropped and logged when optional.
+    public func setChangeGuard(_ event: String, _ check: ChangeGuard?) {
+        changeGuards.withLockedValue { $0[event] = check }
+    }
 
     /// Makes an empty set of hooks that logs skipped optional hooks and failed or dropped
     /// observer events to `logger`.
@@ -142,6 +155,15 @@ public final class Hooks: Sendable {
                 let error = RoutingError(.badAnswer, "plugin \(hook.owner) answered \(event) without \"payload\" or \"veto\"", plugin: hook.owner)
                 try skipOrFail(hook, error, into: &outcome)
                 continue
+            }
+            if let check = changeGuards.withLockedValue({ $0[event] }) {
+                let refused = await check(hook.owner, outcome.payload, next)
+                if !refused.isEmpty {
+                    let what = refused.map { "\($0.field) needs the grant \($0.missing)" }.joined(separator: "; ")
+                    let error = RoutingError(.notGranted, "plugin \(hook.owner) may not change \(event) of \(object) this way: \(what)", plugin: hook.owner)
+                    try skipOrFail(hook, error, into: &outcome)
+                    continue
+                }
             }
             let changed = FieldChanges.between(outcome.payload, next)
             for path in changed {

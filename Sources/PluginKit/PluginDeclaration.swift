@@ -96,6 +96,11 @@ public struct PluginDeclaration: Sendable {
     public var requires: [String] = []
     /// Jobs this plugin wants to call through the engine (it needs a grant for each).
     public var calls: [String] = []
+    /// What its hooks need to change in what they are given, each a grant the operator
+    /// gives (`mount=/srv/data`, `mount=/srv/data:ro`, `command`; see docs/CONTAINERS.md): a
+    /// hook's change that needs one it was not granted fails its chain (a required hook)
+    /// or is dropped (an optional one).
+    public var hookPrivileges: [String] = []
     /// Runs when the engine stops the plugin (shutdown, disable, rm), after its
     /// registrations are withdrawn: a built-in releases what it holds here (the containers
     /// plugin stops its containers). A subprocess plugin is told by GOAWAY instead.
@@ -191,7 +196,8 @@ public struct PluginDeclaration: Sendable {
             })),
             ("provides", .array(providers.map { .fields(("point", .string($0.point)), ("priority", .int(Int64($0.priority)))) })),
             ("requires", .array(requires.map { .string($0) })),
-            ("calls", .array(calls.map { .string($0) }))
+            ("calls", .array(calls.map { .string($0) })),
+            ("hook_privileges", .array(hookPrivileges.map { .string($0) }))
         )
     }
 

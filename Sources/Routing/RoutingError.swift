@@ -31,6 +31,8 @@ public struct RoutingError: Error, Hashable, CustomStringConvertible {
         public static let badAnswer = Code("bad answer")
         /// Nobody provides the extension point.
         public static let noProvider = Code("no provider")
+        /// A hook changed something its plugin holds no grant for (a mount source, the command).
+        public static let notGranted = Code("not granted")
     }
 
     /// What went wrong.

@@ -1,4 +1,5 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
+//   seize=required|optional seize-declares (a hostile container.create hook)
 //   provides=a,b provides-on-restart=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
 //   point=POINT:PRIORITY,... (provides an extension point answering "NAME:ARGUMENT")
 //   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
@@ -124,6 +125,19 @@ struct TestPlugin: Plugin {
         // (Int64.max included: the daemon must clamp it, not trap).
         if let hook = options["hook"], let colon = hook.lastIndex(of: ":"), let ms = Int64(hook[hook.index(after: colon)...]) {
             d.hook(String(hook[..<colon]), priority: 1, timeout: .milliseconds(ms), policy: .optional) { payload, _ in .continue(payload) }
+        }
+        // seize=required|optional: a hostile container.create hook that bind-mounts the host's
+        // / read-write at /host and replaces the command; seize-declares also declares the
+        // hook privileges that needs (mount=/, command).
+        if let policy = options["seize"] {
+            if options["seize-declares"] != nil { d.hookPrivileges = ["mount=/", "command"] }
+            d.hook("container.create", priority: 90, policy: policy == "optional" ? .optional : .required) { payload, _ in
+                var entries = (payload.mapValue ?? []).filter { $0.key != "mounts" && $0.key != "args" }
+                let mounts = (payload["mounts"]?.arrayValue ?? []) + [.fields(("source", "/"), ("destination", "/host"), ("type", "bind"), ("options", ["rbind", "rw"]))]
+                entries.append((key: "mounts", value: .array(mounts)))
+                entries.append((key: "args", value: ["/bin/sh", "-c", "touch /host/tmp/seized"]))
+                return .continue(.map(entries))
+            }
         }
         d.job("\(name).crash") { _ in exit(9) }
         d.job("\(name).garbage") { _ in

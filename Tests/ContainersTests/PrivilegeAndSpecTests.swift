@@ -1,3 +1,4 @@
+import Chan
 import Testing
 @testable import Containers
 
@@ -36,5 +37,42 @@ struct PrivilegeAndSpecTests {
         #expect(bind?.source == "/var/log")
         #expect(bind?.destination == "/host/log")
         #expect(bind?.options?.contains("ro") == true)
+    }
+}
+
+@Suite("hook privileges: what a container.create hook's change needs")
+struct HookPrivilegeRuleTests {
+    func spec(args: [String] = ["true"], mounts: [(String, String, [String])] = [], extra: [(String, Value)] = []) -> Value {
+        .map([
+            (key: "name", value: "c"), (key: "rootfs", value: "/r"), (key: "args", value: .array(args.map { .string($0) })),
+            (key: "mounts", value: .array(mounts.map { .fields(("source", .string($0.0)), ("destination", .string($0.1)), ("options", .array($0.2.map { .string($0) }))) })),
+        ] + extra.map { (key: .string($0.0), value: $0.1) })
+    }
+
+    @Test("a mount needs a grant covering its resolved source; read-only grants allow read-only mounts only")
+    func mounts() {
+        let granted: Set<HookPrivilege> = [HookPrivilege("mount=/srv/data")!, HookPrivilege("mount=/srv/ro:ro")!]
+        let before = spec()
+        #expect(HookPrivilege.refusals(before: before, after: spec(mounts: [("/srv/data/x", "/x", ["rbind", "rw"])]), granted: granted).isEmpty)
+        #expect(HookPrivilege.refusals(before: before, after: spec(mounts: [("/srv/ro", "/x", ["rbind", "ro"])]), granted: granted).isEmpty)
+        let rw = HookPrivilege.refusals(before: before, after: spec(mounts: [("/srv/ro", "/x", ["rbind", "rw"])]), granted: granted)
+        #expect(rw.map(\.missing) == ["mount=/srv/ro"])
+        // `..` does not climb out of a grant; nor does a sibling that shares a prefix.
+        let escape = HookPrivilege.refusals(before: before, after: spec(mounts: [("/srv/data/../../etc", "/x", ["rbind", "rw"])]), granted: granted)
+        #expect(escape.map(\.missing) == ["mount=/etc"])
+        #expect(HookPrivilege.refusals(before: before, after: spec(mounts: [("/srv/database", "/x", [])]), granted: granted).count == 1)
+        // Removing the operator's mount needs the grant too.
+        let removed = HookPrivilege.refusals(before: spec(mounts: [("/home", "/home", [])]), after: spec(), granted: granted)
+        #expect(removed.first?.field.contains("removes /home") == true)
+    }
+
+    @Test("the command needs `command`; fields a spec does not have are refused whatever the grants")
+    func commandAndUnknownFields() {
+        let before = spec()
+        #expect(HookPrivilege.refusals(before: before, after: spec(args: ["sh"]), granted: []).map(\.missing) == ["command"])
+        #expect(HookPrivilege.refusals(before: before, after: spec(args: ["sh"]), granted: [.command]).isEmpty)
+        let privileged = HookPrivilege.refusals(before: before, after: spec(extra: [("privileged", true)]), granted: [.command, .mount(source: "/", readOnly: false)])
+        #expect(privileged.map(\.field) == ["privileged"])
+        #expect(HookPrivilege("mount=relative") == nil && HookPrivilege("everything") == nil)
     }
 }

@@ -255,3 +255,66 @@ struct ContainmentTests {
         return (try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any])?["pid"] as? Int
     }
 }
+
+@Suite("a hook changes only what its plugin was granted", .serialized)
+struct HookPrivilegeTests {
+    let place = DaemonPlace("hook-grants")
+
+    /// `plugboard container create … -- COMMAND`: the socket goes before the `--`.
+    func create(_ name: String, _ rootfs: String) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
+        try await runCommand(try builtExecutable("plugboard"), ["container", "create", "--socket", place.socket, "--rootfs", rootfs, "--name", name, "--", "true"])
+    }
+
+    /// `plugin inspect NAME`'s hook privileges: asked and granted.
+    func hookPrivileges(_ plugin: String) async throws -> (asked: [String], granted: [String]) {
+        let out = try await place.cli(["plugin", "inspect", plugin]).out
+        let info = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+        let p = info?["hook_privileges"] as? [String: Any]
+        return ((p?["asked"] as? [String]) ?? [], (p?["granted"] as? [String]) ?? [])
+    }
+
+    @Test("a container.create hook granted nothing cannot mount the host's / or replace the command; granted, it can")
+    func hostileHook() async throws {
+        let plugin = try builtExecutable("plugboard-test-plugin")
+        let daemon = try await place.startDaemon(["--plugin", "containers", "--plugin", "host-mount", "/srv /srv"])
+        try await whileRunning(daemon) {
+            try FileManager.default.createDirectory(atPath: place.dir, withIntermediateDirectories: true)
+            let rootfs = try busyboxRootfs(in: place.dir)
+            // Required and ungranted: the chain fails, naming plugin, fields and grants.
+            #expect(try await place.cli(["plugin", "add", "seizer", "--exec", "\(plugin) seize=required seize-declares"]).status == .exited(0))
+            let refused = try await create("victim", rootfs)
+            #expect(refused.status != .exited(0))
+            for part in ["seizer", "mounts (/ at /host) needs the grant mount=/", "args needs the grant command"] {
+                #expect(refused.err.contains(part), "missing \(part): \(refused.err)")
+            }
+            // Declared is not granted: plugin add gives nothing unless told.
+            #expect(try await hookPrivileges("seizer") == (["mount=/", "command"], []))
+            // host-mount declared its one mount and got it from the command line.
+            #expect(try await hookPrivileges("host-mount") == (["mount=/srv"], ["mount=/srv"]))
+            #expect(try await place.cli(["plugin", "rm", "seizer"]).status == .exited(0))
+
+            // Optional and ungranted: its change is dropped and the container made without it.
+            #expect(try await place.cli(["plugin", "add", "sneak", "--exec", "\(plugin) seize=optional"]).status == .exited(0))
+            let made = try await create("safe", rootfs)
+            #expect(made.status == .exited(0), "\(made.err)")
+            let safe = try await place.cli(["container", "inspect", "safe"])
+            let info = try JSONSerialization.jsonObject(with: Data(safe.out.utf8)) as? [String: Any]
+            let spec = info?["spec"] as? [String: Any]
+            #expect((spec?["mounts"] as? [[String: Any]])?.compactMap { $0["destination"] as? String } == ["/srv"], "\(safe.out)")
+            #expect(spec?["args"] as? [String] == ["true"], "the ungranted command was applied: \(safe.out)")
+            let skipped = (info?["skipped_hooks"] as? [[String: Any]])?.first
+            #expect(skipped?["plugin"] as? String == "sneak" && (skipped?["reason"] as? String)?.contains("not granted") == true, "\(safe.out)")
+            #expect(try await place.cli(["plugin", "rm", "sneak"]).status == .exited(0))
+
+            // A bad grant is refused when given; a good one lets the change through.
+            #expect(try await place.cli(["plugin", "add", "trusted", "--exec", "\(plugin) seize=required"]).status == .exited(0))
+            let bogus = try await place.cli(["plugin", "grant", "trusted", "hook:everything"])
+            #expect(bogus.status != .exited(0) && bogus.err.contains("not a hook privilege"), "\(bogus.err)")
+            #expect(try await place.cli(["plugin", "grant", "trusted", "hook:mount=/", "hook:command"]).status == .exited(0))
+            let granted = try await create("granted", rootfs)
+            #expect(granted.status == .exited(0), "\(granted.err)")
+            #expect(try await place.cli(["container", "inspect", "granted"]).out.contains("/host"))
+        }
+        await place.stop(daemon)
+    }
+}

@@ -16,6 +16,8 @@ public struct HostMountPlugin: Plugin {
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         var d = PluginDeclaration(name: "host-mount", version: "1.0.0")
         let mount = HostMountPlugin.parse(context.options)
+        // The one thing its hook changes: a read-write mount of HOST_DIR.
+        if let mount { d.hookPrivileges = ["mount=\(mount.source)"] }
         d.hook("container.create", priority: 50) { payload, _ in
             guard let mount else {
                 throw HostMountError(options: context.options)

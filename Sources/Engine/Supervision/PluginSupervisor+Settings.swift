@@ -77,9 +77,21 @@ extension PluginSupervisor {
         throw EngineError(.badSetting, "\(key) is a duration like 250ms, 2s or 1m, not \(text)")
     }
 
-    func grant(_ jobs: [String], privileges: [Privilege] = []) {
-        extraGrants.formUnion(jobs)
+    func grant(_ jobs: [String], privileges: [Privilege] = []) throws {
+        for token in jobs where token.hasPrefix("hook:") && HookPrivilege(String(token.dropFirst(5))) == nil {
+            throw EngineError(.badSetting, "\(token) is not a hook privilege; write hook:mount=/HOST/PATH, hook:mount=/HOST/PATH:ro or hook:command")
+        }
+        extraGrants.formUnion(jobs.map { $0.hasPrefix("hook:") ? "hook:" + (HookPrivilege(String($0.dropFirst(5)))?.description ?? "") : $0 })
         extraPrivileges.formUnion(privileges)
+    }
+
+    /// What its hooks may change: the hook privileges it declared, when it was given all it
+    /// asked for (the command line, `--grant-all-permissions`), and those granted since
+    /// (`plugboard plugin grant NAME hook:mount=/srv/data`).
+    var hookPrivileges: Set<HookPrivilege> {
+        var granted = Set(extraGrants.filter { $0.hasPrefix("hook:") }.compactMap { HookPrivilege(String($0.dropFirst(5))) })
+        if spec.grantAll { granted.formUnion((description?.hookPrivileges ?? []).compactMap(HookPrivilege.init)) }
+        return granted
     }
 
     func isGranted(_ job: String) -> Bool {
