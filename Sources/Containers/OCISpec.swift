@@ -71,8 +71,35 @@ public struct OCISpec: Codable, Sendable, Hashable {
         /// Which access: some of `r`, `w` and `m` (mknod).
         public var access: String
     }
-    /// Cgroup resources: only the device rules.
-    public struct Resources: Codable, Sendable, Hashable { public var devices: [DeviceRule] }
+    /// Cgroup resources: the device rules, and the limits a container plugin was given.
+    public struct Resources: Codable, Sendable, Hashable {
+        /// Which devices the container may use.
+        public var devices: [DeviceRule]
+        /// Its memory limit; nil for none.
+        public var memory: MemoryLimit?
+        /// Its process limit; nil for none.
+        public var pids: PidsLimit?
+        /// Its CPU quota; nil for none.
+        public var cpu: CPULimit?
+    }
+    /// `linux.resources.memory`: bytes.
+    public struct MemoryLimit: Codable, Sendable, Hashable { public var limit: Int64 }
+    /// `linux.resources.pids`: processes and threads.
+    public struct PidsLimit: Codable, Sendable, Hashable { public var limit: Int64 }
+    /// `linux.resources.cpu`: `quota` microseconds of CPU per `period`.
+    public struct CPULimit: Codable, Sendable, Hashable {
+        /// Microseconds per period.
+        public var quota: Int64
+        /// The period in microseconds.
+        public var period: UInt64
+    }
+
+    /// Sets the container's memory, pids and CPU limits (nil: none).
+    public mutating func limit(memoryBytes: Int64?, pids: Int64?, cpus: Double?) {
+        linux.resources.memory = memoryBytes.map { MemoryLimit(limit: $0) }
+        linux.resources.pids = pids.map { PidsLimit(limit: $0) }
+        linux.resources.cpu = cpus.map { CPULimit(quota: Int64(($0 * 100_000).rounded()), period: 100_000) }
+    }
     /// A device node to create in the container.
     public struct Device: Codable, Sendable, Hashable {
         /// Its path in the container (Plugboard uses the host's).

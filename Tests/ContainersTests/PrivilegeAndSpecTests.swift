@@ -1,3 +1,4 @@
+import Foundation
 import Chan
 import Testing
 @testable import Containers
@@ -74,5 +75,23 @@ struct HookPrivilegeRuleTests {
         let privileged = HookPrivilege.refusals(before: before, after: spec(extra: [("privileged", true)]), granted: [.command, .mount(source: "/", readOnly: false)])
         #expect(privileged.map(\.field) == ["privileged"])
         #expect(HookPrivilege("mount=relative") == nil && HookPrivilege("everything") == nil)
+    }
+}
+
+@Suite("container plugins' resource limits")
+struct ContainerLimitTests {
+    @Test("limits go into the OCI spec's linux.resources as runc reads them; none leaves them out")
+    func resources() throws {
+        let manifest = PluginManifest(description: nil, entrypoint: ["/p"], env: nil, workdir: nil, privileges: nil)
+        var spec = try OCISpec.forPlugin(name: "p", bundle: "/b", manifest: manifest, granted: [], environment: [:])
+        let plain = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+        #expect(!plain.contains("\"memory\"") && !plain.contains("\"pids\""))
+        spec.limit(memoryBytes: 64 << 20, pids: 32, cpus: 0.5)
+        let object = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(spec)) as? [String: Any]
+        let resources = (object?["linux"] as? [String: Any])?["resources"] as? [String: Any]
+        #expect((resources?["memory"] as? [String: Any])?["limit"] as? Int == 64 << 20)
+        #expect((resources?["pids"] as? [String: Any])?["limit"] as? Int == 32)
+        #expect((resources?["cpu"] as? [String: Any])?["quota"] as? Int == 50_000)
+        #expect((resources?["cpu"] as? [String: Any])?["period"] as? Int == 100_000)
     }
 }

@@ -35,8 +35,11 @@ final class ContainerLauncher: PluginLauncher {
         let id = ContainerRuntime.pluginContainerID(name)
         let directory = runtime.bundles + "/plugins/" + name
         do {
-            try OCISpec.forPlugin(name: name, bundle: bundle, manifest: manifest, granted: requested, environment: pluginEnvironment(request))
-                .write(toBundle: directory)
+            var spec = try OCISpec.forPlugin(name: name, bundle: bundle, manifest: manifest, granted: requested, environment: pluginEnvironment(request))
+            // runc applies these through the container's own cgroup.
+            let limits = request.spec.limits
+            spec.limit(memoryBytes: limits.memoryBytes, pids: limits.pids, cpus: limits.cpus)
+            try spec.write(toBundle: directory)
         } catch {
             throw EngineError(.startFailed, "plugin \(name): cannot write its OCI spec: \(error)")
         }

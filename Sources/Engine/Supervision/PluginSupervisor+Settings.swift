@@ -43,10 +43,11 @@ extension PluginSupervisor {
             }
         }
         if next.limits != spec.limits {
-            guard case .exec = spec.kind else {
-                throw EngineError(.badSetting, "plugin \(name) is a \(spec.kindName) plugin; resource limits apply to exec plugins (container plugins: linux.resources in the bundle's config)")
+            if case .builtin = spec.kind {
+                throw EngineError(.badSetting, "plugin \(name) is built in: it runs inside plugboardd and has no process of its own to limit")
             }
-            guard engine.containment?.isAvailable == true else {
+            // A container plugin's limits go into its OCI spec (linux.resources) at its next start.
+            if case .exec = spec.kind, engine.containment?.isAvailable != true {
                 throw EngineError(.badSetting, "resource limits need cgroups, and this plugboardd has none it can write")
             }
             // Applied at once to the running plugin's cgroup, and again at every start.
