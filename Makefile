@@ -76,7 +76,7 @@ sanitize: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	PLUGBOARD_SANITIZER=thread TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
-# libFuzzer over the msgpack decoder, the frame decoder and a live session, FUZZ_RUNS
+# libFuzzer over the msgpack decoder, the frame decoder, a live session and a live daemon's admin (and engine) requests, FUZZ_RUNS
 # inputs each (not part of make test). Seeds: Fuzz/corpus/TARGET (kept in the repository);
 # new inputs go to .build-fuzz/corpus/TARGET; a crash writes .build-fuzz/crashers/TARGET-*
 # and stops — copy it to Fuzz/crashers/TARGET/ once fixed, and make test replays it.
@@ -85,12 +85,14 @@ sanitize: deps
 FUZZ_RUNS ?= 200000
 fuzz: deps
 	$(SWIFT) build --scratch-path .build-fuzz --product plugboard-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -use-ld=lld
-	@for t in msgpack frames session; do \
+	$(SWIFT) build $(BUILD_FLAGS)
+	@for t in msgpack frames session admin; do \
 		mkdir -p .build-fuzz/corpus/$$t .build-fuzz/crashers; \
 		runs=$(FUZZ_RUNS); leaks=1; \
 		if [ $$t = session ]; then runs=$$(( $(FUZZ_RUNS) / 20 )); leaks=0; fi; \
+		if [ $$t = admin ]; then runs=$$(( $(FUZZ_RUNS) / 40 )); leaks=0; fi; \
 		echo "fuzz: $$t, $$runs runs"; \
-		PLUGBOARD_FUZZ_TARGET=$$t .build-fuzz/debug/plugboard-fuzz -runs=$$runs -max_len=4096 -print_final_stats=1 -detect_leaks=$$leaks \
+		PLUGBOARD_FUZZ_BIN="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)" PLUGBOARD_FUZZ_TARGET=$$t .build-fuzz/debug/plugboard-fuzz -runs=$$runs -max_len=4096 -print_final_stats=1 -detect_leaks=$$leaks \
 			-artifact_prefix=.build-fuzz/crashers/$$t- .build-fuzz/corpus/$$t Fuzz/corpus/$$t 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::|==[0-9]+==|SUMMARY|Done)" ; \
 		[ $${PIPESTATUS[0]:-0} -eq 0 ] || exit 1; \
 	done

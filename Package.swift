@@ -131,7 +131,7 @@ let package = Package(
         // make chaos: hurts plugins under load, then accounts for calls, fds, processes, containers.
         .executableTarget(name: "plugboard-chaos", dependencies: ["AdminProtocol", "Chan", "Spawn", argumentParser, log, nioLocks], swiftSettings: strict),
         // libFuzzer targets (make fuzz); built normally it replays the corpus and the crashers.
-        .executableTarget(name: "plugboard-fuzz", dependencies: ["Chan", "Spawn", log, nioCore], swiftSettings: strict),
+        .executableTarget(name: "plugboard-fuzz", dependencies: ["Chan", "Spawn", "AdminProtocol", log, nioCore, nioLocks], swiftSettings: strict),
         // A Chan peer on fds 3/4 with scripted behaviours, spawned by the tests as a real child process.
         .executableTarget(name: "plugboard-test-peer", dependencies: ["Chan", log], swiftSettings: strict),
         // Helpers every test target shares: deadlines, spawning the test peer, signals.

@@ -7,7 +7,7 @@ import Logging
 import NIOCore
 import Spawn
 
-/// The three things we fuzz, each a function of one input that must never crash, hang or
+/// The four things we fuzz, each a function of one input that must never crash, hang or
 /// break an invariant (a broken invariant is a `fatalError`, which libFuzzer reports).
 enum FuzzTarget: String, CaseIterable {
     /// `Msgpack.decode` (the structural guard, then msgpack-c), and for what decodes, a
@@ -18,12 +18,27 @@ enum FuzzTarget: String, CaseIterable {
     /// A live session reading a valid HELLO followed by the input: every control frame,
     /// channel id, credit and GOAWAY path. It must end (or stay) without crashing.
     case session
+    /// Admin requests (and, through the `fz.call` job, a plugin's engine requests) sent to
+    /// a real plugboardd, integers replaced by edge values: it must answer each and live.
+    case admin
 
     func run(_ data: [UInt8]) {
         switch self {
         case .msgpack: Self.msgpack(data)
         case .frames: Self.frames(data)
         case .session: Self.session(data)
+        case .admin: Self.admin(data)
+        }
+    }
+
+    static func admin(_ data: [UInt8]) {
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            await DaemonUnderFuzz.shared.send(data)
+            done.signal()
+        }
+        if done.wait(timeout: .now() + 30) == .timedOut {
+            fatalError("an admin request of \(data.count) bytes did not end within 30 s")
         }
     }
 
@@ -95,7 +110,9 @@ enum FuzzTarget: String, CaseIterable {
             while read(drain, &sink, sink.count) > 0 {}
             close(drain)
         }
-        let input = hello + data
+        // An input that starts with 0xED 0x00 brings its own HELLO (its integer fields are
+        // fuzzed too); any other gets a valid one first.
+        let input = data.starts(with: [0xED, 0x00]) ? Array(data.dropFirst(2)) : hello + data
         let writer = toSession.writeEnd
         Foundation.Thread.detachNewThread {
             var offset = 0

@@ -9,7 +9,7 @@ import TestSupport
 struct FuzzRegressionTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-    @Test("replay", arguments: ["msgpack", "frames", "session"])
+    @Test("replay", arguments: ["msgpack", "frames", "session", "admin"])
     func replay(target: String) async throws {
         var inputs = [Self.root + "/Fuzz/corpus/" + target]
         let crashers = Self.root + "/Fuzz/crashers/" + target
