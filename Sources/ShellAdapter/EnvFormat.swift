@@ -8,32 +8,97 @@ import Chan
 /// `{"name": "web", "env": ["A=1"], "mounts": [{"source": "/d"}]}` gives `PB_NAME=web`,
 /// `PB_ENV_0=A=1`, `PB_ENV_COUNT=1`, `PB_MOUNTS_0_SOURCE=/d`, `PB_MOUNTS_COUNT=1`. A
 /// payload that is not a map is `PB_VALUE`.
+///
+/// Nothing is lost or overwritten silently. A payload that env variables cannot carry
+/// faithfully is refused with ``ShellCallError/unrepresentable(_:)``: a value holding a
+/// NUL byte (a variable would end there), and two different paths that flatten to the same
+/// name (`a.b`, `a_b` and `A-B` are all `PB_A_B`; a key `env_count` beside a list `env`
+/// would be its `PB_ENV_COUNT`). An answer naming one key twice — what a value printed with
+/// a newline in it forges — is garbage, not a last-one-wins.
 public enum EnvFormat {
     /// The variable-name form of a key.
     public static func normalize(_ key: String) -> String {
         String(key.uppercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" })
     }
 
-    public static func flatten(_ payload: Value) -> [(String, String)] {
-        var out: [(String, String)] = []
+    /// The `PB_*` variables for `payload`, in payload order (each list's count after its elements).
+    /// - Throws: ``ShellCallError/unrepresentable(_:)`` for a NUL byte in a value or two
+    ///   paths that would become one variable, naming them.
+    public static func flatten(_ payload: Value) throws -> [(String, String)] {
+        try variables(payload).map { ($0.name, $0.value) }
+    }
+
+    /// One variable and where in the payload it comes from.
+    struct Variable {
+        var name: String
+        var value: String
+        /// The payload path, as the error messages show it.
+        var origin: String
+        /// A list's `_COUNT`, not a value of the payload.
+        var isCount: Bool
+    }
+
+    /// A step into a payload: a map key or a list index.
+    enum Step {
+        case key(String)
+        case index(Int)
+    }
+
+    static func variables(_ payload: Value) throws -> [Variable] {
+        var out: [Variable] = []
+        var seen: [String: String] = [:]
         if case .map = payload {
-            walk(payload, "PB", into: &out)
+            try walk(payload, "PB", [], into: &out, seen: &seen)
         } else {
-            walk(payload, "PB_VALUE", into: &out)
+            try walk(payload, "PB_VALUE", [], into: &out, seen: &seen)
         }
         return out
     }
 
-    private static func walk(_ v: Value, _ prefix: String, into out: inout [(String, String)]) {
+    private static func walk(_ v: Value, _ name: String, _ path: [Step], into out: inout [Variable], seen: inout [String: String]) throws {
+        func add(_ name: String, _ value: String, origin: String, isCount: Bool) throws {
+            if let earlier = seen[name] {
+                throw ShellCallError.unrepresentable(
+                    "\(earlier) and \(origin) would both be \(name) in env format; refused rather than one hiding the other: rename one, or use format=json"
+                )
+            }
+            seen[name] = origin
+            out.append(Variable(name: name, value: value, origin: origin, isCount: isCount))
+        }
         switch v {
         case .map(let entries):
-            for e in entries { walk(e.value, prefix + "_" + normalize(e.key.stringValue ?? e.key.description), into: &out) }
+            for e in entries {
+                let key = e.key.stringValue ?? e.key.description
+                try walk(e.value, name + "_" + normalize(key), path + [.key(key)], into: &out, seen: &seen)
+            }
         case .array(let items):
-            for (i, item) in items.enumerated() { walk(item, "\(prefix)_\(i)", into: &out) }
-            out.append((prefix + "_COUNT", String(items.count)))
+            for (i, item) in items.enumerated() { try walk(item, "\(name)_\(i)", path + [.index(i)], into: &out, seen: &seen) }
+            try add(name + "_COUNT", String(items.count), origin: "the length of list \(describe(path))", isCount: true)
         default:
-            out.append((prefix, scalar(v)))
+            let text = scalar(v)
+            guard !text.utf8.contains(0) else {
+                throw ShellCallError.unrepresentable(
+                    "\(describe(path)) (\(name)) holds a NUL byte, which an environment variable cannot carry; refused rather than cut short: use format=json"
+                )
+            }
+            try add(name, text, origin: describe(path), isCount: false)
         }
+    }
+
+    /// A payload path as errors show it: `mounts[0].source`, `labels."io.team"`, `"a.b"`.
+    static func describe(_ path: [Step]) -> String {
+        guard !path.isEmpty else { return "the payload" }
+        var text = ""
+        for step in path {
+            switch step {
+            case .index(let i):
+                text += "[\(i)]"
+            case .key(let k):
+                let plain = !k.isEmpty && k.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }
+                text += (text.isEmpty ? "" : ".") + (plain ? k : k.debugDescription)
+            }
+        }
+        return text.hasPrefix("[") ? "the payload" + text : text
     }
 
     static func scalar(_ v: Value) -> String {
@@ -50,35 +115,65 @@ public enum EnvFormat {
     }
 
     /// `KEY=VALUE` lines; blank lines are skipped; anything else is an error naming the line.
+    /// A key written twice is an error too: a value printed with a newline in it becomes
+    /// extra lines, and a forged line repeating a real key must fail the call, not win it.
     public static func lines(_ output: String) throws -> [(String, String)] {
-        var pairs: [(String, String)] = []
+        try numberedLines(output, sameKey: { $0 }).map { ($0.key, $0.value) }
+    }
+
+    /// The lines with their numbers; `sameKey` maps a key to what two keys must not share.
+    private static func numberedLines(_ output: String, sameKey: (String) -> String) throws -> [(key: String, value: String, line: Int)] {
+        var pairs: [(key: String, value: String, line: Int)] = []
+        var seen: [String: (key: String, line: Int)] = [:]
         for (i, line) in output.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let text = line.trimmingCharacters(in: .whitespaces)
             if text.isEmpty { continue }
             guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
                 throw ShellCallError.garbage("line \(i + 1) of its output is not KEY=VALUE: \(text.prefix(200))")
             }
-            pairs.append((String(text[..<eq]), String(text[text.index(after: eq)...])))
+            let key = String(text[..<eq])
+            if let earlier = seen[sameKey(key)] {
+                let names = earlier.key == key ? key : "\(earlier.key) and \(key)"
+                throw ShellCallError.garbage(
+                    "\(names) answered twice, on lines \(earlier.line) and \(i + 1) of its output; each key once (a value printed with a newline in it forges lines: see docs/SHELL.md)"
+                )
+            }
+            seen[sameKey(key)] = (key, i + 1)
+            pairs.append((key, String(text[text.index(after: eq)...]), i + 1))
         }
         return pairs
     }
 
     /// A job's env-format result: a map of the keys as written (without a `PB_` prefix).
+    /// A key given twice (`kb` twice, or `kb` and `PB_kb`) is an error.
     public static func result(_ output: String) throws -> Value {
-        .map(try lines(output).map { (key: .string($0.0.hasPrefix("PB_") ? String($0.0.dropFirst(3)) : $0.0), value: .string($0.1)) })
+        let strip = { (key: String) in key.hasPrefix("PB_") ? String(key.dropFirst(3)) : key }
+        return .map(try numberedLines(output, sameKey: strip).map { (key: .string(strip($0.key)), value: .string($0.value)) })
     }
 
     /// A hook's env-format answer applied to its payload: each `PB_PATH=VALUE` sets the field
     /// whose variable name is `PB_PATH`; `PB_LIST_N` with N = the list's count appends; a
-    /// name that matches no field adds a key (lower-cased) to the map it points into.
+    /// name that matches no field adds a key (lower-cased) to the map it points into. The
+    /// payload's list counts (`PB_ENV_COUNT` for a list `env`) are skipped: they follow from
+    /// the lists. Two lines for one variable are an error.
     public static func apply(_ output: String, to payload: Value) throws -> Value {
         var result = payload
-        for (key, text) in try lines(output) {
+        let counts = Set(((try? variables(payload)) ?? []).filter(\.isCount).map(\.name))
+        for (key, text, _) in try numberedLines(output, sameKey: normalize) {
             guard key.hasPrefix("PB_") else {
                 throw ShellCallError.garbage("\(key) does not start with PB_: a hook in env format answers with PB_* lines")
             }
-            if key.hasSuffix("_COUNT") { continue }  // counts follow from the lists
-            result = try set(result, path: Substring(key.dropFirst(3)), to: text, whole: key)
+            if counts.contains(normalize(key)) { continue }
+            let path = Substring(key.dropFirst(3))
+            if case .map = result {
+                result = try set(result, path: path, to: text, whole: key)
+            } else if path == "VALUE" {
+                result = typed(text, like: result)
+            } else if path.hasPrefix("VALUE_") {
+                result = try set(result, path: path.dropFirst(6), to: text, whole: key)
+            } else {
+                throw ShellCallError.garbage("\(key): the payload is not a map, so its variables are PB_VALUE and PB_VALUE_*")
+            }
         }
         return result
     }

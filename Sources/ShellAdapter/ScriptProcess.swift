@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Chan
 import Foundation
 import NIOConcurrencyHelpers
 import Spawn
@@ -12,8 +13,16 @@ struct ScriptRun: Sendable {
     var stderr: String
 }
 
-/// Running a script: its own process group (so a timeout kills all it started), stdin fed
-/// from a real thread, stdout and stderr collected up to a bound.
+/// Running a script: its own process group, stdin fed from a real thread, stdout and
+/// stderr collected up to a bound, and the whole run — the script, everything it started,
+/// and reading its output to the end — bounded by its timeout.
+///
+/// A call-mode run ends whole. When the script's main process exits, whatever it left in
+/// its process group (`sleep 300 &` still holding stdout) is killed with SIGKILL, so the
+/// pipes close, the call answers and its concurrency slot frees. When the timeout passes
+/// first, the whole group is killed and the call fails saying so. A process that left the
+/// group (`setsid`, `setpgid`) is beyond this: the daemon's per-plugin cgroup ends those;
+/// if one keeps the script's stdout or stderr open, the call still ends at its timeout.
 enum ScriptProcess {
     /// Output kept per stream; a script printing more is an error, not a memory problem.
     static let maxOutput = 16 << 20
@@ -30,38 +39,71 @@ enum ScriptProcess {
             input = p
             fds[0] = p.readEnd
         }
-        let process: SpawnedProcess
+        let collector: OutputCollector
         do {
-            process = try ProcessSpawner.spawn(SpawnOptions(
-                executable: script, arguments: arguments, environment: environment, fileDescriptors: fds, newProcessGroup: true
-            ))
+            collector = try OutputCollector()
         } catch {
             for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] + [input?.readEnd, input?.writeEnd].compactMap({ $0 }) { close(fd) }
             throw ShellCallError.failed("cannot run \(script): \(error)")
         }
+        let process: SpawnedProcess
+        do {
+            process = try ProcessGroups.spawn(SpawnOptions(
+                executable: script, arguments: arguments, environment: environment, fileDescriptors: fds, newProcessGroup: true
+            ))
+        } catch {
+            for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] + [input?.readEnd, input?.writeEnd].compactMap({ $0 }) { close(fd) }
+            collector.discard()
+            throw ShellCallError.failed("cannot run \(script): \(error)")
+        }
         close(out.writeEnd)
         close(err.writeEnd)
+        collector.start(stdout: out.readEnd, stderr: err.readEnd)
         if let input, let stdin {
             close(input.readEnd)
             writeAll(stdin, to: input.writeEnd, thenClose: true)
         }
-        let stdout = OutputBuffer()
-        let stderr = OutputBuffer()
-        async let o: Void = PipeReader.read(fd: out.readEnd) { stdout.append($0) }
-        async let e: Void = PipeReader.read(fd: err.readEnd) { stderr.append($0) }
-        let status = await process.waitForExit(timeout: timeout)
-        if status == nil {
+
+        // One deadline for the whole run. When it passes: the group is killed if its leader
+        // still runs (once the leader has exited, its group was killed at that moment), and
+        // reading stops, whoever still holds the pipes.
+        let interrupted = NIOLockedValueBox<(cancelled: Bool, leaderRunning: Bool)?>(nil)
+        let end: @Sendable (_ cancelled: Bool) -> Void = { cancelled in
+            let running = process.exitStatus == nil
+            let reading = collector.stop()
+            guard running || reading else { return }
+            interrupted.withLockedValue { $0 = $0 ?? (cancelled, running) }
             process.signalGroup(SIGKILL)
         }
-        let final = await process.waitForExit()
-        _ = try? await (o, e)
-        if status == nil {
-            throw ShellCallError.timedOut("\(what) ran longer than its timeout of \(timeout); its process group was killed")
+        let token = DeadlineSweeper.shared.schedule(in: timeout) { end(false) }
+        let (status, complete) = await withTaskCancellationHandler {
+            let status = await process.waitForExit()
+            ProcessGroups.ended(process)
+            return (status, await collector.finished())
+        } onCancel: {
+            end(true)
         }
-        if stdout.overflowed || stderr.overflowed {
+        DeadlineSweeper.shared.cancel(token)
+
+        switch interrupted.withLockedValue({ $0 }) {
+        case (cancelled: true, _)?:
+            throw CancellationError()
+        case (cancelled: false, leaderRunning: true)?:
+            throw ShellCallError.timedOut("\(what) ran longer than its timeout of \(timeout); its process group was killed")
+        case (cancelled: false, leaderRunning: false)?:
+            throw ShellCallError.timedOut(
+                "\(what) exited, but its stdout or stderr stayed open past its timeout of \(timeout), held by a process outside its process group (started with setsid?); its output was abandoned"
+            )
+        case nil:
+            break
+        }
+        guard complete else {
+            throw ShellCallError.failed("\(what): reading its output failed")
+        }
+        if collector.stdout.overflowed || collector.stderr.overflowed {
             throw ShellCallError.tooMuchOutput("\(what) printed more than \(maxOutput >> 20) MiB")
         }
-        return ScriptRun(status: final, stdout: stdout.text, stderr: stderr.text)
+        return ScriptRun(status: status, stdout: collector.stdout.text, stderr: collector.stderr.text)
     }
 
     /// Writes `bytes` to `fd` on a thread of its own (a script that does not read its
@@ -79,6 +121,158 @@ enum ScriptProcess {
             if thenClose { close(fd) }
             done?(ok)
         }
+    }
+}
+
+/// The process groups of the scripts this adapter runs, so that a script's group can be
+/// killed the moment its leader exits, and every group at once when the adapter exits.
+public enum ProcessGroups {
+    /// Leaders spawned and not yet ended (see ``ended(_:)``).
+    private static let live = NIOLockedValueBox<Set<pid_t>>([])
+
+    /// Spawns into a new process group and remembers it.
+    static func spawn(_ options: SpawnOptions) throws -> SpawnedProcess {
+        var options = options
+        options.newProcessGroup = true
+        // Registered under the lock, so that killAll() never misses a group just made.
+        return try live.withLockedValue { groups in
+            let process = try ProcessSpawner.spawn(options)
+            groups.insert(process.pid)
+            return process
+        }
+    }
+
+    /// Call once `process` (a group leader from ``spawn(_:)``) has exited: kills what is
+    /// left in its group and forgets it.
+    ///
+    /// The group's id is the leader's pid, and the leader has been reaped, so the kill goes
+    /// to the id and not through `SpawnedProcess.signalGroup` (which refuses once the
+    /// leader is gone). It is safe: while any member of the group lives, Linux keeps the
+    /// id in use and never hands it to a new process; once none does, the id could only be
+    /// another group's after the kernel's pid counter has gone all the way round, and this
+    /// runs microseconds after the leader's exit.
+    static func ended(_ process: SpawnedProcess) {
+        live.withLockedValue { groups in
+            guard groups.remove(process.pid) != nil else { return }
+            _ = kill(-process.pid, SIGKILL)
+        }
+    }
+
+    /// Kills every script process group this adapter still has (SIGKILL): for the
+    /// adapter's own exit, so that no script it started outlives it.
+    public static func killAll() {
+        live.withLockedValue { groups in
+            for pid in groups { _ = kill(-pid, SIGKILL) }
+            groups.removeAll()
+        }
+    }
+}
+
+/// Reads a run's stdout and stderr on a thread of its own until both end, or until
+/// ``stop()`` (the deadline) says to give up: a pipe held open by a process that escaped
+/// the script's group must not hold the call.
+final class OutputCollector: Sendable {
+    let stdout = OutputBuffer()
+    let stderr = OutputBuffer()
+
+    private struct State {
+        /// Set when the thread is done: whether both pipes reached their end.
+        var complete: Bool?
+        var stopRequested = false
+        var waiters: [CheckedContinuation<Bool, Never>] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+    /// Written once to wake the thread up; both ends are closed when the thread is done.
+    private let wake: PipeDescriptors
+
+    init() throws {
+        wake = try PipeDescriptors.make()
+    }
+
+    /// Starts reading; takes ownership of both descriptors.
+    func start(stdout out: CInt, stderr err: CInt) {
+        Foundation.Thread.detachNewThread { [self] in
+            let complete = self.read(out, err)
+            let waiters = state.withLockedValue { s in
+                s.complete = complete
+                close(wake.readEnd)
+                close(wake.writeEnd)
+                defer { s.waiters = [] }
+                return s.waiters
+            }
+            for w in waiters { w.resume(returning: complete) }
+        }
+    }
+
+    /// For a run that never started: closes the wake pipe.
+    func discard() {
+        state.withLockedValue { s in
+            s.complete = false
+            close(wake.readEnd)
+            close(wake.writeEnd)
+        }
+    }
+
+    /// Tells the thread to stop reading. Returns true if it was still reading.
+    @discardableResult
+    func stop() -> Bool {
+        state.withLockedValue { s in
+            guard s.complete == nil else { return false }
+            if !s.stopRequested {
+                s.stopRequested = true
+                // The wake pipe is open until the thread sets `complete`, under this lock.
+                var byte: UInt8 = 1
+                _ = write(wake.writeEnd, &byte, 1)
+            }
+            return true
+        }
+    }
+
+    /// Waits for the thread: true if both pipes reached their end, false if it was stopped first.
+    func finished() async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let done: Bool? = state.withLockedValue { s in
+                if let complete = s.complete { return complete }
+                s.waiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    /// The thread's loop: poll both pipes and the wake pipe; read what comes.
+    private func read(_ out: CInt, _ err: CInt) -> Bool {
+        var fds = [
+            pollfd(fd: out, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: err, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0),
+        ]
+        let buffers = [stdout, stderr]
+        var open = 2
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        defer {
+            for i in 0..<2 where fds[i].fd >= 0 { close(fds[i].fd) }
+        }
+        while open > 0 {
+            let rc = poll(&fds, nfds_t(fds.count), -1)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if fds[2].revents != 0 { return false }
+            for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 {
+                let n = chunk.withUnsafeMutableBytes { Glibc.read(fds[i].fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    buffers[i].append(Array(chunk[0..<n]))
+                } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
+                    close(fds[i].fd)
+                    fds[i].fd = -1
+                    open -= 1
+                }
+            }
+        }
+        return true
     }
 }
 

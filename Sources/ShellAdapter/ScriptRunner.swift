@@ -37,8 +37,11 @@ public final class ScriptRunner: Sendable {
 
     /// - Parameters:
     ///   - environment: what every run gets (the adapter adds PB_* and PLUGBOARD_* variables).
+    ///     Its own `PB_*` variables are dropped: that prefix belongs to the payload, so a
+    ///     script never mistakes an inherited variable for a payload field.
     ///   - concurrency: call-mode processes at once (default 4).
     public init(script: String, arguments: [String], environment: [String: String], concurrency: Int = 4) {
+        let environment = environment.filter { !$0.key.hasPrefix("PB_") }
         self.script = script
         self.arguments = arguments
         self.environment = environment
@@ -72,7 +75,12 @@ public final class ScriptRunner: Sendable {
         var stdin: [UInt8]?
         switch entry.format {
         case .json: stdin = Array(try Self.jsonEncoder.encode(payload))
-        case .env: for (k, v) in EnvFormat.flatten(payload) { env[k] = v }
+        case .env:
+            do {
+                for (k, v) in try EnvFormat.flatten(payload) { env[k] = v }
+            } catch ShellCallError.unrepresentable(let reason) {
+                throw ShellCallError.unrepresentable("\(what) was not run: its payload cannot be given in env format: \(reason)")
+            }
         }
         let script = self.script
         let arguments = [entry.name] + self.arguments

@@ -8,11 +8,14 @@ public enum ShellCallError: Error, CustomStringConvertible, Hashable {
     case timedOut(String)
     /// It printed more than the adapter keeps.
     case tooMuchOutput(String)
+    /// The payload cannot be handed over in the script's format (env: a NUL byte in a
+    /// value, two keys that become one variable); the script was not run.
+    case unrepresentable(String)
 
     public var description: String {
         switch self {
         case .garbage(let m): return "the script's answer is garbage: \(m)"
-        case .failed(let m), .timedOut(let m), .tooMuchOutput(let m): return m
+        case .failed(let m), .timedOut(let m), .tooMuchOutput(let m), .unrepresentable(let m): return m
         }
     }
 }

@@ -11,6 +11,10 @@ import Spawn
 /// and writes one JSON reply per line on stdout. Requests go one at a time, in order. A
 /// process that exits, times out or prints a line that is not JSON fails that call with
 /// what happened and is started again for the next one.
+///
+/// The process runs in its own process group and ends whole: when it is stopped or
+/// restarted its group is killed, and when it exits on its own whatever it left in its
+/// group is killed at that moment (``ProcessGroups``).
 actor StreamWorker {
     private let script: String
     private let arguments: [String]
@@ -35,6 +39,7 @@ actor StreamWorker {
     }
 
     private func exchange(_ request: Value, timeout: Duration, what: String) async throws -> Value {
+        let deadline = ContinuousClock.now + timeout
         let (process, lines) = try startIfNeeded()
         var bytes = Array(try ScriptRunner.jsonEncoder.encode(request))
         bytes.append(UInt8(ascii: "\n"))
@@ -51,6 +56,11 @@ actor StreamWorker {
             stop()
             throw ShellCallError.timedOut("\(what) (stream mode) did not answer within \(timeout.short); its process group was killed and will be restarted")
         case .ended:
+            // Its stdout closed; it may still be running (it closed stdout and went on):
+            // it gets what is left of the timeout to exit, then its group is killed.
+            if await process.waitForExit(timeout: ContinuousClock.now.duration(to: deadline)) == nil {
+                process.signalGroup(SIGKILL)
+            }
             let status = await process.waitForExit()
             let said = stderr?.text.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             self.process = nil
@@ -68,7 +78,7 @@ actor StreamWorker {
         env["PLUGBOARD_MODE"] = "stream"
         let started: SpawnedProcess
         do {
-            started = try ProcessSpawner.spawn(SpawnOptions(
+            started = try ProcessGroups.spawn(SpawnOptions(
                 executable: script, arguments: ["--stream"] + arguments, environment: env,
                 fileDescriptors: [0: stdin.readEnd, 1: out.writeEnd, 2: err.writeEnd], newProcessGroup: true
             ))
@@ -84,6 +94,11 @@ actor StreamWorker {
         // The readers end with the script's pipes; the worker owns them.
         readers.run { try? await PipeReader.read(fd: out.readEnd) { queue.push($0) }; queue.finish() }
         readers.run { try? await PipeReader.read(fd: err.readEnd) { errors.append($0) } }
+        // When it exits, what it left in its group goes too (and its pipes close).
+        readers.run {
+            _ = await started.waitForExit()
+            ProcessGroups.ended(started)
+        }
         input = stdin.writeEnd
         process = started
         lines = queue
@@ -91,7 +106,8 @@ actor StreamWorker {
         return (started, queue)
     }
 
-    /// Kills the process group; the next call starts a new one.
+    /// Kills the process group; the next call starts a new one. (A process that has
+    /// already exited had its group killed then.)
     func stop() {
         process?.signalGroup(SIGKILL)
         process = nil

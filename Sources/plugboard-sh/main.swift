@@ -68,12 +68,10 @@ struct Adapter: AsyncParsableCommand {
         let box = NIOLockedValueBox<(any EngineCalls)?>(nil)
         let callbacks = try await CallbackServer.start(engine: box, logger: logger)
         socketToRemove = callbacks.path
-        atexit {
-            if let path = socketToRemove {
-                unlink(path)
-                rmdir((path as NSString).deletingLastPathComponent)
-            }
-        }
+        // However the adapter ends — its session over (exit) or stopped by the daemon
+        // (SIGTERM) — no script it started outlives it, in call mode or in stream mode.
+        atexit { cleanUp() }
+        signalSources = [SIGTERM, SIGINT].map(dieOfSignalAfterCleanUp)
         environment["PLUGBOARD_SH_SOCKET"] = callbacks.path
         let runner = ScriptRunner(script: path, arguments: arguments.first == "--" ? Array(arguments.dropFirst()) : arguments, environment: environment, concurrency: concurrency)
         await PluginKit.serve(ShellPlugin(name: name, entries: entries, runner: runner, engine: box), logger: logger)
@@ -120,6 +118,32 @@ struct CallBack: AsyncParsableCommand {
 }
 
 nonisolated(unsafe) var socketToRemove: String?
+/// The handlers of SIGTERM and SIGINT, kept for the life of the process.
+nonisolated(unsafe) var signalSources: [any DispatchSourceSignal] = []
+
+/// Kills the process group of every script still running and removes the callback socket.
+func cleanUp() {
+    ProcessGroups.killAll()
+    if let path = socketToRemove {
+        unlink(path)
+        rmdir((path as NSString).deletingLastPathComponent)
+    }
+}
+
+/// Handles `signal` on a dispatch queue (not in a signal handler, where taking a lock is
+/// unsafe): cleans up, then dies of the signal as it would have, so the daemon sees the
+/// same end. Scripts start with the default disposition again (the spawner resets it).
+func dieOfSignalAfterCleanUp(_ number: Int32) -> any DispatchSourceSignal {
+    signal(number, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+    source.setEventHandler {
+        cleanUp()
+        signal(number, SIG_DFL)
+        raise(number)
+    }
+    source.resume()
+    return source
+}
 
 func selfPath() -> String {
     var buffer = [CChar](repeating: 0, count: 4096)

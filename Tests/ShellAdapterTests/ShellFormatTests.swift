@@ -56,13 +56,13 @@ struct ShellFormatTests {
             ("name", "web"), ("env", ["A=1"]), ("labels", .fields(("io.team", "x"))),
             ("mounts", .array([.fields(("source", "/d"), ("destination", "/data"))])), ("exit_code", 3)
         )
-        let flat = Dictionary(EnvFormat.flatten(spec), uniquingKeysWith: { a, _ in a })
+        let flat = Dictionary(try EnvFormat.flatten(spec), uniquingKeysWith: { a, _ in a })
         #expect(flat["PB_NAME"] == "web")
         #expect(flat["PB_ENV_0"] == "A=1" && flat["PB_ENV_COUNT"] == "1")
         #expect(flat["PB_LABELS_IO_TEAM"] == "x")
         #expect(flat["PB_MOUNTS_0_SOURCE"] == "/d" && flat["PB_MOUNTS_COUNT"] == "1")
         #expect(flat["PB_EXIT_CODE"] == "3")
-        #expect(EnvFormat.flatten("just text").first! == ("PB_VALUE", "just text"))
+        #expect(try EnvFormat.flatten("just text").first! == ("PB_VALUE", "just text"))
 
         let changed = try EnvFormat.apply("PB_ENV_1=B=2\nPB_NAME=api\nPB_EXIT_CODE=4\nPB_MOUNTS_0_DESTINATION=/mnt\nPB_NEWKEY=v\n", to: spec)
         #expect(changed["env"] == ["A=1", "B=2"])
