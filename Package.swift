@@ -69,7 +69,7 @@ let package = Package(
         .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", "Pipeline", log], swiftSettings: strict),
         // Containers on runc: plugin manifests and privileges, the OCI spec we write, runc
         // itself, and the container lifecycle the containers plugin serves.
-        .target(name: "Containers", dependencies: ["Chan", "Spawn", log, nioLocks], swiftSettings: strict),
+        .target(name: "Containers", dependencies: ["Chan", "Spawn", log, nioCore, nioLocks], swiftSettings: strict),
         .target(
             name: "Engine",
             dependencies: ["AdminProtocol", "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "PluginProcess", "Routing", "PluginKit", "Containers", coreMetrics, nioCore, nioPosix, nioLocks, log],

@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// A container's output: the most recent bytes kept for `container logs`, and live
 /// followers (`container logs --follow`, `container run`).
@@ -19,11 +20,15 @@ public final class ContainerLog: Sendable {
 
     /// Bytes kept per container (the oldest go first).
     public static let keptBytes = 1 << 20
+    /// Small writes to one stream are kept together up to this size, so that a container
+    /// writing a byte at a time costs a few thousand kept chunks, not a million.
+    public static let coalesceBelow = 4096
     /// Chunks a follower may have unread before it is cut off.
     public static let followerBacklog = 4096
 
     private struct State {
-        var chunks: [Chunk] = []
+        /// A ring: appending at the end and trimming at the front are O(1) per write.
+        var chunks = CircularBuffer<Chunk>()
         var size = 0
         var trimmed = 0
         var followers: [Int: AsyncStream<Chunk>.Continuation] = [:]
@@ -33,16 +38,27 @@ public final class ContainerLog: Sendable {
     }
 
     private let state = NIOLockedValueBox(State())
+    /// Bytes this log keeps (``keptBytes`` but in tests).
+    let limit: Int
 
-    init() {}
+    init(keeping limit: Int = ContainerLog.keptBytes) {
+        self.limit = limit
+    }
 
     func append(_ stream: Stream, _ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
         let chunk = Chunk(stream: stream, bytes: bytes)
         state.withLockedValue { s in
-            s.chunks.append(chunk)
+            let lastIndex = s.chunks.isEmpty ? nil : s.chunks.index(before: s.chunks.endIndex)
+            let joins = lastIndex.map { s.chunks[$0].stream == stream && s.chunks[$0].bytes.count + bytes.count <= Self.coalesceBelow } ?? false
+            if let lastIndex, joins {
+                // Amortised O(1): the last chunk's bytes grow in place (no copy held meanwhile).
+                s.chunks.modify(lastIndex) { $0.bytes.append(contentsOf: bytes) }
+            } else {
+                s.chunks.append(chunk)
+            }
             s.size += bytes.count
-            while s.size > Self.keptBytes, s.chunks.count > 1 {
+            while s.size > limit, s.chunks.count > 1 {
                 s.size -= s.chunks.removeFirst().bytes.count
                 s.trimmed += 1
             }
@@ -56,8 +72,8 @@ public final class ContainerLog: Sendable {
         }
     }
 
-    /// Everything kept so far, oldest first.
-    public var kept: [Chunk] { state.withLockedValue { $0.chunks } }
+    /// Everything kept so far, oldest first (small writes to one stream kept together).
+    public var kept: [Chunk] { state.withLockedValue { Array($0.chunks) } }
 
     /// What was kept so far, then every later chunk until the container exits. `lagged`
     /// tells, after the stream ends, whether it was cut off for falling behind.

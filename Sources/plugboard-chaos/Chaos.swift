@@ -11,8 +11,10 @@ import Spawn
 
 /// `plugboard-chaos`: plugboardd with exec and container plugins under steady call load
 /// from several clients while a loop hurts random plugins (SIGKILL, SIGSTOP past the call
-/// timeout, closing fd 4, garbage on fd 4). Then it accounts for everything and prints
-///   calls=N ok=N errors=N hung=0 leaked_fds=0 zombies=0 stray_containers=0 rss_growth_pct=X
+/// timeout, closing fd 4, garbage on fd 4, descendants that double-fork and setsid away,
+/// channels opened without end, oversized events, a flood of admin connections). Then it
+/// accounts for everything, removes the exec plugins and prints
+///   calls=N ok=N errors=N hung=0 leaked_fds=0 zombies=0 stray_containers=0 rss_growth_pct=X orphans=0 rss_after_pct=Y
 /// exiting non-zero if any promise was broken.
 @main
 struct Chaos: AsyncParsableCommand {
@@ -122,7 +124,27 @@ struct Chaos: AsyncParsableCommand {
             for (pid, until) in stopped where until <= now { kill(pid, SIGCONT) }
             stopped.removeAll { $0.1 <= now }
             guard let victim = names.randomElement(), let pid = await pluginProcess(admin.channel, victim, daemon: daemon.pid) else { continue }
-            switch Int.random(in: 0..<4) {
+            switch Int.random(in: 0..<8) {
+            case 4:
+                // Leaves a setsid, a double-forked and an fd-keeping descendant behind: they
+                // must end with the plugin (its cgroup), whenever that is.
+                _ = try? await call(admin.channel, "\(victim).spawn", .fields(("command", .string(escapingCommand(marker)))), timeoutMs: 1000)
+                hurts["double_fork", default: 0] += 1
+            case 5:
+                // Opens channels to the daemon without end: refused past the per-session cap.
+                _ = try? await call(admin.channel, "\(victim).open-channels", .fields(("count", 3000)), timeoutMs: 5000)
+                hurts["channel_flood", default: 0] += 1
+            case 6:
+                // Publishes events far over the size cap: each refused, none kept.
+                let big = Value.string(String(repeating: "e", count: 512 << 10))
+                for _ in 0..<4 {
+                    _ = try? await call(admin.channel, "\(victim).call", .fields(("job", "events.publish"), ("argument", .fields(("type", "chaos.big"), ("attributes", .fields(("blob", big)))))), timeoutMs: 2000)
+                }
+                hurts["oversized_event", default: 0] += 1
+            case 7:
+                // A local user floods the admin socket: connections opened and dropped.
+                await floodAdmin(dir + "/admin.sock", connections: 200)
+                hurts["socket_flood", default: 0] += 1
             case 0:
                 kill(pid, SIGKILL)
                 hurts["sigkill", default: 0] += 1
@@ -158,6 +180,12 @@ struct Chaos: AsyncParsableCommand {
             print("descriptors that changed: " + changed.sorted().map { "\($0) \(baselineKinds[$0] ?? 0)→\(afterKinds[$0] ?? 0)" }.joined(separator: ", "))
         }
         let afterRSS = ProcessTable.residentBytes(daemon.pid)
+        // The plugins go; their memory must go with them.
+        for name in names where name.hasPrefix("x") {
+            _ = try? await admin.channel.request(try Admin.PluginRemove(name: name, force: true).wireBody(), timeout: .seconds(30))
+        }
+        let goneRSS = ProcessTable.residentBytes(daemon.pid)
+        let leftByRemoved = processes(holding: marker).count
         let table = ProcessTable.all()
         let family = ProcessTable.descendants(of: daemon.pid, in: table)
         let zombies = family.filter { $0.state == "Z" }.count
@@ -169,23 +197,57 @@ struct Chaos: AsyncParsableCommand {
         // Shutdown: nothing may be left behind.
         daemon.signal(SIGTERM)
         let status = await daemon.waitForExit()
-        let orphans = ProcessTable.all().filter { $0.commandLine.contains(dir) || $0.commandLine.contains("plugboard-test-plugin provides=x") }
+        let orphans = ProcessTable.all().filter { $0.commandLine.contains(dir) || $0.commandLine.contains("plugboard-test-plugin provides=x") } + processes(holding: marker)
         let strayAfter = await runcList(runcRoot).count
         let leakedFDs = max(0, afterFDs - baselineFDs)
         let growth = baselineRSS > 0 ? Double(afterRSS - baselineRSS) * 100 / Double(baselineRSS) : 0
+        let afterGone = baselineRSS > 0 ? Double(goneRSS - baselineRSS) * 100 / Double(baselineRSS) : 0
         let t = tally.snapshot
         print("hurts: " + hurts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
         print("errors by cause: " + t.causes.sorted { $0.value > $1.value }.prefix(8).map { "\($0.value)× \($0.key)" }.joined(separator: "; "))
-        print("fds \(baselineFDs)→\(afterFDs), rss \(baselineRSS >> 20)→\(afterRSS >> 20) MiB, plugboardd \(status), orphans after exit \(orphans.count), containers after exit \(strayAfter)")
-        let summary = String(format: "calls=%d ok=%d errors=%d hung=%d leaked_fds=%d zombies=%d stray_containers=%d rss_growth_pct=%.1f",
-                             t.calls, t.ok, t.errors, t.hung, leakedFDs, zombies + orphans.count, strayWhileRunning + strayAfter, growth)
+        print("fds \(baselineFDs)→\(afterFDs), rss \(baselineRSS >> 20)→\(afterRSS >> 20) MiB, \(goneRSS >> 20) MiB once the exec plugins were removed, plugboardd \(status), descendants left by removed plugins \(leftByRemoved), orphans after exit \(orphans.count), containers after exit \(strayAfter)")
+        let summary = String(format: "calls=%d ok=%d errors=%d hung=%d leaked_fds=%d zombies=%d stray_containers=%d rss_growth_pct=%.1f orphans=%d rss_after_pct=%.1f",
+                             t.calls, t.ok, t.errors, t.hung, leakedFDs, zombies, strayWhileRunning + strayAfter, growth, orphans.count + leftByRemoved, afterGone)
         print(summary)
-        let broken = t.hung > 0 || t.unexplained > 0 || leakedFDs > 0 || zombies + orphans.count > 0 || strayWhileRunning + strayAfter > 0 || growth > 10 || status != .exited(0)
+        let broken = t.hung > 0 || t.unexplained > 0 || leakedFDs > 0 || zombies + orphans.count + leftByRemoved > 0 || strayWhileRunning + strayAfter > 0
+            || growth > 10 || afterGone > 10 || status != .exited(0)
         if t.unexplained > 0 { print("errors without a cause: \(t.unexplained)") }
         if broken {
             FileHandle.standardError.write(Data(daemonLog.text.suffix(4000).utf8))
             throw ExitCode(1)
         }
+    }
+
+    /// Marks the descendants chaos makes plugins leave behind.
+    var marker: String { "9\(getpid() % 100_000)" }
+
+    /// A command leaving three descendants holding `marker`: setsid, double-forked, background.
+    func escapingCommand(_ marker: String) -> String {
+        "setsid sleep 4321.\(marker) & (sleep 4322.\(marker) &) ; sleep 4323.\(marker) &"
+    }
+
+    /// Processes whose command line holds `marker`.
+    func processes(holding marker: String) -> [ProcessInfoEntry] {
+        ProcessTable.all().filter { $0.commandLine.contains("432") && $0.commandLine.contains("." + marker) }
+    }
+
+    /// Opens and drops `connections` admin connections at once, as a local user flooding the socket would.
+    func floodAdmin(_ socket: String, connections: Int) async {
+        var fds: [Int32] = []
+        for _ in 0..<connections {
+            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { break }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, b) in socket.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+            }
+            let ok = withUnsafePointer(to: &address) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if ok == 0 { fds.append(fd) } else { close(fd) }
+        }
+        for fd in fds { close(fd) }
     }
 
     // MARK: Calls

@@ -56,3 +56,32 @@ struct LogLineRouterTests {
         #expect(text(log, .stdout) == "\(LogLineRouter.maxLine)\n\(LogLineRouter.maxLine)\n5\n")
     }
 }
+
+@Suite("a container's kept output")
+struct ContainerLogKeepingTests {
+    @Test("a quarter of a million one-byte writes keep the last 64 KiB in a few chunks, in order")
+    func byteAtATime() {
+        let limit = 64 << 10
+        let log = ContainerLog(keeping: limit)
+        let total = 250_000
+        for i in 0..<total { log.append(.stdout, [UInt8(truncatingIfNeeded: i % 251)]) }
+        let kept = log.kept
+        let bytes = kept.flatMap(\.bytes)
+        // Small writes are kept together: the structure is bounded by size, not by writes.
+        #expect(kept.count <= limit / ContainerLog.coalesceBelow + 2, "\(kept.count) chunks")
+        #expect(bytes.count <= limit && bytes.count > limit - ContainerLog.coalesceBelow)
+        // The newest bytes, in the order written.
+        let first = total - bytes.count
+        #expect(bytes.enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: (first + $0.offset) % 251) })
+    }
+
+    @Test("writes to stdout and stderr are not merged into one another")
+    func streamsApart() {
+        let log = ContainerLog()
+        log.append(.stdout, Array("a".utf8))
+        log.append(.stdout, Array("b".utf8))
+        log.append(.stderr, Array("c".utf8))
+        log.append(.stdout, Array("d".utf8))
+        #expect(log.kept.map { "\($0.stream.rawValue):\(String(decoding: $0.bytes, as: UTF8.self))" } == ["stdout:ab", "stderr:c", "stdout:d"])
+    }
+}
