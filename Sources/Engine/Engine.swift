@@ -235,26 +235,65 @@ public final class Engine: Sendable {
                 ])
             }
         }
+        var failedOptional: [(String, PluginSupervisor)] = []
         do {
             // Start them all concurrently: each waits only for its own HELLO.
-            started = try await withThrowingTaskGroup(of: (String, PluginSupervisor, PluginDescription).self) { group in
+            let results = await withTaskGroup(of: (Int, Result<(String, PluginSupervisor, PluginDescription), any Error>).self) { group in
                 for (i, spec) in specs.enumerated() {
                     let provisional = spec.name ?? "plugin\(i)"
                     let supervisor = PluginSupervisor(spec: spec, provisionalName: provisional, engine: parts)
                     group.addTask {
-                        // The name it runs under (NAME= on the command line) wins over the declared one.
-                        var description = try await supervisor.launch()
-                        description.name = await supervisor.name
-                        // Known at once, so that a call it makes right after its HELLO (state.get
-                        // to the state service) is checked against its grants, not refused as
-                        // coming from nobody.
-                        self.appendSupervisor(description.name, supervisor)
-                        return (description.name, supervisor, description)
+                        do {
+                            // The name it runs under (NAME= on the command line) wins over the declared one.
+                            var description = try await supervisor.launch()
+                            description.name = await supervisor.name
+                            // Known at once, so that a call it makes right after its HELLO (state.get
+                            // to the state service) is checked against its grants, not refused as
+                            // coming from nobody.
+                            self.appendSupervisor(description.name, supervisor)
+                            return (i, .success((description.name, supervisor, description)))
+                        } catch {
+                            return (i, .failure(error))
+                        }
                     }
                 }
-                var all: [(String, PluginSupervisor, PluginDescription)] = []
-                for try await s in group { all.append(s) }
-                return all
+                var all: [(Int, Result<(String, PluginSupervisor, PluginDescription), any Error>)] = []
+                for await r in group { all.append(r) }
+                return all.sorted { $0.0 < $1.0 }
+            }
+            var firstRequiredFailure: (any Error)?
+            for (i, result) in results {
+                switch result {
+                case .success(let s): started.append(s)
+                case .failure(let error):
+                    if specs[i].required {
+                        if firstRequiredFailure == nil { firstRequiredFailure = error }
+                    } else if let name = specs[i].name {
+                        // An optional plugin that cannot start is listed failed; the daemon runs on.
+                        logger.error("optional plugin failed to start; plugboardd runs without it", metadata: ["plugin.name": "\(name)", "plugin.error": "\(error)"])
+                        let supervisor = PluginSupervisor(spec: specs[i], provisionalName: name, engine: parts)
+                        await supervisor.markFailed("\(error)")
+                        failedOptional.append((name, supervisor))
+                    }
+                }
+            }
+            if let firstRequiredFailure { throw firstRequiredFailure }
+            // An optional plugin whose requirements went with a failed one fails too.
+            while true {
+                let provided = Set(started.flatMap(\.2.jobs))
+                var dropped = false
+                for (index, (name, supervisor, description)) in started.enumerated() where !(await supervisor.spec.required) {
+                    if let missing = description.requires.first(where: { !provided.contains($0) }) {
+                        await supervisor.stop(grace: .milliseconds(500))
+                        await supervisor.markFailed("it requires job \(missing), which no plugin provides")
+                        logger.error("optional plugin not started: a job it requires is missing", metadata: ["plugin.name": "\(name)", "plugin.requires": "\(missing)"])
+                        failedOptional.append((name, supervisor))
+                        started.remove(at: index)
+                        dropped = true
+                        break
+                    }
+                }
+                if !dropped { break }
             }
             let names = started.map(\.0)
             if let duplicate = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
@@ -270,7 +309,7 @@ public final class Engine: Sendable {
                 let spec = await supervisor.spec
                 try hub.reserve(jobs: description.jobs, for: name, within: spec.startTimeout + grace, remote: spec.kindName != "builtin")
             }
-            supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } }
+            supervisors.withLockedValue { $0 = bootOrder.compactMap { n in started.first { $0.0 == n }.map { ($0.0, $0.1) } } + failedOptional.map { ($0.0, $0.1) } }
             order.withLockedValue { $0 = bootOrder }
             for name in bootOrder {
                 guard let supervisor = started.first(where: { $0.0 == name })?.1 else {

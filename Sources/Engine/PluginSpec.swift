@@ -89,6 +89,17 @@ public struct PluginSpec: Sendable {
     public var privileges: Set<Privilege>
     /// Grant a container plugin every privilege its manifest asks for (`--grant-all-permissions`).
     public var grantAllPrivileges: Bool
+    /// Jobs it may call and hook privileges it holds beyond what `grantAll` gives
+    /// (`grants` in the config file; the forms of ``Grants``).
+    public var grants: Set<String> = []
+    /// Hook priorities by event, over what it declares (`priorities` in the config file).
+    public var hookPriorities: [String: Int] = [:]
+    /// Pipeline priorities by message type, over what it declares.
+    public var pipelinePriorities: [String: Int] = [:]
+    /// Whether plugboardd must stop when this plugin cannot start at boot (true for plugins
+    /// on the command line); an optional plugin that fails to start is listed `failed` and
+    /// the daemon runs on.
+    public var required = true
     /// Take over the state a removed plugin of this name left (`plugin add --adopt-state`).
     public var adoptState: String?
     /// Memory, process and CPU limits, applied through the plugin's cgroup (exec plugins).

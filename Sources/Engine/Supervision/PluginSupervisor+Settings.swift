@@ -6,20 +6,8 @@ extension PluginSupervisor {
     func apply(_ settings: [String: String]) throws {
         var next = spec
         for (key, value) in settings.sorted(by: { $0.key < $1.key }) {
+            if try next.set(key, value) { continue }
             switch key {
-            case "restart-policy":
-                guard let policy = RestartPolicy(rawValue: value) else {
-                    throw EngineError(.badSetting, "restart-policy is always, on-failure or never, not \(value)")
-                }
-                next.restartPolicy = policy
-            case "backoff-initial": next.backoff.initial = try Self.duration(key, value)
-            case "backoff-max": next.backoff.maximum = try Self.duration(key, value)
-            case "backoff-reset": next.backoff.resetAfter = try Self.duration(key, value)
-            case "start-timeout": next.startTimeout = try Self.duration(key, value)
-            case "crash-loop-restarts":
-                guard let n = Int(value), n >= 0 else { throw EngineError(.badSetting, "crash-loop-restarts is a count, not \(value)") }
-                next.crashLoop.restarts = n
-            case "crash-loop-window": next.crashLoop.window = try Self.duration(key, value)
             case _ where key.hasPrefix("priority:"):
                 guard let n = Int(value) else { throw EngineError(.badSetting, "\(key) is a whole number, not \(value)") }
                 let event = String(key.dropFirst("priority:".count))
@@ -36,8 +24,6 @@ extension PluginSupervisor {
                     throw EngineError(.badSetting, "plugin \(name) handles no pipeline type \(type)")
                 }
                 pipelineOverrides[type] = n
-            case _ where ResourceLimits.keys.contains(key):
-                try next.limits.set(key, value)
             default:
                 throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: memory, pids, cpu, restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
             }
@@ -79,8 +65,8 @@ extension PluginSupervisor {
     }
 
     func grant(_ jobs: [String], privileges: [Privilege] = []) throws {
-        for token in jobs where token.hasPrefix("hook:") && HookPrivilege(String(token.dropFirst(5))) == nil {
-            throw EngineError(.badSetting, "\(token) is not a hook privilege; write hook:mount=/HOST/PATH, hook:mount=/HOST/PATH:ro or hook:command")
+        for token in jobs {
+            if let problem = Grants.problem(with: token) { throw EngineError(.badSetting, problem) }
         }
         extraGrants.formUnion(jobs.map { $0.hasPrefix("hook:") ? "hook:" + (HookPrivilege(String($0.dropFirst(5)))?.description ?? "") : $0 })
         extraPrivileges.formUnion(privileges)
@@ -97,5 +83,38 @@ extension PluginSupervisor {
 
     func isGranted(_ job: String) -> Bool {
         (spec.grantAll && (description?.calls.contains(job) ?? false)) || extraGrants.contains(job)
+    }
+}
+
+extension PluginSpec {
+    /// The settings a spec carries itself, as `plugin set` and a config file give them.
+    public static let settingKeys: [String] = [
+        "restart-policy", "backoff-initial", "backoff-max", "backoff-reset", "start-timeout", "crash-loop-restarts", "crash-loop-window",
+        "memory", "pids", "cpu",
+    ]
+
+    /// Sets `key` from its text, checked: `restart-policy=always`, `backoff-max=30s`,
+    /// `memory=256M`, … Returns false for a key that is not one of ``settingKeys``.
+    public mutating func set(_ key: String, _ value: String) throws -> Bool {
+        switch key {
+        case "restart-policy":
+            guard let policy = RestartPolicy(rawValue: value) else {
+                throw EngineError(.badSetting, "restart-policy is always, on-failure or never, not \(value)")
+            }
+            restartPolicy = policy
+        case "backoff-initial": backoff.initial = try PluginSupervisor.duration(key, value)
+        case "backoff-max": backoff.maximum = try PluginSupervisor.duration(key, value)
+        case "backoff-reset": backoff.resetAfter = try PluginSupervisor.duration(key, value)
+        case "start-timeout": startTimeout = try PluginSupervisor.duration(key, value)
+        case "crash-loop-restarts":
+            guard let n = Int(value), n >= 0 else { throw EngineError(.badSetting, "crash-loop-restarts is a count, not \(value)") }
+            crashLoop.restarts = n
+        case "crash-loop-window": crashLoop.window = try PluginSupervisor.duration(key, value)
+        case _ where ResourceLimits.keys.contains(key):
+            try limits.set(key, value)
+        default:
+            return false
+        }
+        return true
     }
 }

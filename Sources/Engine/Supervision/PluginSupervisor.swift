@@ -55,6 +55,9 @@ actor PluginSupervisor {
         self.name = provisionalName
         self.engine = engine
         self.launcher = spec.kind.makeLauncher(engine: engine)
+        self.extraGrants = spec.grants
+        self.hookOverrides = spec.hookPriorities.mapValues { (priority: Optional($0), timeout: nil) }
+        self.pipelineOverrides = spec.pipelinePriorities
         var logger = engine.logger
         logger[metadataKey: "plugin.name"] = "\(provisionalName)"
         self.logger = logger
@@ -334,6 +337,12 @@ actor PluginSupervisor {
                 }
             }
         }
+    }
+
+    /// Marks a plugin that could not start (at boot, an optional one) failed, with why.
+    func markFailed(_ why: String) {
+        _ = history.decide(after: .startFailed(why), policy: .never, backoff: spec.backoff, crashLoop: spec.crashLoop, activeSince: nil, now: .now)
+        set(.failed, "its start failed: \(why)")
     }
 
     /// Starts the plugin again now, whatever its state; clears a crash loop (`plugboard plugin restart`).
