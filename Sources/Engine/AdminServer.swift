@@ -7,6 +7,8 @@ import Foundation
 import Hub
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 import PluginKit
 import Routing
 
@@ -14,15 +16,53 @@ import Routing
 ///
 /// The socket is created mode 0600, in a directory made 0700 when we create it; a stale
 /// socket left by a dead daemon is replaced and a live one refused. Every connection's
-/// peer credentials (SO_PEERCRED) are checked: only root, the daemon's own uid and, if
-/// given, members of the admin group are served; others are closed and logged.
+/// peer credentials (SO_PEERCRED) are checked before anything is made for it: only root,
+/// the daemon's own uid and, if given, members of the admin group are served; others are
+/// closed, and logged at most once per ``Limits/refusalLogInterval`` with a count.
+///
+/// Sessions are bounded (``Limits``): in all, per uid, and with slots only root and the
+/// daemon's own uid can take, so that other users cannot lock them out. A session with no
+/// channel open for ``Limits/idleTimeout`` is closed.
 public final class AdminServer: Sendable {
+    /// How many admin sessions may be open, and for how long one may sit idle.
+    public struct Limits: Sendable {
+        /// Sessions open at once, all peers together.
+        public var maximumSessions: Int
+        /// Sessions open at once per uid, for uids other than root and the daemon's own
+        /// (members of the admin group).
+        public var maximumSessionsPerUID: Int
+        /// Slots that only root and the daemon's own uid can take: other uids together
+        /// hold at most `maximumSessions - reservedSessions`.
+        public var reservedSessions: Int
+        /// A session with no channel open for this long is closed.
+        public var idleTimeout: Duration
+        /// At most one log line about refused connections per this long.
+        public var refusalLogInterval: Duration
+
+        /// The defaults: 256 sessions, 64 per uid, 32 reserved, 60 s idle, a line per 10 s.
+        public init(
+            maximumSessions: Int = 256, maximumSessionsPerUID: Int = 64, reservedSessions: Int = 32,
+            idleTimeout: Duration = .seconds(60), refusalLogInterval: Duration = .seconds(10)
+        ) {
+            self.maximumSessions = maximumSessions
+            self.maximumSessionsPerUID = maximumSessionsPerUID
+            self.reservedSessions = reservedSessions
+            self.idleTimeout = idleTimeout
+            self.refusalLogInterval = refusalLogInterval
+        }
+    }
+
     private let listener: SessionListener
     /// Sessions accepted and authorised, waiting for ``serve()`` to take them.
     private let incoming: AsyncStream<Session>
     private let incomingContinuation: AsyncStream<Session>.Continuation
-    /// Sessions being served, so that ``close()`` can end them.
-    private let open = NIOLockedValueBox<[ObjectIdentifier: Session]>([:])
+    /// Sessions being served, so that ``close()`` can end them, and since when each has had
+    /// no channel open (nil: it has one).
+    private let open = NIOLockedValueBox<[ObjectIdentifier: (session: Session, idleSince: ContinuousClock.Instant?)]>([:])
+    private let admissions: Admissions
+    private let refusals: RefusalLog
+    /// Every few seconds: closes idle sessions and logs the refusals counted since the last line.
+    private let sweeper: RepeatedTask
     private let engine: Engine
     private let builtins: BuiltinLookup
     private let logger: Logger
@@ -31,8 +71,17 @@ public final class AdminServer: Sendable {
 
     private init(
         listener: SessionListener, incoming: AsyncStream<Session>, continuation: AsyncStream<Session>.Continuation,
-        engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger, path: String
+        engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger, path: String,
+        admissions: Admissions, refusals: RefusalLog, limits: Limits
     ) {
+        self.admissions = admissions
+        self.refusals = refusals
+        let open = self.open
+        let every = min(limits.idleTimeout / 4, limits.refusalLogInterval)
+        sweeper = MultiThreadedEventLoopGroup.singleton.next().scheduleRepeatedTask(initialDelay: every.timeAmount, delay: every.timeAmount) { _ in
+            refusals.flush()
+            Self.closeIdle(open, after: limits.idleTimeout)
+        }
         self.listener = listener
         self.incoming = incoming
         self.incomingContinuation = continuation
@@ -47,20 +96,29 @@ public final class AdminServer: Sendable {
 
     /// Binds `path`; ``serve()`` then answers the engine's admin commands on it.
     public static func start(
-        path: String, engine: Engine, adminGroup: gid_t? = nil, builtins: @escaping BuiltinLookup, logger: Logger
+        path: String, engine: Engine, adminGroup: gid_t? = nil, limits: Limits = Limits(), builtins: @escaping BuiltinLookup, logger: Logger
     ) async throws -> AdminServer {
         try prepare(path: path)
         let me = getuid()
         let (incoming, continuation) = AsyncStream.makeStream(of: Session.self)
+        let admissions = Admissions(limits: limits, privileged: { $0 == 0 || $0 == me })
+        let refusals = RefusalLog(interval: limits.refusalLogInterval, socket: path, logger: logger)
+        let membership = GroupMembership()
         let listener = try await SessionListener.bind(
             unixSocketPath: path, configuration: .init(name: "plugboardd"), logger: logger,
             authorize: { peer in
-                let allowed = peer.uid == 0 || peer.uid == me || (adminGroup.map { $0 == peer.gid || isMember(uid: peer.uid, of: $0) } ?? false)
-                if !allowed {
-                    logger.warning("admin connection refused", metadata: ["admin.peer": "\(peer)", "admin.socket": "\(path)"])
+                let allowed = peer.uid == 0 || peer.uid == me || (adminGroup.map { $0 == peer.gid || membership.isMember(uid: peer.uid, of: $0) } ?? false)
+                guard allowed else {
+                    refusals.refused(peer, .notAllowed)
+                    return false
                 }
-                return allowed
+                if let full = admissions.admit(peer.uid) {
+                    refusals.refused(peer, full)
+                    return false
+                }
+                return true
             },
+            released: { peer in admissions.release(peer.uid) },
             onSession: { session in
                 if case .terminated = continuation.yield(session) { session.close(reason: "plugboardd is shutting down") }
             }
@@ -69,9 +127,161 @@ public final class AdminServer: Sendable {
             try? await listener.close()
             throw EngineError(.adminSocket, "cannot make \(path) mode 0600: \(String(cString: strerror(errno)))")
         }
-        logger.info("admin socket ready", metadata: ["admin.socket": "\(path)"])
-        return AdminServer(listener: listener, incoming: incoming, continuation: continuation, engine: engine, builtins: builtins, logger: logger, path: path)
+        logger.info("admin socket ready", metadata: [
+            "admin.socket": "\(path)", "admin.max_sessions": "\(limits.maximumSessions)",
+            "admin.max_sessions_per_uid": "\(limits.maximumSessionsPerUID)", "admin.idle_timeout": "\(limits.idleTimeout)",
+        ])
+        return AdminServer(
+            listener: listener, incoming: incoming, continuation: continuation, engine: engine, builtins: builtins, logger: logger, path: path,
+            admissions: admissions, refusals: refusals, limits: limits
+        )
     }
+
+    /// How many sessions each uid has open; who may open another.
+    final class Admissions: Sendable {
+        let limits: Limits
+        let privileged: @Sendable (uid_t) -> Bool
+        private let counts = NIOLockedValueBox<(total: Int, unprivileged: Int, byUID: [uid_t: Int])>((0, 0, [:]))
+
+        init(limits: Limits, privileged: @escaping @Sendable (uid_t) -> Bool) {
+            self.limits = limits
+            self.privileged = privileged
+        }
+
+        /// Counts a session for `uid`, or says which limit it would pass.
+        func admit(_ uid: uid_t) -> RefusalLog.Reason? {
+            let isPrivileged = privileged(uid)
+            return counts.withLockedValue { c in
+                if c.total >= limits.maximumSessions { return .full(limits.maximumSessions) }
+                if !isPrivileged {
+                    if c.byUID[uid, default: 0] >= limits.maximumSessionsPerUID { return .perUID(limits.maximumSessionsPerUID) }
+                    let shared = limits.maximumSessions - limits.reservedSessions
+                    if c.unprivileged >= shared { return .unprivilegedFull(shared) }
+                    c.unprivileged += 1
+                }
+                c.total += 1
+                c.byUID[uid, default: 0] += 1
+                return nil
+            }
+        }
+
+        /// A session of `uid` ended.
+        func release(_ uid: uid_t) {
+            let isPrivileged = privileged(uid)
+            counts.withLockedValue { c in
+                c.total -= 1
+                if !isPrivileged { c.unprivileged -= 1 }
+                let left = c.byUID[uid, default: 1] - 1
+                c.byUID[uid] = left > 0 ? left : nil
+            }
+        }
+
+        /// Sessions open now.
+        var total: Int { counts.withLockedValue { $0.total } }
+    }
+
+    /// Refused connections, logged at most one line per interval: the first refusal after a
+    /// quiet interval at once (with the peer), the rest as a count per uid in the next line.
+    final class RefusalLog: Sendable {
+        /// Why a connection was refused.
+        enum Reason: Hashable, Sendable, CustomStringConvertible {
+            case notAllowed
+            case full(Int)
+            case perUID(Int)
+            case unprivilegedFull(Int)
+
+            var description: String {
+                switch self {
+                case .notAllowed: return "not allowed (only root, the daemon's user and --admin-group)"
+                case .full(let n): return "all \(n) admin sessions are taken"
+                case .perUID(let n): return "the uid has \(n) admin sessions open, the most one uid other than root may have"
+                case .unprivilegedFull(let n): return "uids other than root hold \(n) admin sessions, the most they may hold together (the rest are kept for root)"
+                }
+            }
+        }
+
+        struct Key: Hashable {
+            var uid: uid_t
+            var reason: Reason
+        }
+
+        let interval: Duration
+        let socket: String
+        let logger: Logger
+        private let state = NIOLockedValueBox<(pending: [Key: Int], last: ContinuousClock.Instant?)>(([:], nil))
+
+        init(interval: Duration, socket: String, logger: Logger) {
+            self.interval = interval
+            self.socket = socket
+            self.logger = logger
+        }
+
+        /// Counts a refusal; writes a line now if none was written in the last interval.
+        func refused(_ peer: PeerCredentials, _ reason: Reason) {
+            let now = ContinuousClock.now
+            let earlier: [Key: Int]? = state.withLockedValue { s in
+                if let last = s.last, now - last < interval {
+                    s.pending[Key(uid: peer.uid, reason: reason), default: 0] += 1
+                    return nil
+                }
+                defer { s.pending = [:]; s.last = now }
+                return s.pending
+            }
+            guard let earlier else { return }
+            var metadata: Logger.Metadata = ["admin.peer": "\(peer)", "admin.socket": "\(socket)", "admin.reason": "\(reason)"]
+            if !earlier.isEmpty { metadata["admin.refused_before"] = "\(Self.summary(earlier))" }
+            logger.warning("admin connection refused", metadata: metadata)
+        }
+
+        /// Writes the refusals counted since the last line, if there are any and the
+        /// interval has passed; `force` writes them regardless (at shutdown).
+        func flush(force: Bool = false) {
+            let now = ContinuousClock.now
+            let due: (counts: [Key: Int], since: Duration)? = state.withLockedValue { s in
+                guard !s.pending.isEmpty else { return nil }
+                let since = s.last.map { now - $0 } ?? .zero
+                if !force, s.last != nil, since < interval { return nil }
+                defer { s.pending = [:]; s.last = now }
+                return (s.pending, since)
+            }
+            guard let due else { return }
+            let total = due.counts.values.reduce(0, +)
+            let seconds = Int((Double(due.since.components.seconds) + Double(due.since.components.attoseconds) / 1e18).rounded())
+            logger.warning("refused \(total) admin connections in the last \(seconds) s: \(Self.summary(due.counts))", metadata: ["admin.socket": "\(socket)"])
+        }
+
+        /// "uid 1000: 12000 (not allowed ...); uid 1001: 3 (...)", largest first, at most 8.
+        static func summary(_ counts: [Key: Int]) -> String {
+            let sorted = counts.sorted { $0.value > $1.value }
+            var parts = sorted.prefix(8).map { "uid \($0.key.uid): \($0.value) (\($0.key.reason))" }
+            if sorted.count > 8 { parts.append("and \(sorted.count - 8) more") }
+            return parts.joined(separator: "; ")
+        }
+    }
+
+    /// Closes the sessions that have had no channel open for `timeout`.
+    static func closeIdle(_ open: NIOLockedValueBox<[ObjectIdentifier: (session: Session, idleSince: ContinuousClock.Instant?)]>, after timeout: Duration) {
+        let now = ContinuousClock.now
+        let idle: [Session] = open.withLockedValue { sessions in
+            var idle: [Session] = []
+            for (id, entry) in sessions {
+                guard entry.session.statistics.openChannels == 0 else {
+                    sessions[id]?.idleSince = nil
+                    continue
+                }
+                guard let since = entry.idleSince else {
+                    sessions[id]?.idleSince = now
+                    continue
+                }
+                if now - since >= timeout { idle.append(entry.session) }
+            }
+            return idle
+        }
+        for session in idle { session.close(reason: "idle: no channel open for \(timeout)") }
+    }
+
+    /// Sessions open now (authorised, not yet ended).
+    public var sessionCount: Int { admissions.total }
 
     /// Serves every admin session until ``close()``: each session, its channels and its
     /// requests are child tasks of this call, so it returns only when all have ended.
@@ -79,7 +289,7 @@ public final class AdminServer: Sendable {
         await withDiscardingTaskGroup { group in
             for await session in incoming {
                 let id = ObjectIdentifier(session)
-                open.withLockedValue { $0[id] = session }
+                open.withLockedValue { $0[id] = (session, nil) }
                 group.addTask { [engine, builtins, logger, open] in
                     await Self.serve(session, engine: engine, builtins: builtins, logger: logger)
                     open.withLockedValue { _ = $0.removeValue(forKey: id) }
@@ -91,8 +301,10 @@ public final class AdminServer: Sendable {
     /// Stops accepting, ends the sessions being served, and removes the socket file.
     public func close() async {
         try? await listener.close()
+        sweeper.cancel()
+        refusals.flush(force: true)
         incomingContinuation.finish()
-        for session in open.withLockedValue({ Array($0.values) }) { session.close(reason: "plugboardd is shutting down") }
+        for entry in open.withLockedValue({ Array($0.values) }) { entry.session.close(reason: "plugboardd is shutting down") }
         unlink(path)
     }
 
@@ -138,14 +350,40 @@ public final class AdminServer: Sendable {
     }
 
     static func isMember(uid: uid_t, of group: gid_t) -> Bool {
-        guard let pw = getpwuid(uid), let gr = getgrgid(group) else { return false }
-        let user = String(cString: pw.pointee.pw_name)
-        var member = gr.pointee.gr_mem
+        // The reentrant lookups: several event loops may ask at once.
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        var pwd = passwd()
+        var pwResult: UnsafeMutablePointer<passwd>?
+        guard getpwuid_r(uid, &pwd, &buffer, buffer.count, &pwResult) == 0, pwResult != nil, let pwName = pwd.pw_name else { return false }
+        let user = String(cString: pwName)
+        var groupBuffer = [CChar](repeating: 0, count: 65_536)
+        var grp = Glibc.group()
+        var grResult: UnsafeMutablePointer<Glibc.group>?
+        guard getgrgid_r(group, &grp, &groupBuffer, groupBuffer.count, &grResult) == 0, grResult != nil else { return false }
+        var member = grp.gr_mem
         while let name = member?.pointee {
             if String(cString: name) == user { return true }
             member = member?.advanced(by: 1)
         }
         return false
+    }
+
+    /// ``isMember(uid:of:)``, remembered for 10 s per uid: a user connecting in a loop costs
+    /// one lookup of the user and group databases per 10 s, not one per connection.
+    final class GroupMembership: Sendable {
+        static let ttl: Duration = .seconds(10)
+        private let cache = NIOLockedValueBox<[uid_t: (member: Bool, until: ContinuousClock.Instant)]>([:])
+
+        func isMember(uid: uid_t, of group: gid_t) -> Bool {
+            let now = ContinuousClock.now
+            if let known = cache.withLockedValue({ $0[uid] }), known.until > now { return known.member }
+            let member = AdminServer.isMember(uid: uid, of: group)
+            cache.withLockedValue { c in
+                if c.count >= 1024 { c = c.filter { $0.value.until > now } }
+                if c.count < 1024 { c[uid] = (member, now + Self.ttl) }
+            }
+            return member
+        }
     }
 
     /// One client's session: its channels, and their requests answered concurrently.

@@ -2,6 +2,7 @@ import Chan
 import CoreMetrics
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// Which events a subscriber wants: types (exact, or a prefix ending in `*`) and
 /// attributes that must be equal. Empty means everything.
@@ -55,29 +56,109 @@ public enum EventRecord: Sendable {
     }
 }
 
+/// An event refused because its encoded size is over ``EventBus/maximumEventBytes``.
+public struct EventTooLarge: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The event's type.
+    public var type: String
+    /// Its size, msgpack-encoded, in bytes.
+    public var bytes: Int
+
+    /// "event TYPE is N bytes encoded; ...".
+    public var description: String {
+        "event \(type) is \(bytes) bytes encoded, over the limit of \(EventBus.maximumEventBytes) bytes; publish a reference to the data (a state key, a file) instead"
+    }
+}
+
 /// Publish/subscribe of engine and plugin events.
 ///
-/// Publishing never waits: each subscriber has a bounded buffer, and an event that does
-/// not fit is counted for that subscriber, who receives an `events.lost` record with the
-/// count before its next event. Every event has a sequence number, so order is checkable.
+/// Publishing never waits: each subscriber has a bounded buffer — at most `capacity` events
+/// and at most ``maximumBufferedBytes`` of them, encoded — and an event that does not fit is
+/// counted for that subscriber, who receives an `events.lost` record with the count before
+/// its next event. Every event has a sequence number, so order is checkable. An event is at
+/// most ``maximumEventBytes`` encoded: ``publishOrRefuse(_:_:)`` refuses a larger one (a
+/// plugin's), ``publish(_:_:)`` trims it (the engine's own; see there).
 public final class EventBus: Sendable {
     /// Buffered events per subscriber unless it asks otherwise.
     public static let defaultCapacity = 1024
     /// The largest buffer a subscriber may ask for.
     public static let maximumCapacity = 65_536
+    /// The largest event, msgpack-encoded (its type, attributes, `seq` and `time`): 64 KiB.
+    public static let maximumEventBytes = 64 * 1024
+    /// The most a subscriber's buffer holds, counting events by their encoded size, whatever
+    /// its capacity in events: 1 MiB. Events past it are lost (counted), as past the capacity.
+    public static let maximumBufferedBytes = 1 << 20
+    /// What `seq` and `time` add to an event's encoded size, at most.
+    static let envelopeBytes = 64
 
     /// A requested buffer size from the wire, clamped to `1 ... maximumCapacity`.
     public static func clampedCapacity(_ requested: Int64?) -> Int {
         Int(min(max(requested ?? Int64(defaultCapacity), 1), Int64(maximumCapacity)))
     }
 
+    /// The encoded size of an event of `type` with `attributes`, `seq` and `time` included
+    /// (counted at their largest). An attribute that cannot be encoded (a channel end)
+    /// counts as too large.
+    public static func encodedSize(_ type: String, _ attributes: [(String, Value)]) -> Int {
+        let body: Value = .map([(key: "type", value: .string(type))] + attributes.map { (key: .string($0.0), value: $0.1) })
+        guard let bytes = try? Msgpack.encode(body) else { return Int.max }
+        return bytes.count + envelopeBytes
+    }
+
     private struct Subscriber {
         var filter: EventFilter
         var capacity: Int
-        var buffer: [Value] = []
+        /// Buffered events with their encoded sizes.
+        var buffer = CircularBuffer<(event: Value, bytes: Int)>()
+        var bufferedBytes = 0
         var lost = 0
         var waiter: CheckedContinuation<EventRecord?, Never>?
         var closed = false
+
+        enum Offered {
+            case wake(CheckedContinuation<EventRecord?, Never>, EventRecord)
+            case buffered
+            case lost
+        }
+
+        /// Hands `event` to the waiting reader, buffers it, or counts it lost.
+        mutating func offer(_ event: Value, bytes: Int) -> Offered {
+            if let waiter {
+                self.waiter = nil
+                guard lost > 0 else { return .wake(waiter, .event(event)) }
+                // The loss comes first; the event waits in the buffer (empty, since the
+                // reader was waiting).
+                let n = lost
+                lost = 0
+                append(event, bytes: bytes)
+                return .wake(waiter, .lost(n))
+            }
+            guard buffer.count < capacity && bufferedBytes + bytes <= EventBus.maximumBufferedBytes else {
+                lost += 1
+                return .lost
+            }
+            append(event, bytes: bytes)
+            return .buffered
+        }
+
+        /// The next record for the reader, or nil after parking `waiter` (nothing to read).
+        mutating func take(orPark waiter: CheckedContinuation<EventRecord?, Never>) -> EventRecord? {
+            if lost > 0 && buffer.isEmpty {
+                let n = lost
+                lost = 0
+                return .lost(n)
+            }
+            if let first = buffer.popFirst() {
+                bufferedBytes -= first.bytes
+                return .event(first.event)
+            }
+            self.waiter = waiter
+            return nil
+        }
+
+        mutating func append(_ event: Value, bytes: Int) {
+            buffer.append((event, bytes))
+            bufferedBytes += bytes
+        }
     }
 
     private struct State {
@@ -95,8 +176,48 @@ public final class EventBus: Sendable {
     /// How many subscribers there are now.
     public var subscriberCount: Int { state.withLockedValue { $0.subscribers.count } }
 
+    /// How many bytes (encoded) subscribers hold in their buffers now, all together.
+    public var bufferedBytes: Int { state.withLockedValue { $0.subscribers.values.reduce(0) { $0 + $1.bufferedBytes } } }
+
     /// Publishes an event of `type` with `attributes` to every matching subscriber.
+    ///
+    /// For the engine's own events, which never fail: one over ``maximumEventBytes`` (a
+    /// plugin declared thousands of jobs, an error message ran long) is trimmed instead —
+    /// attributes that do not fit are left out, and `truncated` says how large it was.
     public func publish(_ type: String, _ attributes: [(String, Value)]) {
+        let size = Self.encodedSize(type, attributes)
+        if size <= Self.maximumEventBytes {
+            deliver(type, attributes, bytes: size)
+        } else {
+            let trimmed = Self.trim(type, attributes, originalBytes: size)
+            deliver(type, trimmed, bytes: Self.encodedSize(type, trimmed))
+        }
+    }
+
+    /// Publishes like ``publish(_:_:)``, but refuses an event over ``maximumEventBytes``
+    /// (what a plugin or an operator publishes).
+    public func publishOrRefuse(_ type: String, _ attributes: [(String, Value)]) throws(EventTooLarge) {
+        let size = Self.encodedSize(type, attributes)
+        guard size <= Self.maximumEventBytes else { throw EventTooLarge(type: type, bytes: size == Int.max ? Self.maximumEventBytes + 1 : size) }
+        deliver(type, attributes, bytes: size)
+    }
+
+    /// The attributes that fit, in order, each at most 1 KiB, and `truncated`: the size the
+    /// whole event had.
+    static func trim(_ type: String, _ attributes: [(String, Value)], originalBytes: Int) -> [(String, Value)] {
+        var kept: [(String, Value)] = []
+        var total = encodedSize(type, []) + 32
+        for (key, value) in attributes {
+            let one = encodedSize("", [(key, value)]) - envelopeBytes
+            guard one <= 1024, total + one <= maximumEventBytes - 1024 else { continue }
+            kept.append((key, value))
+            total += one
+        }
+        kept.append(("truncated", .int(Int64(min(originalBytes, Int(Int64.max))))))
+        return kept
+    }
+
+    private func deliver(_ type: String, _ attributes: [(String, Value)], bytes: Int) {
         let time = Self.timestamp()
         var lostNow = 0
         let wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = state.withLockedValue { s in
@@ -104,24 +225,14 @@ public final class EventBus: Sendable {
             let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
                 + attributes.map { (key: .string($0.0), value: $0.1) })
             var wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = []
-            for (id, var sub) in s.subscribers where !sub.closed && sub.filter.matches(type: type, attributes: attributes) {
-                if let waiter = sub.waiter {
-                    sub.waiter = nil
-                    if sub.lost > 0 {
-                        // The loss comes first; the event waits in the buffer.
-                        wake.append((waiter, .lost(sub.lost)))
-                        sub.lost = 0
-                        sub.buffer.append(event)
-                    } else {
-                        wake.append((waiter, .event(event)))
-                    }
-                } else if sub.buffer.count < sub.capacity {
-                    sub.buffer.append(event)
-                } else {
-                    sub.lost += 1
-                    lostNow += 1
+            let matching = s.subscribers.compactMap { id, sub in !sub.closed && sub.filter.matches(type: type, attributes: attributes) ? id : nil }
+            for id in matching {
+                // Mutated in place (not copied out and back), so the buffer is never copied.
+                switch s.subscribers[id]?.offer(event, bytes: bytes) {
+                case .wake(let waiter, let record)?: wake.append((waiter, record))
+                case .lost?: lostNow += 1
+                case .buffered?, nil: break
                 }
-                s.subscribers[id] = sub
             }
             return wake
         }
@@ -143,19 +254,8 @@ public final class EventBus: Sendable {
     fileprivate func next(_ id: Int) async -> EventRecord? {
         await withCheckedContinuation { (c: CheckedContinuation<EventRecord?, Never>) in
             let ready: EventRecord?? = state.withLockedValue { s in
-                guard var sub = s.subscribers[id], !sub.closed else { return .some(nil) }
-                defer { s.subscribers[id] = sub }
-                if sub.lost > 0 && sub.buffer.isEmpty {
-                    let n = sub.lost
-                    sub.lost = 0
-                    return .some(.lost(n))
-                }
-                if !sub.buffer.isEmpty {
-                    let first = sub.buffer.removeFirst()
-                    return .some(.event(first))
-                }
-                sub.waiter = c
-                return .none
+                guard s.subscribers[id]?.closed == false else { return .some(nil) }
+                return s.subscribers[id]?.take(orPark: c).map { .some($0) } ?? .none
             }
             if case .some(let record) = ready { c.resume(returning: record) }
         }

@@ -6,12 +6,13 @@ import PluginKit
 ///
 /// - `events.subscribe {"sink": SENDER, "types"?: [..], "attributes"?: {K: V}, "buffer"?: N}`:
 ///   events matching the filter flow to `sink`. The subscriber's buffer holds `buffer`
-///   events (default 1024); when it overflows the subscriber receives
-///   `{"type": "events.lost", "count": N}` before the next event. A slow subscriber never
-///   blocks the engine or other subscribers.
+///   events (default 1024) and at most ``EventBus/maximumBufferedBytes`` of them; when it
+///   overflows the subscriber receives `{"type": "events.lost", "count": N}` before the
+///   next event. A slow subscriber never blocks the engine or other subscribers.
 /// - `events.publish {"type": T, "attributes"?: {K: V}}`: publishes an event, with
 ///   `source` = the calling plugin ("operator" from the admin socket). The engine's own
-///   types (plugin.*, registration.*, hook.*, container.*, events.*) are refused.
+///   types (plugin.*, registration.*, hook.*, container.*, events.*) are refused, and so
+///   is an event over ``EventBus/maximumEventBytes`` encoded (`events.too-large`).
 public struct EventsPlugin: Plugin {
     /// Types only the engine publishes.
     public static let reservedPrefixes = ["plugin.", "registration.", "hook.", "container.", "events."]
@@ -47,7 +48,11 @@ public struct EventsPlugin: Plugin {
             for entry in argument["attributes"]?.mapValue ?? [] {
                 if let k = entry.key.stringValue, !["seq", "time", "type", "source"].contains(k) { attributes.append((k, entry.value)) }
             }
-            bus.publish(type, attributes)
+            do throws(EventTooLarge) {
+                try bus.publishOrRefuse(type, attributes)
+            } catch {
+                throw PluginError(code: "events.too-large", message: error.description)
+            }
             return "published"
         })
         return d

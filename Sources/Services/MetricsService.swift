@@ -45,6 +45,7 @@ public struct MetricsPlugin: Plugin {
             Gauge(label: "plugboard_inflight_calls", dimensions: [("plugin", plugin)]).record(n)
         }
         Gauge(label: "plugboard_event_subscribers").record(engine.bus.subscriberCount)
+        Gauge(label: "plugboard_event_buffered_bytes").record(engine.bus.bufferedBytes)
         return registry.emitToString()
     }
 }

@@ -12,11 +12,32 @@ import PluginKit
 /// - `state.put {key, value, version?, namespace?}` → `{key, version}`; with `version`, a
 ///   compare-and-set (0: only if absent), else a version-conflict error
 /// - `state.delete {key, version?, namespace?}` → `{key, deleted}`
-/// - `state.list {prefix?, limit?, namespace?}` → `[{key, value, version}]` in key order
+/// - `state.list {prefix?, after?, limit?, namespace?}` → `[{key, value, version}]` in key
+///   order, keys after `after` when given (to continue a listing)
+///
+/// Sizes: a value is at most ``StateStore/maximumValueBytes`` encoded and a key
+/// ``StateStore/maximumKeyBytes`` (else `state.too-large`); a reply is at most
+/// ``maximumReplyBytes``. A `state.list` whose entries would not fit fails with
+/// `state.reply-too-large`, saying how many fit and where to continue (`after`), instead of
+/// a reply no frame can carry.
 public struct StatePlugin: Plugin {
+    /// The largest reply the service sends, encoded (1 MiB less room for the envelope): it
+    /// fits any frame the daemon's peers accept.
+    public static let maximumReplyBytes = (1 << 20) - 4096
+
     public let store: StateStore
     /// Whether `caller` may use `namespace` besides its own (the engine's grants).
     let isGranted: @Sendable (_ caller: String, _ grant: String) async -> Bool
+
+    /// Runs `body`, turning a size refusal into the error code the caller sees.
+    static func sized<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as StateError {
+            guard let code = error.code else { throw error }
+            throw PluginError(code: code, message: error.description)
+        }
+    }
 
     public init(store: StateStore, isGranted: @escaping @Sendable (String, String) async -> Bool) {
         self.store = store
@@ -44,14 +65,14 @@ public struct StatePlugin: Plugin {
         d.job("state.get", withCall: { argument, call in
             let ns = try await namespace(argument, call)
             let k = try key(argument)
-            let entry = try await store.get(ns, k)
+            let entry = try await Self.sized { try await store.get(ns, k, maxBytes: Self.maximumReplyBytes - k.utf8.count - 64) }
             return .fields(("key", .string(k)), ("value", entry?.value ?? .nil), ("version", .int(entry?.version ?? 0)), ("found", .bool(entry != nil)))
         })
         d.job("state.put", withCall: { argument, call in
             let ns = try await namespace(argument, call)
             let k = try key(argument)
             guard let value = argument["value"] else { throw StateError.badRequest("state.put needs {\"key\": K, \"value\": V}") }
-            let version = try await store.put(ns, k, value, expected: argument["version"]?.intValue)
+            let version = try await Self.sized { try await store.put(ns, k, value, expected: argument["version"]?.intValue) }
             return .fields(("key", .string(k)), ("version", .int(version)))
         })
         d.job("state.delete", withCall: { argument, call in
@@ -62,8 +83,17 @@ public struct StatePlugin: Plugin {
         })
         d.job("state.list", withCall: { argument, call in
             let ns = try await namespace(argument, call)
-            let entries = try await store.list(ns, prefix: argument["prefix"]?.stringValue ?? "", limit: Int(min(max(argument["limit"]?.intValue ?? 1000, 1), 10_000)))
-            return .array(entries.map { .fields(("key", .string($0.key)), ("value", $0.value), ("version", .int($0.version))) })
+            let limit = Int(min(max(argument["limit"]?.intValue ?? 1000, 1), 10_000))
+            let after = argument["after"]?.stringValue
+            let page = try await store.list(ns, prefix: argument["prefix"]?.stringValue ?? "", after: after, limit: limit, maxBytes: Self.maximumReplyBytes)
+            if let cut = page.cutBefore {
+                let fit = page.entries.count
+                let message = fit == 0
+                    ? "state.list: the entry \(cut) alone is \(page.cutBytes) bytes, more than a reply carries (\(Self.maximumReplyBytes) bytes); read the keys around it with \"after\": \"\(cut)\", and delete it (state.delete)"
+                    : "state.list: only the first \(fit) of the entries asked for fit in a reply (\(Self.maximumReplyBytes) bytes); ask with \"limit\": \(fit), then continue with \"after\": \"\(page.entries[fit - 1].key)\""
+                throw PluginError(code: "state.reply-too-large", message: message)
+            }
+            return .array(page.entries.map { .fields(("key", .string($0.key)), ("value", $0.value), ("version", .int($0.version))) })
         })
         return d
     }

@@ -14,7 +14,25 @@ public final class StateStore: Sendable {
         public var key: String
         public var value: Value
         public var version: Int64
+        /// The value's size as stored (msgpack-encoded), in bytes.
+        public var storedBytes: Int
     }
+
+    /// What ``list(_:prefix:after:limit:maxBytes:)`` found: the entries that fit, and
+    /// whether more matched than fit in `maxBytes`.
+    public struct Page: Sendable, Hashable {
+        /// The entries, in key order.
+        public var entries: [Entry]
+        /// The first key that matched but did not fit, if one did not.
+        public var cutBefore: String?
+        /// That entry's size (key and value, encoded).
+        public var cutBytes: Int
+    }
+
+    /// The largest value `put` accepts, msgpack-encoded: 256 KiB.
+    public static let maximumValueBytes = 256 * 1024
+    /// The longest key, in UTF-8 bytes.
+    public static let maximumKeyBytes = 1024
 
     let pool: DatabasePool
     /// The SQLite file.
@@ -44,8 +62,9 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// The entry, or nil.
-    public func get(_ namespace: String, _ key: String) async throws -> Entry? {
+    /// The entry, or nil. A stored value over `maxBytes` is not decoded: that throws
+    /// ``StateError/replyTooLarge(_:)`` (values stored before the size limit may be larger).
+    public func get(_ namespace: String, _ key: String, maxBytes: Int = Int.max) async throws -> Entry? {
         // Rows are not Sendable: take the columns out inside the read (which runs on GRDB's
         // own queue, not on a cooperative thread).
         let found: (Data, Int64)? = try await pool.read { db in
@@ -53,13 +72,23 @@ public final class StateStore: Sendable {
                 .map { ($0["value"], $0["version"]) }
         }
         guard let (bytes, version) = found else { return nil }
-        return Entry(key: key, value: try Msgpack.decode(bytes), version: version)
+        guard bytes.count <= maxBytes else {
+            throw StateError.replyTooLarge("the value for \(key) is \(bytes.count) bytes, more than a reply carries (\(maxBytes) bytes); delete it (state.delete) and store it smaller")
+        }
+        return Entry(key: key, value: try Msgpack.decode(bytes), version: version, storedBytes: bytes.count)
     }
 
     /// Writes `value`; with `expected`, only if the current version is that (0: the key must
-    /// not exist). Returns the new version once the transaction is committed.
+    /// not exist). Returns the new version once the transaction is committed. Refuses a key
+    /// over ``maximumKeyBytes`` and a value over ``maximumValueBytes`` encoded.
     public func put(_ namespace: String, _ key: String, _ value: Value, expected: Int64?) async throws -> Int64 {
+        guard key.utf8.count <= Self.maximumKeyBytes else { throw StateError.keyTooLarge(bytes: key.utf8.count) }
+        // Refused before encoding when its strings and bytes alone are over the limit: a
+        // 12 MiB value is not copied again just to be measured.
+        let payload = Self.payloadBytes(value)
+        guard payload <= Self.maximumValueBytes else { throw StateError.valueTooLarge(key: key, bytes: payload) }
         let bytes = Data(try Msgpack.encode(value))
+        guard bytes.count <= Self.maximumValueBytes else { throw StateError.valueTooLarge(key: key, bytes: bytes.count) }
         let now = Date().formatted(.iso8601)
         return try await pool.write { db in
             let current = try Int64.fetchOne(db, sql: "SELECT version FROM kv WHERE namespace = ? AND key = ?", arguments: [namespace, key]) ?? 0
@@ -75,6 +104,19 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The bytes of a value's strings, binaries and extension data: no more than its
+    /// encoded size, and found without encoding it.
+    static func payloadBytes(_ value: Value) -> Int {
+        switch value {
+        case .string(let s): return s.utf8.count
+        case .binary(let b): return b.count
+        case .ext(_, let data): return data.count
+        case .array(let items): return items.reduce(0) { $0 + payloadBytes($1) }
+        case .map(let entries): return entries.reduce(0) { $0 + payloadBytes($1.key) + payloadBytes($1.value) }
+        case .nil, .bool, .int, .uint, .float, .channel: return 0
+        }
+    }
+
     /// Deletes the key; with `expected`, only at that version. Returns whether it existed.
     public func delete(_ namespace: String, _ key: String, expected: Int64?) async throws -> Bool {
         try await pool.write { db in
@@ -87,16 +129,33 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Entries whose key starts with `prefix`, in key order, at most `limit`.
-    public func list(_ namespace: String, prefix: String, limit: Int) async throws -> [Entry] {
-        let rows: [(String, Data, Int64)] = try await pool.read { db in
+    /// Entries whose key starts with `prefix` (and comes after `after`, when given), in key
+    /// order: at most `limit`, and only as many as fit in `maxBytes` (each counted as its
+    /// key, its stored value and 32 bytes). Rows are read one at a time and reading stops at
+    /// the first that does not fit, so a large listing never sits in memory whole.
+    public func list(_ namespace: String, prefix: String, after: String? = nil, limit: Int, maxBytes: Int = Int.max) async throws -> Page {
+        let rows: ([(String, Data, Int64)], String?, Int) = try await pool.read { db in
             // Keys between prefix and prefix + U+10FFFF: an index range, no LIKE escaping.
-            try Row.fetchAll(
-                db, sql: "SELECT key, value, version FROM kv WHERE namespace = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
-                arguments: [namespace, prefix, prefix + "\u{10FFFF}", limit]
-            ).map { ($0["key"], $0["value"], $0["version"]) }
+            let cursor = try Row.fetchCursor(
+                db, sql: "SELECT key, value, version FROM kv WHERE namespace = ? AND key >= ? AND key < ? AND key > ? ORDER BY key LIMIT ?",
+                arguments: [namespace, prefix, prefix + "\u{10FFFF}", after ?? "", limit]
+            )
+            var taken: [(String, Data, Int64)] = []
+            var total = 0
+            while let row = try cursor.next() {
+                let key: String = row["key"]
+                let value: Data = row["value"]
+                let size = key.utf8.count + value.count + 32
+                if total + size > maxBytes { return (taken, key, size) }
+                total += size
+                taken.append((key, value, row["version"]))
+            }
+            return (taken, nil, 0)
         }
-        return try rows.map { key, bytes, version in Entry(key: key, value: try Msgpack.decode(bytes), version: version) }
+        let entries = try rows.0.map { key, bytes, version in
+            Entry(key: key, value: try Msgpack.decode(bytes), version: version, storedBytes: bytes.count)
+        }
+        return Page(entries: entries, cutBefore: rows.1, cutBytes: rows.2)
     }
 
     /// SQLite's own check of the file: "ok" when it is sound.
@@ -115,6 +174,21 @@ public enum StateError: Error, CustomStringConvertible, Hashable {
     case versionConflict(key: String, expected: Int64, current: Int64)
     case notGranted(caller: String, namespace: String)
     case badRequest(String)
+    /// A value over ``StateStore/maximumValueBytes``, encoded.
+    case valueTooLarge(key: String, bytes: Int)
+    /// A key over ``StateStore/maximumKeyBytes``.
+    case keyTooLarge(bytes: Int)
+    /// The answer would not fit in a reply; the text says what to ask instead.
+    case replyTooLarge(String)
+
+    /// The code a caller sees: `state.too-large` for sizes, else nil (the message says it).
+    public var code: String? {
+        switch self {
+        case .valueTooLarge, .keyTooLarge: return "state.too-large"
+        case .replyTooLarge: return "state.reply-too-large"
+        default: return nil
+        }
+    }
 
     public var description: String {
         switch self {
@@ -122,7 +196,11 @@ public enum StateError: Error, CustomStringConvertible, Hashable {
             return "version conflict on \(key): expected version \(expected), the current version is \(current)"
         case .notGranted(let caller, let namespace):
             return "plugin \(caller) may not use the state of \(namespace): it needs the grant state:\(namespace) (plugboard plugin grant \(caller) state:\(namespace))"
-        case .badRequest(let text): return text
+        case .badRequest(let text), .replyTooLarge(let text): return text
+        case .valueTooLarge(let key, let bytes):
+            return "the value for \(key) is at least \(bytes) bytes encoded; a state value is at most \(StateStore.maximumValueBytes) bytes (256 KiB): keep large data elsewhere (a file, a byte stream) and store a reference"
+        case .keyTooLarge(let bytes):
+            return "the key is \(bytes) bytes; a state key is at most \(StateStore.maximumKeyBytes) bytes"
         }
     }
 }

@@ -25,6 +25,8 @@ enum Main {
         let arguments = rewritePluginArguments(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try Plugboardd.parseAsRoot(arguments)
+            // Before anything opens a descriptor: the daemon's limit is its hard limit.
+            if let daemon = command as? Plugboardd { DescriptorLimit.raise(logger: daemon.startupLogger()) }
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
