@@ -84,6 +84,7 @@ let package = Package(
                 "Chan", "Engine", "PluginKit", coreMetrics, nioCore, nioPosix, log,
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict

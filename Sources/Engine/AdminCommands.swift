@@ -144,6 +144,7 @@ enum AdminCommands {
 
     static func spec(for r: Admin.PluginAdd, builtins: AdminServer.BuiltinLookup) throws -> PluginSpec {
         let kind: PluginSpec.Kind
+        var builtinName: String?
         switch (r.exec, r.builtin, r.container) {
         case (let exec?, nil, nil):
             let words = exec.split(separator: " ").map(String.init)
@@ -152,6 +153,7 @@ enum AdminCommands {
         case (nil, let builtin?, nil):
             guard let plugin = builtins(builtin) else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin)") }
             kind = .builtin(plugin)
+            builtinName = builtin
         case (nil, nil, let bundle?):
             guard bundle.hasPrefix("/") else { throw EngineError(.startFailed, "--container needs an absolute bundle path, not \(bundle)") }
             kind = .container(bundle: bundle)
@@ -170,6 +172,7 @@ enum AdminCommands {
             privileges: privileges, grantAllPrivileges: r.grantAllPermissions
         )
         spec.adoptState = r.adoptState
+        spec.builtinName = builtinName
         return spec
     }
 }

@@ -39,7 +39,9 @@ extension Engine {
             }
         }
         do {
-            return try await addClaimed(spec, claimed: &claimed, grace: grace)
+            let status = try await addClaimed(spec, claimed: &claimed, grace: grace)
+            if let added = spec.addedRecord { await recordChange(.added(name: status.name, spec: added)) }
+            return status
         } catch {
             // What it adopted goes back aside: a failed add leaves nothing behind.
             if adopted, let name = spec.name, let custody = stateCustody.withLockedValue({ $0 }) { _ = try? await custody.setAside(name) }
@@ -121,12 +123,16 @@ extension Engine {
             let s = try supervisor(name)
             try await refuseIfRequired(name, force: force, to: "disable")
             await s.disable(grace: grace)
+            await recordChange(.disabled(name: name))
         }
     }
 
     /// Starts a disabled plugin again.
     public func enable(_ name: String) async throws {
-        try await operations.withGate(name) { try await supervisor(name).enable() }
+        try await operations.withGate(name) {
+            try await supervisor(name).enable()
+            await recordChange(.enabled(name: name))
+        }
     }
 
     /// Restarts `name` now, clearing a crash loop.
@@ -142,6 +148,7 @@ extension Engine {
             await s.stop(grace: grace)
             await s.release()
             removeSupervisor(name)
+            await recordChange(.removed(name: name))
             // Its state is its own: set aside, not inherited by the next plugin of this name.
             if let custody = stateCustody.withLockedValue({ $0 }) {
                 do {
@@ -156,13 +163,19 @@ extension Engine {
 
     /// Changes how `name` is supervised (restart policy, backoff, start timeout, crash-loop limit).
     public func set(_ name: String, _ settings: [String: String]) async throws {
-        try await operations.withGate(name) { try await supervisor(name).apply(settings) }
+        try await operations.withGate(name) {
+            try await supervisor(name).apply(settings)
+            await recordChange(.set(name: name, settings: settings))
+        }
     }
 
     /// Lets `name` call `jobs` through the engine, and grants a container plugin
     /// `privileges` (they apply from its next start).
     public func grant(_ name: String, jobs: [String], privileges: [Privilege] = []) async throws {
-        try await operations.withGate(name) { try await supervisor(name).grant(jobs, privileges: privileges) }
+        try await operations.withGate(name) {
+            try await supervisor(name).grant(jobs, privileges: privileges)
+            await recordChange(.granted(name: name, grants: jobs + privileges.map(\.description)))
+        }
     }
 
     /// Whether plugin `name` holds `grant` (a job it may call, or a token such as

@@ -92,6 +92,8 @@ public final class Engine: Sendable {
     private let supervisors = NIOLockedValueBox<[(name: String, supervisor: PluginSupervisor)]>([])
     private let order = NIOLockedValueBox<[String]>([])
     private let subscribers = NIOLockedValueBox<[UUID: AsyncStream<EngineEvent>.Continuation]>([:])
+    /// Told of every run-time change once it holds (plugboardd records them).
+    let changeRecorder = NIOLockedValueBox<(@Sendable (PluginChange) async -> Void)?>(nil)
     /// Who keeps plugins' durable state (the state service), once plugboardd has said.
     let stateCustody = NIOLockedValueBox<(any PluginStateCustody)?>(nil)
     /// Names being added right now: a second `plugin add` of one of them is refused at once.
@@ -235,7 +237,15 @@ public final class Engine: Sendable {
                 ])
             }
         }
+        // Plugins an operator disabled before a restart are listed, not started.
         var failedOptional: [(String, PluginSupervisor)] = []
+        for spec in specs where spec.startDisabled {
+            guard let name = spec.name else { continue }
+            let supervisor = PluginSupervisor(spec: spec, provisionalName: name, engine: parts)
+            await supervisor.markDisabled()
+            failedOptional.append((name, supervisor))
+        }
+        let specs = specs.filter { !$0.startDisabled }
         do {
             // Start them all concurrently: each waits only for its own HELLO.
             let results = await withTaskGroup(of: (Int, Result<(String, PluginSupervisor, PluginDescription), any Error>).self) { group in
@@ -361,6 +371,16 @@ public final class Engine: Sendable {
 
     func removeSupervisor(_ name: String) {
         supervisors.withLockedValue { $0.removeAll { $0.name == name } }
+    }
+
+    /// Sets who is told of each operator change once it holds (`plugin add`, `rm`, `enable`,
+    /// `disable`, `set`, `grant`): plugboardd records them in its state directory.
+    public func setChangeRecorder(_ record: @escaping @Sendable (PluginChange) async -> Void) {
+        changeRecorder.withLockedValue { $0 = record }
+    }
+
+    func recordChange(_ change: PluginChange) async {
+        await changeRecorder.withLockedValue({ $0 })?(change)
     }
 
     /// Tells the engine who keeps plugins' state (plugboardd passes the state service's store).

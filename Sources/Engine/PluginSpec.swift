@@ -94,12 +94,18 @@ public struct PluginSpec: Sendable {
     public var grants: Set<String> = []
     /// Hook priorities by event, over what it declares (`priorities` in the config file).
     public var hookPriorities: [String: Int] = [:]
+    /// Hook timeouts by event, over what it declares (`plugin set NAME timeout:EVENT=2s`).
+    public var hookTimeouts: [String: Duration] = [:]
     /// Pipeline priorities by message type, over what it declares.
     public var pipelinePriorities: [String: Int] = [:]
     /// Whether plugboardd must stop when this plugin cannot start at boot (true for plugins
     /// on the command line); an optional plugin that fails to start is listed `failed` and
     /// the daemon runs on.
     public var required = true
+    /// The built-in's registered name (`--builtin NAME`), for the record of run-time changes.
+    public var builtinName: String?
+    /// Boot it disabled: listed, not started (an operator disabled it before a restart).
+    public var startDisabled = false
     /// Take over the state a removed plugin of this name left (`plugin add --adopt-state`).
     public var adoptState: String?
     /// Memory, process and CPU limits, applied through the plugin's cgroup (exec plugins).
@@ -136,4 +142,21 @@ public enum PluginState: String, Sendable, Codable {
     /// waiting out the backoff), failed (ended in failure and not restarted: policy or crash loop),
     /// disabled (by an operator), stopped (shut down, or ended cleanly and not restarted).
     case starting, active, restarting, failed, disabled, stopped
+}
+
+extension PluginSpec {
+    /// How it would be added again, for the record of run-time changes; nil for a plugin
+    /// that cannot be described that way (a service).
+    var addedRecord: AddedPlugin? {
+        guard !openToAll else { return nil }
+        let privilegeTexts = privileges.map(\.description).sorted()
+        switch kind {
+        case .builtin:
+            return AddedPlugin(kind: "builtin", builtin: builtinName, options: options, grantAllPermissions: grantAll, privileges: privilegeTexts)
+        case .exec(let command, let arguments):
+            return AddedPlugin(kind: "exec", command: [command] + arguments, options: options, grantAllPermissions: grantAll, privileges: privilegeTexts)
+        case .container(let bundle):
+            return AddedPlugin(kind: "container", bundle: bundle, options: options, grantAllPermissions: grantAllPrivileges, privileges: privilegeTexts)
+        }
+    }
 }

@@ -2,4 +2,14 @@
 public protocol Plugin: Sendable {
     /// The declaration, given the context the plugin runs in.
     func declare(_ context: PluginContext) -> PluginDeclaration
+
+    /// Refuses an option string the plugin cannot work with, before it is started: a
+    /// built-in added with bad options is refused at once, not at its first call. The
+    /// default accepts anything.
+    func checkOptions(_ options: String) throws
+}
+
+extension Plugin {
+    /// Accepts any options.
+    public func checkOptions(_ options: String) throws {}
 }

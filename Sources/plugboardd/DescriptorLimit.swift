@@ -37,8 +37,8 @@ extension Plugboardd {
     /// A logger writing as the daemon's will once `run()` has set up logging (same format
     /// and level), for what happens before that.
     func startupLogger() -> Logger {
-        let level = logLevel
-        let format = logFormat
+        let level = logLevel ?? .info
+        let format = logFormat ?? .text
         return Logger(label: "plugboardd") { label in
             switch format {
             case .text:

@@ -53,16 +53,57 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Also serve the metrics over HTTP at http://HOST:PORT/metrics (PORT 0 picks one; the log says which).", valueName: "host:port"))
     var metricsListen: String?
 
-    @Option(help: "Log format: text or json.")
-    var logFormat: LogFormat = .text
+    @Option(help: ArgumentHelp("A configuration file (TOML): the daemon's settings and its plugins; flags override it. Default: \(DaemonConfig.defaultPath) when it exists. See docs/CONFIG.md.", valueName: "file"))
+    var config: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: ArgumentHelp("Check a configuration file and exit: 0 when it is good, else the errors with file, line and key. Starts nothing.", valueName: "file"))
+    var checkConfig: String?
 
-    @Option(help: "Seconds shutdown waits at each step (in-flight calls, then GOAWAY, then SIGTERM).")
-    var shutdownGrace: Double = 5
+    @Option(help: "Log format: text or json (default text).")
+    var logFormat: LogFormat?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: Logger.Level?
+
+    @Option(help: "Seconds shutdown waits at each step (in-flight calls, then GOAWAY, then SIGTERM) (default 5).")
+    var shutdownGrace: Double?
 
     func run() async throws {
+        if let checkConfig {
+            do {
+                let config = try DaemonConfig.load(checkConfig, builtinNames: builtinNames + serviceNames)
+                print("\(checkConfig): good: \(config.plugins.count) plugins (\(config.plugins.map(\.name).joined(separator: ", ")))")
+                return
+            } catch let error as ConfigError {
+                throw ValidationError("\(error)")
+            }
+        }
+        // The file, when there is one; then every flag given wins over it.
+        let file = config ?? (FileManager.default.fileExists(atPath: DaemonConfig.defaultPath) ? DaemonConfig.defaultPath : nil)
+        var resolved = self
+        var configured: DaemonConfig?
+        if let file {
+            do {
+                let loaded = try DaemonConfig.load(file, builtinNames: builtinNames + serviceNames)
+                resolved.stateDir = stateDir ?? loaded.stateDir
+                resolved.adminSocket = adminSocket ?? loaded.adminSocket
+                resolved.adminGroup = adminGroup ?? loaded.adminGroup
+                resolved.metricsListen = metricsListen ?? loaded.metricsListen
+                resolved.logFormat = logFormat ?? loaded.logFormat.flatMap { LogFormat(rawValue: $0) }
+                resolved.logLevel = logLevel ?? loaded.logLevel.flatMap { Logger.Level(rawValue: $0) }
+                resolved.shutdownGrace = shutdownGrace ?? loaded.shutdownGrace
+                resolved.grantAllPermissions = grantAllPermissions || (loaded.grantAllPermissions ?? false)
+                configured = loaded
+            } catch let error as ConfigError {
+                throw ValidationError("\(error)")
+            }
+        }
+        try await resolved.serve(configFile: file, configured: configured)
+    }
+
+    /// Runs the daemon with every setting resolved (flags over the file).
+    private func serve(configFile: String?, configured: DaemonConfig?) async throws {
+        let shutdownGrace = self.shutdownGrace ?? 5
         let logger = bootstrapLogging()
         // Libraries record through swift-metrics; the daemon backs it with Prometheus.
         let registry = PrometheusCollectorRegistry()
@@ -92,7 +133,19 @@ struct Plugboardd: AsyncParsableCommand {
         let builtins = makeBuiltins(engine: engine, logger: logger)
         let metrics = MetricsPlugin(registry: registry, engine: engine)
         let metricsAddress = try metricsListen.map(Self.parseHostPort)
-        let specs = try makeServices(engine: engine, stateDirectory: stateDirectory, metrics: metrics) + makeSpecs(builtins: builtins, noRuntime: noRuntime)
+        // The command line's plugins, the file's, and what operators changed at run time
+        // (STATE/plugins.json), which is recorded from now on.
+        let store = PluginStore(stateDirectory: stateDirectory, logger: logger)
+        let pluginConfiguration = PluginConfiguration(
+            commandLine: try makeSpecs(builtins: builtins, noRuntime: noRuntime), file: configFile, builtins: builtins, store: store, logger: logger
+        )
+        let specs: [PluginSpec]
+        do {
+            specs = try makeServices(engine: engine, stateDirectory: stateDirectory, metrics: metrics) + (try await pluginConfiguration.initialSpecs(configured))
+        } catch let error as EngineError {
+            throw ValidationError(error.reason)
+        }
+        engine.setChangeRecorder { change in await store.record(change) }
         var groupID: gid_t?
         if let adminGroup {
             guard let group = getgrnam(adminGroup) else { throw ValidationError("no group named \(adminGroup)") }
@@ -118,6 +171,7 @@ struct Plugboardd: AsyncParsableCommand {
         } else {
             metricsServing.fire()
         }
+        services.append(.init(service: ReloadService(configuration: pluginConfiguration, engine: engine, after: booted), failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: AdminService(
             engine: engine, path: socketPath, adminGroup: groupID, builtins: builtins, after: [booted, metricsServing], logger: logger
         ), failureTerminationBehavior: .gracefullyShutdownGroup))
@@ -128,8 +182,8 @@ struct Plugboardd: AsyncParsableCommand {
 
     /// Logging for the whole process: text or JSON lines on stderr, at `--log-level`.
     private func bootstrapLogging() -> Logger {
-        let level = logLevel
-        let format = logFormat
+        let level = logLevel ?? .info
+        let format = logFormat ?? .text
         LoggingSystem.bootstrap { label in
             switch format {
             case .text:
@@ -160,7 +214,9 @@ struct Plugboardd: AsyncParsableCommand {
                 if builtinNames.contains(name) { throw ValidationError("built-in plugin \"\(name)\" cannot run here: \(noRuntime)") }
                 throw ValidationError("unknown built-in plugin \"\(name)\"; the built-ins are: \(builtinNames.joined(separator: ", "))")
             }
-            specs.append(PluginSpec(name: name, kind: .builtin(plugin), options: option))
+            var spec = PluginSpec(name: name, kind: .builtin(plugin), options: option)
+            spec.builtinName = name
+            specs.append(spec)
         }
         for entry in execPlugins {
             let (name, words) = try Plugboardd.parseExec(entry)

@@ -261,12 +261,11 @@ struct ShippedPluginTests {
         await exec.shutdown(grace: .seconds(1))
     }
 
-    @Test("host-mount with a bad option fails the hook with a message saying what it needs")
+    @Test("host-mount with a bad option is refused before it starts, with a message saying what it needs")
     func hostMountBadOption() async throws {
         let engine = Engine(logger: quietLogger)
-        try await engine.boot([PluginSpec(name: "host-mount", kind: .builtin(HostMountPluginForTests.plugin), options: "data")])
         await #expect {
-            try await engine.hooks.run("container.create", payload: Self.spec, object: "c1")
+            try await engine.boot([PluginSpec(name: "host-mount", kind: .builtin(HostMountPluginForTests.plugin), options: "data")])
         } throws: { error in
             "\(error)".contains("HOST_DIR CONTAINER_DIR")
         }

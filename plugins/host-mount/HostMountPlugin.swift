@@ -13,6 +13,11 @@ public struct HostMountPlugin: Plugin {
         return (parts[0], parts[1])
     }
 
+    /// Refuses options that are not "HOST_DIR CONTAINER_DIR".
+    public func checkOptions(_ options: String) throws {
+        if HostMountPlugin.parse(options) == nil { throw HostMountError(options: options) }
+    }
+
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         var d = PluginDeclaration(name: "host-mount", version: "1.0.0")
         let mount = HostMountPlugin.parse(context.options)

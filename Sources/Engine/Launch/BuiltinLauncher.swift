@@ -7,6 +7,11 @@ struct BuiltinLauncher: PluginLauncher {
     let engine: EngineParts
 
     func launch(_ request: LaunchRequest) async throws -> LaunchedPlugin {
+        do {
+            try plugin.checkOptions(request.spec.options)
+        } catch {
+            throw EngineError(.badSetting, "plugin \(request.name): \(error)")
+        }
         let context = PluginContext(name: request.name, options: request.spec.options, restarts: request.restarts, engine: engine.callerFor(request.name))
         let declaration = plugin.declare(context)
         return LaunchedPlugin(

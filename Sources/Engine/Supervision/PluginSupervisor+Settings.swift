@@ -87,6 +87,11 @@ extension PluginSupervisor {
 }
 
 extension PluginSpec {
+    /// A duration setting's value: `250ms`, `2s`, `1m`, at most one day.
+    public func duration(_ text: String, for key: String) throws -> Duration {
+        try PluginSupervisor.duration(key, text)
+    }
+
     /// The settings a spec carries itself, as `plugin set` and a config file give them.
     public static let settingKeys: [String] = [
         "restart-policy", "backoff-initial", "backoff-max", "backoff-reset", "start-timeout", "crash-loop-restarts", "crash-loop-window",

@@ -56,7 +56,9 @@ actor PluginSupervisor {
         self.engine = engine
         self.launcher = spec.kind.makeLauncher(engine: engine)
         self.extraGrants = spec.grants
-        self.hookOverrides = spec.hookPriorities.mapValues { (priority: Optional($0), timeout: nil) }
+        var overrides: [String: (priority: Int?, timeout: Duration?)] = spec.hookPriorities.mapValues { (priority: Optional($0), timeout: nil) }
+        for (event, timeout) in spec.hookTimeouts { overrides[event, default: (nil, nil)].timeout = timeout }
+        self.hookOverrides = overrides
         self.pipelineOverrides = spec.pipelinePriorities
         var logger = engine.logger
         logger[metadataKey: "plugin.name"] = "\(provisionalName)"
@@ -337,6 +339,11 @@ actor PluginSupervisor {
                 }
             }
         }
+    }
+
+    /// Marks a plugin disabled without starting it (it was disabled before plugboardd restarted).
+    func markDisabled() {
+        set(.disabled, "disabled by an operator (before plugboardd restarted)")
     }
 
     /// Marks a plugin that could not start (at boot, an optional one) failed, with why.

@@ -1,0 +1,31 @@
+import Containers
+import Engine
+import Foundation
+import PluginKit
+
+extension ConfiguredPlugin {
+    /// The engine's spec for this entry. Jobs and hook privileges go to `grants`, container
+    /// privileges to `privileges`; `grant-all-permissions` gives all it declares.
+    func spec(builtins: [String: any Plugin]) throws -> PluginSpec {
+        let specKind: PluginSpec.Kind
+        switch kind {
+        case .builtin(let builtin):
+            guard let plugin = builtins[builtin] else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin) runs here") }
+            specKind = .builtin(plugin)
+        case .exec(let argv):
+            specKind = .exec(command: argv[0], arguments: Array(argv.dropFirst()))
+        case .container(let bundle):
+            specKind = .container(bundle: bundle)
+        }
+        var spec = PluginSpec(
+            name: name, kind: specKind, options: options, grantAll: grantAllPermissions,
+            privileges: Set(grants.compactMap(Privilege.init)), grantAllPrivileges: grantAllPermissions
+        )
+        spec.grants = Set(grants.filter { Privilege($0) == nil })
+        spec.required = required
+        spec.hookPriorities = priorities
+        spec.pipelinePriorities = pipelinePriorities
+        for (key, value) in settings.sorted(by: { $0.key < $1.key }) { _ = try spec.set(key, value) }
+        return spec
+    }
+}
