@@ -57,6 +57,10 @@ struct ConfigTests {
             #expect(r.status != .exited(0), "accepted: \(text)")
             #expect(r.err.contains(says), "\(text) -> \(r.err)")
         }
+        // The example the install ships is itself a good file.
+        let example = #filePath.replacingOccurrences(of: "Tests/EngineTests/ConfigTests.swift", with: "dist/plugboard.toml.example")
+        let shipped = try await runCommand(try builtExecutable("plugboardd"), ["--check-config", example])
+        #expect(shipped.status == .exited(0), "\(shipped.err)")
         try? FileManager.default.removeItem(atPath: place.dir)
     }
 
