@@ -36,22 +36,29 @@ bundles: deps
 # The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
 # plugin under runc (containers need root), and the shell scripts of plugins/shell under
-# plugboard-sh. Every container created sees .build/run-data at /data and is audited to
-# .build/run-data/audit.log. The services (events, state, metrics) always run; metrics are
-# also at http://127.0.0.1:9464/metrics. Ctrl-C stops them in reverse order.
-run: deps bundles
+# plugboard-sh. Every container created sees .build/run-data at /data, read-only (no host
+# directory is writable by default: volumes from local-volumes are, when asked for), and is
+# audited to .build/run-data/audit.log. The services (events, state, metrics) always run;
+# metrics are also at http://127.0.0.1:9464/metrics. Ctrl-C stops them in reverse order.
+# One build (everything, the label bundle included), then the daemon: a few seconds when
+# nothing changed.
+run: deps
+	@echo "make run: building (the first build takes minutes)"
 	$(SWIFT) build $(BUILD_FLAGS)
-	mkdir -p .build/run-data
-	$(SWIFT) run --skip-build plugboardd --metrics-listen 127.0.0.1:9464 \
-		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data" \
+	@bin="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)"; \
+	plugins/label/build-bundle.sh "$$bin/plugboard-plugin-label" $(LABEL_BUNDLE) >/dev/null; \
+	mkdir -p .build/run-data; \
+	echo "make run: starting plugboardd (admin socket and plugins in its first log lines; Ctrl-C stops it)"; \
+	exec "$$bin/plugboardd" --metrics-listen 127.0.0.1:9464 \
+		--plugin echo --plugin containers --plugin host-mount "$$(pwd)/.build/run-data /data ro" \
 		--plugin local-volumes "$$(pwd)/.build/run-data/volumes" \
-		--plugin-exec "log-mount=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-host-mount /var/log /host/var/log" \
+		--plugin-exec "log-mount=$$bin/plugboard-plugin-host-mount /var/log /host/var/log ro" \
 		--plugin-container "label=$(LABEL_BUNDLE)" \
-		--plugin-exec "audit=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/audit.sh $$(pwd)/.build/run-data/audit.log" \
-		--plugin-exec "add-env=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/add-env.sh" \
-		--plugin-exec "du=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/disk-usage.sh" \
-		--plugin-exec "counter=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/counter.sh" \
-		--plugin-exec "mask=$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-sh plugins/shell/mask-secrets.sh"
+		--plugin-exec "audit=$$bin/plugboard-sh plugins/shell/audit.sh $$(pwd)/.build/run-data/audit.log" \
+		--plugin-exec "add-env=$$bin/plugboard-sh plugins/shell/add-env.sh" \
+		--plugin-exec "du=$$bin/plugboard-sh plugins/shell/disk-usage.sh" \
+		--plugin-exec "counter=$$bin/plugboard-sh plugins/shell/counter.sh" \
+		--plugin-exec "mask=$$bin/plugboard-sh plugins/shell/mask-secrets.sh"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench

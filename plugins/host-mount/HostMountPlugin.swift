@@ -1,16 +1,23 @@
 import Chan
 import PluginKit
 
-/// `host-mount "HOST_DIR CONTAINER_DIR"`: every container created sees HOST_DIR at
-/// CONTAINER_DIR. A container.create hook appends a bind mount to the spec's `mounts`.
+/// `host-mount "HOST_DIR CONTAINER_DIR [ro]"`: every container created sees HOST_DIR at
+/// CONTAINER_DIR (read-only with `ro`). A container.create hook appends a bind mount to the
+/// spec's `mounts`.
 public struct HostMountPlugin: Plugin {
     public init() {}
 
-    /// Parses "HOST_DIR CONTAINER_DIR"; nil when it is not two absolute paths.
-    public static func parse(_ options: String) -> (source: String, destination: String)? {
-        let parts = options.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+    /// Parses "HOST_DIR CONTAINER_DIR [ro]"; nil when it is not two absolute paths and
+    /// perhaps `ro`.
+    public static func parse(_ options: String) -> (source: String, destination: String, readOnly: Bool)? {
+        var parts = options.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        var readOnly = false
+        if parts.count == 3, parts[2] == "ro" {
+            readOnly = true
+            parts.removeLast()
+        }
         guard parts.count == 2, parts.allSatisfy({ $0.hasPrefix("/") }) else { return nil }
-        return (parts[0], parts[1])
+        return (parts[0], parts[1], readOnly)
     }
 
     /// Refuses options that are not "HOST_DIR CONTAINER_DIR".
@@ -22,7 +29,7 @@ public struct HostMountPlugin: Plugin {
         var d = PluginDeclaration(name: "host-mount", version: "1.0.0")
         let mount = HostMountPlugin.parse(context.options)
         // The one thing its hook changes: a read-write mount of HOST_DIR.
-        if let mount { d.hookPrivileges = ["mount=\(mount.source)"] }
+        if let mount { d.hookPrivileges = ["mount=\(mount.source)" + (mount.readOnly ? ":ro" : "")] }
         d.hook("container.create", priority: 50) { payload, _ in
             guard let mount else {
                 throw HostMountError(options: context.options)
@@ -31,7 +38,7 @@ public struct HostMountPlugin: Plugin {
             var mounts = payload["mounts"]?.arrayValue ?? []
             mounts.append(.fields(
                 ("source", .string(mount.source)), ("destination", .string(mount.destination)),
-                ("type", "bind"), ("options", ["rbind", "rw"])
+                ("type", "bind"), ("options", ["rbind", mount.readOnly ? "ro" : "rw"])
             ))
             entries.removeAll { $0.key == "mounts" }
             entries.append((key: "mounts", value: .array(mounts)))
@@ -43,5 +50,5 @@ public struct HostMountPlugin: Plugin {
 
 struct HostMountError: Error, CustomStringConvertible {
     let options: String
-    var description: String { "host-mount needs \"HOST_DIR CONTAINER_DIR\" (two absolute paths), got \"\(options)\"" }
+    var description: String { "host-mount needs \"HOST_DIR CONTAINER_DIR\" (two absolute paths, then ro for a read-only mount), got \"\(options)\"" }
 }
