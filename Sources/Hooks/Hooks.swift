@@ -11,10 +11,10 @@ import Routing
 /// Chains for different objects run concurrently; chains for the same object run one at a
 /// time, in arrival order. There is no global lock around a chain.
 public final class Hooks: Sendable {
-    /// All registrations, plus each (event, phase) list already in run order, rebuilt on
-    /// change so that a chain does not sort on every run.
-    private let registry = NIOLockedValueBox<(all: [HookRegistration], ordered: [String: [HookRegistration]])>(([], [:]))
-    private let observers = NIOLockedValueBox<[String: ObserverQueue]>([:])
+    /// Every registration, each (event, phase) chain kept in run order as it changes.
+    private let registry = NIOLockedValueBox(HookChains())
+    /// Observer queues by event, then owner.
+    private let observers = NIOLockedValueBox<[String: [String: ObserverQueue]]>([:])
     private let gate = KeyedGate()
     /// In-flight hook calls, by owner.
     public let inFlight = InFlightCalls()
@@ -59,16 +59,11 @@ public final class Hooks: Sendable {
             event: event, owner: participant.name, phase: phase, priority: priority,
             timeout: timeout, policy: policy, overrides: overrides, participant: participant
         )
-        registry.withLockedValue { r in
-            r.all.removeAll { $0.owner == participant.name && $0.event == event && $0.phase == phase }
-            r.all.append(registration)
-            r.ordered = Hooks.index(r.all)
-        }
+        registry.withLockedValue { $0.insert(registration) }
         if phase == .observe {
             let queue = ObserverQueue(registration: registration, logger: logger)
             let replaced = observers.withLockedValue { o in
-                defer { o["\(participant.name)\u{0}\(event)"] = queue }
-                return o["\(participant.name)\u{0}\(event)"]
+                o[event, default: [:]].updateValue(queue, forKey: participant.name)
             }
             replaced?.stop()
         }
@@ -77,13 +72,13 @@ public final class Hooks: Sendable {
     /// Removes every registration of `owner`; its in-flight hook calls fail at once, which
     /// skips it where it was optional and fails the operation where it was required.
     public func withdraw(owner: String, reason: String) {
-        registry.withLockedValue { r in
-            r.all.removeAll { $0.owner == owner }
-            r.ordered = Hooks.index(r.all)
-        }
+        let removed = registry.withLockedValue { $0.removeAll(owner: owner) }
+        let observed = removed.filter { $0.phase == .observe }.map(\.event)
         let stopped: [ObserverQueue] = observers.withLockedValue { o in
-            let keys = o.keys.filter { $0.hasPrefix(owner + "\u{0}") }
-            return keys.compactMap { o.removeValue(forKey: $0) }
+            observed.compactMap { event in
+                defer { if o[event]?.isEmpty == true { o[event] = nil } }
+                return o[event]?.removeValue(forKey: owner)
+            }
         }
         for q in stopped { q.stop() }
         inFlight.abort(owner: owner, reason: reason)
@@ -91,23 +86,12 @@ public final class Hooks: Sendable {
 
     /// Every registration, by event, phase, then run order.
     public var allRegistrations: [HookRegistration] {
-        let all = registry.withLockedValue { $0.all }
-        let events = Set(all.map(\.event)).sorted()
-        return events.flatMap { event in
-            [HookPhase.mutate, .validate, .observe].flatMap { phase in
-                all.filter { $0.event == event && $0.phase == phase }.inPriorityOrder()
-            }
-        }
+        registry.withLockedValue { $0.all }
     }
 
-    private static func key(_ event: String, _ phase: HookPhase) -> String { event + "\u{0}" + phase.rawValue }
-
-    private static func index(_ all: [HookRegistration]) -> [String: [HookRegistration]] {
-        Dictionary(grouping: all) { key($0.event, $0.phase) }.mapValues { $0.inPriorityOrder() }
-    }
-
-    private func registrations(_ event: String, _ phase: HookPhase) -> [HookRegistration] {
-        registry.withLockedValue { $0.ordered[Hooks.key(event, phase)] ?? [] }
+    /// The registrations for `event` in `phase`, in run order.
+    func registrations(_ event: String, _ phase: HookPhase) -> [HookRegistration] {
+        registry.withLockedValue { $0.chain(event, phase) }
     }
 
     /// Runs the mutating chain and then the validators for `event` on `payload`.
@@ -240,7 +224,7 @@ public final class Hooks: Sendable {
     /// Each observer hears events in the order they were notified.
     public func notify(_ event: String, payload: Value, object: String = "") {
         reporter.withLockedValue { $0 }?(HookReport(event: event, object: object, result: "notified", plugins: [], skipped: [], detail: "", payload: payload))
-        let queues = observers.withLockedValue { o in o.values.filter { $0.registration.event == event } }
+        let queues = observers.withLockedValue { o in o[event].map { Array($0.values) } ?? [] }
         for q in queues { q.enqueue(payload: payload, object: object) }
     }
 }

@@ -1,6 +1,7 @@
 // A Chan peer on fds 3/4 for the tests: it accepts channels and answers requests whose
 // body names an operation. It exists to exercise the session against a real child
-// process with real pipes; it is not a plugin.
+// process with real pipes; it is not a plugin (except in `replay` and `open-flood`, where
+// plugboardd runs it as an exec plugin speaking the wire protocol by hand).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -215,6 +216,122 @@ func replay(send: String, expect: String) -> Never {
     out = []
     while read(3, &buffer, buffer.count) > 0 {}
     exit(0)
+}
+
+/// `open-flood`: a hostile plugin of plugboardd (its HELLO carries its declaration: plugin
+/// `flooder`, jobs `flooder.open-flood` and `flooder.nil-bomb`, calls `echo`).
+///
+/// Asked `flooder.open-flood` with `{"count": N}`, it opens N "engine" channels at once,
+/// calls echo on the first, sorts the N into those the daemon kept and those it refused
+/// (reset), closes the kept ones, calls echo once more on a fresh channel, and answers what
+/// it saw: `{"opened", "accepted", "refused", "reasons": [distinct RESET reasons], "during", "after"}`.
+///
+/// Asked `flooder.nil-bomb` with `{"count": K, "nils": N}`, it calls its own slow job
+/// `flooder.hold` (which never answers) K times through the daemon, each with an argument of
+/// N nils (its own session does not refuse them, as a Swift one would), without waiting for
+/// replies; it answers `{"sent", "held"}` once the daemon holds 32 of them (its limit of
+/// engine calls in flight), or once its session is gone.
+func openFlood() async throws {
+    let declaration: Value = .fields(("name", "flooder"), ("jobs", ["flooder.open-flood", "flooder.nil-bomb", "flooder.hold"]), ("calls", ["echo", "flooder.hold"]))
+    let session = try await Session.overFileDescriptors(
+        read: 3, write: 4, role: .acceptor, configuration: .init(name: "flooder", maxValues: .max, meta: declaration), logger: logger
+    )
+    try await session.start()
+    func flood(_ count: Int) async throws -> Value {
+        var senders: [Sender] = []
+        for _ in 0..<max(1, count) { senders.append(try session.open(label: "engine")) }
+        // The daemon reads frames in order and answers a refused OPEN at once, so by the time
+        // this reply is here every RESET for the OPENs before it is here too.
+        let during = try await senders[0].request(.fields(("job", "echo"), ("argument", "during the flood")), timeout: .seconds(60))
+        var kept: [Sender] = []
+        var refused = 0
+        var reasons: Set<String> = []
+        for sender in senders {
+            if let failure = sender.sendFailure {
+                refused += 1
+                reasons.insert(failure.reason.components(separatedBy: "aborted it: ").last ?? failure.reason)
+            } else {
+                kept.append(sender)
+            }
+        }
+        let accepted = kept.count
+        for sender in kept { sender.close() }
+        kept = []
+        senders = []
+        let fresh = try session.open(label: "engine")
+        let after = try await fresh.request(.fields(("job", "echo"), ("argument", "after the flood")), timeout: .seconds(60))
+        fresh.close()
+        return .fields(
+            ("opened", .int(Int64(count))), ("accepted", .int(Int64(accepted))), ("refused", .int(Int64(refused))),
+            ("reasons", .array(reasons.sorted().map { .string($0) })), ("during", during), ("after", after)
+        )
+    }
+    /// `flooder.hold` invocations that arrived, each holding its reply (never answered).
+    let holds = HoldCounter()
+    func nilBomb(count: Int, nils: Int) async throws -> Value {
+        let engine = try session.open(label: "engine")
+        var pending: [PendingReply] = []
+        for _ in 0..<count {
+            // A call of its own slow job: the daemon holds each decoded request while it waits.
+            pending.append(try await engine.startRequest(.fields(("job", "flooder.hold"), ("argument", .array([Value](repeating: .nil, count: nils)))), timeout: .seconds(100)))
+        }
+        // Done once the daemon holds as many as it will at once (32 engine calls in flight),
+        // or once the session is gone.
+        let held = await holds.wait(for: min(count, 32)) { session.closeReason != nil }
+        return .fields(("sent", .int(Int64(pending.count))), ("held", .int(Int64(held))))
+    }
+    try await withThrowingDiscardingTaskGroup { group in
+        while let channel = try await session.accept() {
+            group.addTask {
+                // The daemon's calls, each on its own task: a nil bomb waits for holds.
+                try await withThrowingDiscardingTaskGroup { calls in
+                    while let request = try await channel.nextRequest() {
+                        calls.addTask {
+                            let payload = request.body["payload"] ?? .nil
+                            do {
+                                switch request.body["name"]?.stringValue {
+                                case "flooder.open-flood":
+                                    try await request.respond(try await flood(Int(payload["count"]?.intValue ?? 0)))
+                                case "flooder.nil-bomb":
+                                    try await request.respond(try await nilBomb(count: Int(payload["count"]?.intValue ?? 1), nils: Int(payload["nils"]?.intValue ?? 0)))
+                                case "flooder.hold":
+                                    await hoard.keep(.channel(.sender(request.reply)))
+                                    await holds.add()
+                                default:
+                                    try await request.fail(code: "unknown", message: "flooder has flooder.open-flood, flooder.nil-bomb and flooder.hold")
+                                }
+                            } catch {
+                                try? await request.fail(code: "flood.failed", message: "\(error)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts arrivals. A waiter looks on a short tick (a fixture's poll, not a test's): it must
+/// also notice a dead session, whose holds never come, and stop when cancelled.
+actor HoldCounter {
+    private var count = 0
+    func add() { count += 1 }
+    func wait(for target: Int, orUntil gone: @Sendable () -> Bool) async -> Int {
+        while count < target && !gone() && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return count
+    }
+}
+
+if mode == "open-flood" {
+    do {
+        try await openFlood()
+        exit(0)
+    } catch {
+        logger.error("open-flood stopping: \(error)")
+        exit(1)
+    }
 }
 
 if mode == "replay" {

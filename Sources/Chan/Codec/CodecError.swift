@@ -30,6 +30,9 @@ public struct CodecError: Error, Hashable, CustomStringConvertible {
         public static let rejectedByMsgpackC = Code("msgpack-c rejected the bytes")
         /// A reserved extension type carried a payload of the wrong shape.
         public static let badChannelReference = Code("malformed channel reference")
+        /// A frame holds more msgpack values than ``DecodingLimits/maxValues`` (what it
+        /// would cost once decoded).
+        public static let tooManyValues = Code("too many values")
     }
 
     /// What went wrong.
@@ -63,18 +66,35 @@ public struct DecodingLimits: Sendable, Hashable {
     public var maxDepth: Int
     /// The largest frame body accepted, in bytes.
     public var maxFrameSize: Int
+    /// The most msgpack values one frame may hold: every value at any depth, arrays and
+    /// maps included, a map entry counting as two.
+    ///
+    /// This bounds what a frame costs once decoded. Bytes alone do not: a nil is one byte
+    /// on the wire but a 24-byte `msgpack_object` while msgpack-c unpacks and a ``Value``
+    /// after, so a 1 MiB frame of a million nils used to cost about 41 MiB.
+    public var maxValues: Int
 
     /// The deepest nesting msgpack-c can unpack.
     public static let msgpackCStackLimit = 32
     /// 16 MiB, the protocol's default maximum frame size.
     public static let defaultMaxFrameSize = 16 * 1024 * 1024
+    /// 262,144 (2^18) values per frame, the protocol's default: at most about 12 MiB decoded
+    /// (docs/PROTOCOL.md, Limits), and room for a 1 MiB plugin declaration of 10,000 hooks
+    /// (about 130,000 values).
+    public static let defaultMaxValues = 1 << 18
 
-    /// Makes limits; `maxDepth` is clamped to 1...32, the most msgpack-c can unpack.
-    public init(maxDepth: Int = DecodingLimits.msgpackCStackLimit, maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize) {
+    /// Makes limits; `maxDepth` is clamped to 1...32, the most msgpack-c can unpack, and
+    /// `maxValues` to at least 1.
+    public init(
+        maxDepth: Int = DecodingLimits.msgpackCStackLimit,
+        maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize,
+        maxValues: Int = DecodingLimits.defaultMaxValues
+    ) {
         self.maxDepth = min(max(1, maxDepth), DecodingLimits.msgpackCStackLimit)
         self.maxFrameSize = maxFrameSize
+        self.maxValues = max(1, maxValues)
     }
 
-    /// The defaults: depth 32, frames up to 16 MiB.
+    /// The defaults: depth 32, frames up to 16 MiB, 262,144 values per frame.
     public static let `default` = DecodingLimits()
 }

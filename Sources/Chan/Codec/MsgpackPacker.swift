@@ -11,6 +11,9 @@ final class MsgpackPacker {
     private let buffer: UnsafeMutablePointer<msgpack_sbuffer>
     private let packer: UnsafeMutablePointer<msgpack_packer>
     private var failed = false
+    /// msgpack values written since the last ``reset()``, counted as ``StructuralGuard``
+    /// counts them (every value at any depth; a map entry is two).
+    private(set) var values = 0
 
     init() {
         buffer = .allocate(capacity: 1)
@@ -32,6 +35,7 @@ final class MsgpackPacker {
     func reset() {
         msgpack_sbuffer_clear(buffer)
         failed = false
+        values = 0
     }
 
     /// Calls `body` with the bytes written so far.
@@ -47,12 +51,16 @@ final class MsgpackPacker {
         }
     }
 
-    /// Writes the big-endian body length into the prefix reserved by ``beginFrame()``.
-    func finishFrame(maxFrameSize: Int) throws(CodecError) {
+    /// Writes the big-endian body length into the prefix reserved by ``beginFrame()``;
+    /// throws when the body is over `maxFrameSize` bytes or `maxValues` values.
+    func finishFrame(maxFrameSize: Int, maxValues: Int = .max) throws(CodecError) {
         try checkFailure()
         let body = buffer.pointee.size - 4
         guard body <= maxFrameSize else {
             throw CodecError(.frameTooLarge, "frame body of \(body) bytes exceeds the maximum of \(maxFrameSize)")
+        }
+        guard values <= maxValues else {
+            throw CodecError(.tooManyValues, "the frame holds \(values) msgpack values (limit \(maxValues))")
         }
         let length = UInt32(body)
         guard let data = buffer.pointee.data else { return }
@@ -72,13 +80,33 @@ final class MsgpackPacker {
         if rc != 0 { failed = true }
     }
 
-    func packArrayHeader(_ n: Int) { check(msgpack_pack_array(packer, n)) }
-    func packMapHeader(_ n: Int) { check(msgpack_pack_map(packer, n)) }
-    func pack(uint v: UInt64) { check(msgpack_pack_uint64(packer, v)) }
-    func pack(int v: Int64) { check(msgpack_pack_int64(packer, v)) }
-    func packTrue() { check(msgpack_pack_true(packer)) }
+    func packArrayHeader(_ n: Int) {
+        values += 1
+        check(msgpack_pack_array(packer, n))
+    }
+    func packMapHeader(_ n: Int) {
+        values += 1
+        check(msgpack_pack_map(packer, n))
+    }
+    func pack(uint v: UInt64) {
+        values += 1
+        check(msgpack_pack_uint64(packer, v))
+    }
+    func pack(int v: Int64) {
+        values += 1
+        check(msgpack_pack_int64(packer, v))
+    }
+    func packTrue() {
+        values += 1
+        check(msgpack_pack_true(packer))
+    }
 
     func pack(string s: String) {
+        values += 1
+        packStringUncounted(s)
+    }
+
+    private func packStringUncounted(_ s: String) {
         var s = s
         s.withUTF8 { utf8 in
             check(msgpack_pack_str(packer, utf8.count))
@@ -88,13 +116,14 @@ final class MsgpackPacker {
 
     /// Packs one value; channel ends go through `resolver`, or fail without one.
     func pack(_ value: Value, resolver: ChannelResolver?) throws {
+        values += 1
         switch value {
         case .nil: check(msgpack_pack_nil(packer))
         case .bool(let b): check(b ? msgpack_pack_true(packer) : msgpack_pack_false(packer))
         case .int(let v): check(msgpack_pack_int64(packer, v))
         case .uint(let v): check(msgpack_pack_uint64(packer, v))
         case .float(let d): check(msgpack_pack_double(packer, d))
-        case .string(let s): pack(string: s)
+        case .string(let s): packStringUncounted(s)
         case .binary(let bytes):
             check(msgpack_pack_bin(packer, bytes.count))
             bytes.withUnsafeBytes { raw in check(msgpack_pack_bin_body(packer, raw.baseAddress, raw.count)) }

@@ -7,11 +7,13 @@ enum MsgpackUnpacker {
     /// Maps a wire channel reference to a usable end on the receiving session.
     typealias ChannelResolver = (ChannelReference) throws -> Value
 
-    static func unpack(_ bytes: UnsafeRawBufferPointer, limits: DecodingLimits, resolver: ChannelResolver?) throws -> Value {
+    /// Decodes the one value in `bytes`; `values` is how many msgpack values it holds, as
+    /// ``StructuralGuard/check(_:limits:)`` counts them.
+    static func unpack(_ bytes: UnsafeRawBufferPointer, limits: DecodingLimits, resolver: ChannelResolver?) throws -> (value: Value, values: Int) {
         guard bytes.count <= limits.maxFrameSize else {
             throw CodecError(.frameTooLarge, "\(bytes.count) bytes exceed the maximum of \(limits.maxFrameSize)")
         }
-        try StructuralGuard.check(bytes, limits: limits)
+        let values = try StructuralGuard.check(bytes, limits: limits)
         guard let base = bytes.baseAddress else { throw CodecError(.emptyFrame, offset: 0, "no bytes") }
         var unpacked = msgpack_unpacked()
         msgpack_unpacked_init(&unpacked)
@@ -21,7 +23,7 @@ enum MsgpackUnpacker {
         guard rc == MSGPACK_UNPACK_SUCCESS, offset == bytes.count else {
             throw CodecError(.rejectedByMsgpackC, offset: offset, "msgpack_unpack_next returned \(rc.rawValue)")
         }
-        return try convert(unpacked.data, base: base, resolver: resolver)
+        return (try convert(unpacked.data, base: base, resolver: resolver), values)
     }
 
     private static func convert(_ object: msgpack_object, base: UnsafeRawPointer, resolver: ChannelResolver?) throws -> Value {
@@ -95,7 +97,7 @@ public enum Msgpack {
     public static func decode(_ bytes: some Collection<UInt8>, limits: DecodingLimits = .default) throws -> Value {
         let contiguous = Array(bytes)
         return try contiguous.withUnsafeBytes { raw in
-            try MsgpackUnpacker.unpack(raw, limits: limits, resolver: nil)
+            try MsgpackUnpacker.unpack(raw, limits: limits, resolver: nil).value
         }
     }
 }

@@ -57,6 +57,12 @@ public final class Sender: ChannelEndCore, ChannelEndConvertible, @unchecked Sen
         session.closeEnd(self, reason: reason)
     }
 
+    /// Why a send on this sender would fail now, found without sending anything: the
+    /// receiver's holder closed or reset the channel (a refused OPEN is reset: "too many open
+    /// channels: limit N"), the session ended, this end was sent away or closed, or its pipe
+    /// still has both ends here. `nil` when a send would go ahead (it may still wait for credit).
+    public var sendFailure: ChanError? { session.sendFailure(self) }
+
     deinit {
         session.endDropped(self)
     }

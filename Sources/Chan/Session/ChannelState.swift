@@ -17,12 +17,25 @@ final class ChannelState {
         case receiving
     }
 
+    /// Who made the channel, for the limits on what the peer may hold open here.
+    enum Origin {
+        /// Made here (``Session/open(label:)``, a pipe, a byte stream).
+        case local
+        /// Opened by the peer with OPEN (``Session/Configuration/maxChannelsOpenedByPeer``).
+        case openedByPeer
+        /// Its end was sent by the peer inside a message (``Session/Configuration/maxEndsSentByPeer``).
+        case sentByPeer
+    }
+
     var role: Role
     let isByteStream: Bool
+    let origin: Origin
 
     // Receiving side.
-    var inbox = CircularBuffer<(value: Value, size: Int)>()
+    var inbox = CircularBuffer<(value: Value, size: Int, values: Int)>()
     var inboxBytes = 0
+    /// msgpack values in `inbox`: what its messages cost decoded, which bytes do not say.
+    var inboxValues = 0
     var uncredited = 0
     var receiveWaiters = CircularBuffer<Waiter<Value?>>()
     /// The sender closed: after the inbox drains, receives return nil.
@@ -39,9 +52,10 @@ final class ChannelState {
     var senderAlive = true
     var receiverAlive = true
 
-    init(role: Role, isByteStream: Bool, credit: Int = 0) {
+    init(role: Role, isByteStream: Bool, origin: Origin, credit: Int = 0) {
         self.role = role
         self.isByteStream = isByteStream
+        self.origin = origin
         self.credit = credit
     }
 }
@@ -62,4 +76,11 @@ public struct SessionStats: Sendable, Hashable {
     public var openChannels = 0
     /// Bytes received and not yet read, summed over all channels.
     public var bufferedBytes = 0
+    /// OPENs from the peer refused with a RESET because it already had
+    /// ``Session/Configuration/maxChannelsOpenedByPeer`` channels open here.
+    public var refusedOpens = 0
+    /// Channels open here that the peer opened with OPEN.
+    public var channelsOpenedByPeer = 0
+    /// Channels open here whose end the peer sent inside a message.
+    public var endsSentByPeer = 0
 }

@@ -35,7 +35,7 @@ enum Frame {
     }
 
     /// Writes this frame, length prefix included, into `packer`.
-    func write(into packer: MsgpackPacker, maxFrameSize: Int, resolver: MsgpackPacker.ChannelResolver?) throws {
+    func write(into packer: MsgpackPacker, maxFrameSize: Int, maxValues: Int = .max, resolver: MsgpackPacker.ChannelResolver?) throws {
         packer.beginFrame()
         switch self {
         case .hello(let hello):
@@ -72,7 +72,7 @@ enum Frame {
             packer.pack(uint: UInt64(Kind.goAway.rawValue))
             packer.pack(string: reason)
         }
-        try packer.finishFrame(maxFrameSize: maxFrameSize)
+        try packer.finishFrame(maxFrameSize: maxFrameSize, maxValues: maxValues)
     }
 
     /// Interprets a decoded frame body.

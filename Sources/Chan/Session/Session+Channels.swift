@@ -22,11 +22,23 @@ extension Session {
             state.credit -= size
             if fin {
                 sender.released = true
-                return s.channels.removeValue(forKey: id)
+                return s.removeChannel(id)
             }
             return nil
         }
         _ = dropped
+    }
+
+    /// Why a send on `sender` would fail now, or nil when it would go ahead.
+    func sendFailure(_ sender: Sender) -> ChanError? {
+        state.withLockedValue { s in
+            do throws(ChanError) {
+                _ = try sendableStateLocked(s, sender)
+                return nil
+            } catch {
+                return error
+            }
+        }
     }
 
     private func sendableStateLocked(_ s: State, _ sender: Sender) throws(ChanError) -> ChannelState {
@@ -179,17 +191,18 @@ extension Session {
             if let failure = s.failure { throw failure }
             return (.end, nil)
         }
-        if let (value, size) = state.inbox.popFirst() {
+        if let (value, size, values) = state.inbox.popFirst() {
             state.inboxBytes -= size
+            state.inboxValues -= values
             creditToSend = consumedLocked(state, size: size)
             if state.finished && state.inbox.isEmpty {
-                return (.value(value), s.channels.removeValue(forKey: receiver.id))
+                return (.value(value), s.removeChannel(receiver.id))
             }
             return (.value(value), nil)
         }
         if let failure = state.failure { throw failure }
         if state.finished {
-            return (.end, s.channels.removeValue(forKey: receiver.id))
+            return (.end, s.removeChannel(receiver.id))
         }
         return (.wait, nil)
     }
@@ -241,7 +254,7 @@ extension Session {
                     state.receiveWaiters.removeAll()
                 }
                 if !state.senderAlive && !state.receiverAlive {
-                    return s.channels.removeValue(forKey: core.id)
+                    return s.removeChannel(core.id)
                 }
                 return nil
             case .sending:
@@ -249,7 +262,7 @@ extension Session {
                 if s.failure == nil && state.failure == nil {
                     frame = reason.map { .reset(id: core.id, reason: $0) } ?? .close(id: core.id)
                 }
-                return s.channels.removeValue(forKey: core.id)
+                return s.removeChannel(core.id)
             case .receiving:
                 guard !isSender else { return nil }
                 if s.failure == nil && !state.finished && state.failure == nil {
@@ -260,7 +273,7 @@ extension Session {
                 }
                 waiters = Array(state.receiveWaiters)
                 state.receiveWaiters.removeAll()
-                return s.channels.removeValue(forKey: core.id)
+                return s.removeChannel(core.id)
             }
         }
         if let removed, !removed.inbox.isEmpty {

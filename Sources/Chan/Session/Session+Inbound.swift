@@ -9,18 +9,20 @@ extension Session: FrameTransportDelegate {
             s.stats.bytesIn += buffer.readableBytes + 4
         }
         let frame: Frame
+        let values: Int
         do {
             let body = try buffer.withUnsafeReadableBytes { raw in
                 try MsgpackUnpacker.unpack(raw, limits: limits) { [unowned self] reference in
                     try self.adoptInbound(reference)
                 }
             }
-            frame = try Frame(parsing: body)
+            frame = try Frame(parsing: body.value)
+            values = body.values
         } catch {
             malformed(error)
             return
         }
-        handle(frame, size: buffer.readableBytes)
+        handle(frame, size: buffer.readableBytes, values: values)
     }
 
     func transportReceived(frame: Frame) {
@@ -37,9 +39,13 @@ extension Session: FrameTransportDelegate {
                 return
             }
         }
-        let size: Int
-        if case .data(_, let value, _) = frame { size = value.estimatedSize } else { size = 16 }
-        handle(frame, size: size)
+        var size = 16
+        var values = 3
+        if case .data(_, let value, let fin) = frame {
+            size = value.estimatedSize
+            values = value.msgpackValueCount + (fin ? 4 : 3)
+        }
+        handle(frame, size: size, values: values)
     }
 
     func transportClosed(error: (any Error)?) {
@@ -72,12 +78,17 @@ extension Session: FrameTransportDelegate {
             guard s.channels[reference.id] == nil else {
                 throw ChanError(.protocolViolation, "the peer reused channel id \(reference.id)")
             }
+            let limit = configuration.maxEndsSentByPeer
+            guard s.sentByPeer < limit else {
+                throw ChanError(.protocolViolation, "too many channel ends sent by the peer and open here: limit \(limit)")
+            }
             let credit = s.peerHello?.window ?? 0
+            let id = reference.id
             switch reference.kind {
-            case .sender: s.channels[reference.id] = ChannelState(role: .sending, isByteStream: false, credit: credit)
-            case .receiver: s.channels[reference.id] = ChannelState(role: .receiving, isByteStream: false)
-            case .byteStreamReader: s.channels[reference.id] = ChannelState(role: .receiving, isByteStream: true)
-            case .byteStreamWriter: s.channels[reference.id] = ChannelState(role: .sending, isByteStream: true, credit: credit)
+            case .sender: s.insertChannel(id, ChannelState(role: .sending, isByteStream: false, origin: .sentByPeer, credit: credit))
+            case .receiver: s.insertChannel(id, ChannelState(role: .receiving, isByteStream: false, origin: .sentByPeer))
+            case .byteStreamReader: s.insertChannel(id, ChannelState(role: .receiving, isByteStream: true, origin: .sentByPeer))
+            case .byteStreamWriter: s.insertChannel(id, ChannelState(role: .sending, isByteStream: true, origin: .sentByPeer, credit: credit))
             }
             s.highestPeerID = max(s.highestPeerID, reference.id)
             return credit
@@ -92,7 +103,7 @@ extension Session: FrameTransportDelegate {
         }
     }
 
-    private func handle(_ frame: Frame, size: Int) {
+    private func handle(_ frame: Frame, size: Int, values: Int) {
         let handshaken = state.withLockedValue { s in s.peerHello != nil }
         if case .hello(let hello) = frame {
             guard !handshaken else { return violation("sent a second HELLO") }
@@ -110,13 +121,35 @@ extension Session: FrameTransportDelegate {
         case .hello:
             return
         case .open(let id, let label):
-            let accepted: Bool = state.withLockedValue { s in
-                guard !isLocalID(id), s.channels[id] == nil else { return false }
-                s.channels[id] = ChannelState(role: .receiving, isByteStream: false)
+            enum Admission { case accepted, refused(count: Int), notFresh }
+            let limit = configuration.maxChannelsOpenedByPeer
+            let admission: Admission = state.withLockedValue { s in
+                guard !isLocalID(id), s.channels[id] == nil else { return .notFresh }
+                // Refused or not, the id was seen: DATA the peer sent right after its OPEN is
+                // then a late frame (dropped and counted), not a frame for a channel that never existed.
                 s.highestPeerID = max(s.highestPeerID, id)
-                return true
+                guard s.openedByPeer < limit else {
+                    s.stats.refusedOpens += 1
+                    return .refused(count: s.stats.refusedOpens)
+                }
+                s.insertChannel(id, ChannelState(role: .receiving, isByteStream: false, origin: .openedByPeer))
+                return .accepted
             }
-            guard accepted else { return violation("OPEN of channel \(id), which is not a fresh peer channel id") }
+            switch admission {
+            case .notFresh:
+                return violation("OPEN of channel \(id), which is not a fresh peer channel id")
+            case .refused(let count):
+                write(.reset(id: id, reason: "too many open channels: limit \(limit)"))
+                // One line for the 1st, 2nd, 4th, 8th, ... refusal: a flood of OPENs is told, not logged line by line.
+                if count & (count - 1) == 0 {
+                    logger.warning("OPEN refused: the peer has too many channels open", metadata: [
+                        "chan.channel": "\(id)", "chan.limit": "\(limit)", "chan.refused_opens": "\(count)",
+                    ])
+                }
+                return
+            case .accepted:
+                break
+            }
             let receiver = Receiver(session: self, id: id, label: label)
             let waiter: Waiter<Receiver?>? = state.withLockedValue { s in
                 if let w = s.acceptWaiters.popFirst() { return w }
@@ -125,7 +158,7 @@ extension Session: FrameTransportDelegate {
             }
             waiter?.continuation.resume(returning: receiver)
         case .data(let id, let value, let fin):
-            receivedData(id: id, value: value, fin: fin, size: size)
+            receivedData(id: id, value: value, fin: fin, size: size, values: values)
         case .close(let id):
             receivedClose(id: id, reset: nil)
         case .reset(let id, let reason):
@@ -165,7 +198,7 @@ extension Session: FrameTransportDelegate {
         waiter?.continuation.resume(returning: hello)
     }
 
-    private func receivedData(id: UInt64, value: Value, fin: Bool, size: Int) {
+    private func receivedData(id: UInt64, value: Value, fin: Bool, size: Int, values: Int) {
         enum Outcome {
             case delivered(Waiter<Value?>, UInt64)
             case buffered
@@ -195,11 +228,19 @@ extension Session: FrameTransportDelegate {
             if state.inbox.isEmpty, let waiter = state.receiveWaiters.popFirst() {
                 result = .delivered(waiter, consumedLocked(state, size: size))
             } else {
-                state.inbox.append((value: value, size: size))
+                state.inbox.append((value: value, size: size, values: values))
                 state.inboxBytes += size
+                state.inboxValues += values
                 let limit = configuration.window + configuration.maxFrameSize
                 if state.inboxBytes + state.uncredited > limit {
                     return .violation("overran the flow-control window on channel \(id) (\(state.inboxBytes + state.uncredited) bytes outstanding, window \(configuration.window))")
+                }
+                // What the unread messages cost decoded: a sender within its credit has sent
+                // at most `window` bytes (each value is at least one byte) before its last
+                // frame, and that frame holds at most `maxValues` values.
+                let valueLimit = configuration.window.addingSaturating(limits.maxValues)
+                if state.inboxValues > valueLimit {
+                    return .violation("overran the flow-control window on channel \(id) (\(state.inboxValues) msgpack values unread, limit window + max values = \(valueLimit))")
                 }
             }
             if fin {
@@ -207,7 +248,7 @@ extension Session: FrameTransportDelegate {
                 if state.inbox.isEmpty {
                     endWaiters = Array(state.receiveWaiters)
                     state.receiveWaiters.removeAll()
-                    removed = s.channels.removeValue(forKey: id)
+                    removed = s.removeChannel(id)
                 }
             }
             return result
@@ -230,7 +271,7 @@ extension Session: FrameTransportDelegate {
     private func receivedClose(id: UInt64, reset: String?) {
         var receiveWaiters: [Waiter<Value?>] = []
         var creditWaiters: [Waiter<Void>] = []
-        var dropped: [(value: Value, size: Int)] = []
+        var dropped: [(value: Value, size: Int, values: Int)] = []
         var removed: ChannelState?
         let error: ChanError? = state.withLockedValue { s in
             guard let state = s.channels[id] else { return nil }
@@ -242,6 +283,7 @@ extension Session: FrameTransportDelegate {
                     dropped = Array(state.inbox)
                     state.inbox.removeAll()
                     state.inboxBytes = 0
+                    state.inboxValues = 0
                     receiveWaiters = Array(state.receiveWaiters)
                     state.receiveWaiters.removeAll()
                     return e
@@ -250,7 +292,7 @@ extension Session: FrameTransportDelegate {
                 if state.inbox.isEmpty {
                     receiveWaiters = Array(state.receiveWaiters)
                     state.receiveWaiters.removeAll()
-                    removed = s.channels.removeValue(forKey: id)
+                    removed = s.removeChannel(id)
                 }
                 return nil
             case .sending:

@@ -35,18 +35,39 @@ public final class Session: @unchecked Sendable {
         public var window: Int
         /// Deepest nesting of arrays and maps we accept.
         public var maxDepth: Int
+        /// The most msgpack values one frame may hold, at any depth (default 262,144): what
+        /// a frame may cost once decoded. A frame from the peer over it is a protocol
+        /// violation; a frame of ours over it is refused locally, before it is written.
+        public var maxValues: Int
+        /// The most channels the peer may have opened with OPEN and still open here (default
+        /// 1024). Past it, an OPEN is refused with a RESET whose reason is
+        /// `too many open channels: limit N`; the session and its other channels go on.
+        public var maxChannelsOpenedByPeer: Int
+        /// The most channel ends the peer may have sent inside messages and still open here
+        /// (reply channels, byte streams; default 65,536). Past it the session ends as a
+        /// protocol violation: a message cannot be delivered with a hole where an end was.
+        public var maxEndsSentByPeer: Int
         /// How long ``Session/start()`` waits for the peer's HELLO.
         public var handshakeTimeout: Duration
         /// Free-form metadata sent in HELLO.
         public var meta: Value
 
+        /// The default of ``maxChannelsOpenedByPeer``: 1024 (docs/PROTOCOL.md, Limits).
+        public static let defaultMaxChannelsOpenedByPeer = 1024
+        /// The default of ``maxEndsSentByPeer``: 65,536 (docs/PROTOCOL.md, Limits).
+        public static let defaultMaxEndsSentByPeer = 65_536
+
         /// Makes a configuration; only the name is required (defaults: 16 MiB frames, a 256 KiB
-        /// window, depth 32, a 10-second handshake, empty metadata).
+        /// window, depth 32, 262,144 values per frame, 1024 channels opened by the peer,
+        /// 65,536 channel ends sent by the peer, a 10-second handshake, empty metadata).
         public init(
             name: String,
             maxFrameSize: Int = DecodingLimits.defaultMaxFrameSize,
             window: Int = 256 * 1024,
             maxDepth: Int = DecodingLimits.msgpackCStackLimit,
+            maxValues: Int = DecodingLimits.defaultMaxValues,
+            maxChannelsOpenedByPeer: Int = Configuration.defaultMaxChannelsOpenedByPeer,
+            maxEndsSentByPeer: Int = Configuration.defaultMaxEndsSentByPeer,
             handshakeTimeout: Duration = .seconds(10),
             meta: Value = .map([])
         ) {
@@ -54,6 +75,9 @@ public final class Session: @unchecked Sendable {
             self.maxFrameSize = maxFrameSize
             self.window = window
             self.maxDepth = maxDepth
+            self.maxValues = maxValues
+            self.maxChannelsOpenedByPeer = maxChannelsOpenedByPeer
+            self.maxEndsSentByPeer = maxEndsSentByPeer
             self.handshakeTimeout = handshakeTimeout
             self.meta = meta
         }
@@ -70,6 +94,10 @@ public final class Session: @unchecked Sendable {
     /// Everything about the session that changes, behind one lock (never held while calling out).
     struct State {
         var channels: [UInt64: ChannelState] = [:]
+        /// Channels in `channels` that the peer opened with OPEN.
+        var openedByPeer = 0
+        /// Channels in `channels` whose end the peer sent inside a message.
+        var sentByPeer = 0
         var nextLocalID: UInt64
         var highestPeerID: UInt64 = 0
         var nextWaiterID: UInt64 = 1
@@ -102,6 +130,27 @@ public final class Session: @unchecked Sendable {
             defer { nextLocalID += 2 }
             return nextLocalID
         }
+
+        /// Registers channel `id`, counting it against the peer's limits by its origin.
+        mutating func insertChannel(_ id: UInt64, _ channel: ChannelState) {
+            switch channel.origin {
+            case .local: break
+            case .openedByPeer: openedByPeer += 1
+            case .sentByPeer: sentByPeer += 1
+            }
+            channels[id] = channel
+        }
+
+        /// Forgets channel `id`, and un-counts it; every channel leaves `channels` here.
+        mutating func removeChannel(_ id: UInt64) -> ChannelState? {
+            guard let channel = channels.removeValue(forKey: id) else { return nil }
+            switch channel.origin {
+            case .local: break
+            case .openedByPeer: openedByPeer -= 1
+            case .sentByPeer: sentByPeer -= 1
+            }
+            return channel
+        }
     }
 
     /// The session's mutable state; the box is the only way to reach it.
@@ -127,7 +176,7 @@ public final class Session: @unchecked Sendable {
         self.transport = transport
         self.role = role
         self.configuration = configuration
-        self.limits = DecodingLimits(maxDepth: configuration.maxDepth, maxFrameSize: configuration.maxFrameSize)
+        self.limits = DecodingLimits(maxDepth: configuration.maxDepth, maxFrameSize: configuration.maxFrameSize, maxValues: configuration.maxValues)
         var logger = logger
         logger[metadataKey: "chan.session"] = "\(configuration.name)"
         self.logger = logger
@@ -144,6 +193,8 @@ public final class Session: @unchecked Sendable {
         state.withLockedValue { s in
             var stats = s.stats
             stats.openChannels = s.channels.count
+            stats.channelsOpenedByPeer = s.openedByPeer
+            stats.endsSentByPeer = s.sentByPeer
             stats.bufferedBytes = s.channels.values.reduce(0) { $0 + $1.inboxBytes }
             return stats
         }
@@ -201,7 +252,7 @@ public final class Session: @unchecked Sendable {
         let sender: Sender = try state.withLockedValue { s in
             try s.checkOpen()
             let id = s.allocateID()
-            s.channels[id] = ChannelState(role: .sending, isByteStream: false, credit: s.peerHello?.window ?? 0)
+            s.insertChannel(id, ChannelState(role: .sending, isByteStream: false, origin: .local, credit: s.peerHello?.window ?? 0))
             return Sender(session: self, id: id)
         }
         write(.open(id: sender.id, label: label))
@@ -239,7 +290,7 @@ public final class Session: @unchecked Sendable {
         try state.withLockedValue { s in
             try s.checkOpen()
             let id = s.allocateID()
-            s.channels[id] = ChannelState(role: .localPipe, isByteStream: false)
+            s.insertChannel(id, ChannelState(role: .localPipe, isByteStream: false, origin: .local))
             return (Sender(session: self, id: id), Receiver(session: self, id: id))
         }
     }
@@ -249,7 +300,7 @@ public final class Session: @unchecked Sendable {
         try state.withLockedValue { s in
             try s.checkOpen()
             let id = s.allocateID()
-            s.channels[id] = ChannelState(role: .localPipe, isByteStream: true)
+            s.insertChannel(id, ChannelState(role: .localPipe, isByteStream: true, origin: .local))
             return (ByteStreamWriter(sender: Sender(session: self, id: id)), ByteStreamReader(receiver: Receiver(session: self, id: id)))
         }
     }
@@ -339,7 +390,7 @@ public final class Session: @unchecked Sendable {
             // frames from concurrent senders keep their order and are never interleaved.
             let size: Int = try packerLock.withLock {
                 packer.reset()
-                try frame.write(into: packer, maxFrameSize: maxFrame, resolver: resolver)
+                try frame.write(into: packer, maxFrameSize: maxFrame, maxValues: limits.maxValues, resolver: resolver)
                 packer.withBytes { transport.write(encoded: $0) }
                 return packer.count
             }
@@ -353,6 +404,11 @@ public final class Session: @unchecked Sendable {
             var size = 16
             if case .data(let id, let value, let fin) = frame {
                 let external = try Session.externalize(value, resolver: resolver)
+                // The frame's array, its type and id (and fin), as the packer would count them.
+                let values = external.msgpackValueCount + (fin ? 4 : 3)
+                guard values <= limits.maxValues else {
+                    throw CodecError(.tooManyValues, "the frame holds \(values) msgpack values (limit \(limits.maxValues))")
+                }
                 size = external.estimatedSize
                 outgoing = .data(id: id, value: external, fin: fin)
             }

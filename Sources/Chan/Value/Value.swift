@@ -126,6 +126,16 @@ extension Value {
         case .map(let m): return m.reduce(5) { $0 + $1.key.estimatedSize + $1.value.estimatedSize }
         }
     }
+
+    /// How many msgpack values this value is on the wire, counted as the structural guard
+    /// counts them: itself, and every value inside it at any depth (a map entry is two).
+    var msgpackValueCount: Int {
+        switch self {
+        case .array(let a): return a.reduce(1) { $0 + $1.msgpackValueCount }
+        case .map(let m): return m.reduce(1) { $0 + $1.key.msgpackValueCount + $1.value.msgpackValueCount }
+        default: return 1
+        }
+    }
 }
 
 extension Value: Equatable {
