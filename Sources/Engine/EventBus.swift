@@ -55,16 +55,32 @@ public enum EventRecord: Sendable {
     }
 }
 
+/// Where a new subscription starts: now, or with events the bus still keeps.
+public enum EventReplay: Sendable, Hashable {
+    /// Only events published from now on.
+    case none
+    /// Kept events whose sequence number is greater than this one, then live events.
+    case afterSequence(UInt64)
+    /// Kept events published no longer ago than this (by the daemon's own clock), then live events.
+    case within(Duration)
+}
+
 /// Publish/subscribe of engine and plugin events.
 ///
 /// Publishing never waits: each subscriber has a bounded buffer, and an event that does
 /// not fit is counted for that subscriber, who receives an `events.lost` record with the
 /// count before its next event. Every event has a sequence number, so order is checkable.
+///
+/// The bus keeps the last ``historyCapacity`` events it published, whatever their type, so
+/// that a new subscriber may start in the past (``EventReplay``): the replay and the live
+/// events that follow it are one sequence, without a gap or a repeat.
 public final class EventBus: Sendable {
     /// Buffered events per subscriber unless it asks otherwise.
     public static let defaultCapacity = 1024
     /// The largest buffer a subscriber may ask for.
     public static let maximumCapacity = 65_536
+    /// How many of the latest events the bus keeps for replay.
+    public static let historyCapacity = 1000
 
     /// A requested buffer size from the wire, clamped to `1 ... maximumCapacity`.
     public static func clampedCapacity(_ requested: Int64?) -> Int {
@@ -80,10 +96,34 @@ public final class EventBus: Sendable {
         var closed = false
     }
 
+    /// A kept event: what it was published with, and when, by the monotonic clock.
+    private struct Kept {
+        var type: String
+        var attributes: [(String, Value)]
+        var seq: UInt64
+        var at: ContinuousClock.Instant
+        var event: Value
+    }
+
     private struct State {
         var seq: UInt64 = 0
         var subscribers: [Int: Subscriber] = [:]
         var nextID = 0
+        /// The latest events, oldest first: a ring of `historyCapacity` from `historyStart`.
+        var history: [Kept] = []
+        var historyStart = 0
+
+        mutating func keep(_ kept: Kept) {
+            if history.count < EventBus.historyCapacity {
+                history.append(kept)
+            } else {
+                history[historyStart] = kept
+                historyStart = (historyStart + 1) % history.count
+            }
+        }
+
+        /// The kept events, oldest first.
+        var kept: [Kept] { Array(history[historyStart...]) + history[..<historyStart] }
     }
 
     private let state = NIOLockedValueBox(State())
@@ -103,6 +143,7 @@ public final class EventBus: Sendable {
             s.seq += 1
             let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
                 + attributes.map { (key: .string($0.0), value: $0.1) })
+            s.keep(Kept(type: type, attributes: attributes, seq: s.seq, at: .now, event: event))
             var wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = []
             for (id, var sub) in s.subscribers where !sub.closed && sub.filter.matches(type: type, attributes: attributes) {
                 if let waiter = sub.waiter {
@@ -129,16 +170,34 @@ public final class EventBus: Sendable {
         if lostNow > 0 { lostCounter.increment(by: lostNow) }
     }
 
-    /// A new subscription; events published from now on that match `filter` reach it.
-    public func subscribe(_ filter: EventFilter = EventFilter(), capacity: Int = EventBus.defaultCapacity) -> EventSubscription {
+    /// A new subscription; events published from now on that match `filter` reach it,
+    /// after the kept events `replay` asks for (those that match `filter` too, oldest
+    /// first). A replay larger than `capacity` is delivered whole (it is at most
+    /// ``historyCapacity`` events); live events wait behind it in the same buffer.
+    public func subscribe(_ filter: EventFilter = EventFilter(), capacity: Int = EventBus.defaultCapacity, replay: EventReplay = .none) -> EventSubscription {
+        let now = ContinuousClock.now
         let id = state.withLockedValue { s in
             let id = s.nextID
             s.nextID += 1
-            s.subscribers[id] = Subscriber(filter: filter, capacity: max(1, capacity))
+            var subscriber = Subscriber(filter: filter, capacity: max(1, capacity))
+            // Under the lock that publishing takes: nothing is published between the
+            // replay and the subscription, so nothing is missed or seen twice.
+            switch replay {
+            case .none:
+                break
+            case .afterSequence(let seq):
+                subscriber.buffer = s.kept.filter { $0.seq > seq && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
+            case .within(let window):
+                subscriber.buffer = s.kept.filter { now - $0.at <= window && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
+            }
+            s.subscribers[id] = subscriber
             return id
         }
         return EventSubscription(bus: self, id: id)
     }
+
+    /// The sequence number of the latest event published (0 before the first).
+    public var latestSequence: UInt64 { state.withLockedValue { $0.seq } }
 
     fileprivate func next(_ id: Int) async -> EventRecord? {
         await withCheckedContinuation { (c: CheckedContinuation<EventRecord?, Never>) in

@@ -23,7 +23,8 @@ struct Adapter: AsyncParsableCommand {
               plugboardd --plugin-exec "audit=plugboard-sh /etc/plugboard/audit.sh"
             Inside a script, `plugboard-sh call JOB JSON` calls a job with the plugin's grants.
             Check a script's header without a daemon: plugboard-sh --check SCRIPT
-            """
+            """,
+        version: "plugboard-sh \(PlugboardVersion.release) (protocol \(PlugboardVersion.protocolVersion))"
     )
 
     @Option(help: "Call-mode processes at once; more calls wait their turn.")
