@@ -261,6 +261,47 @@ struct CLITests {
         await place.stop(daemon)
     }
 
+    @Test("container wait prints the exit code; run --rm removes a container whose start a hook vetoed; ls -q and completion name containers")
+    func containerWaitAndRm() async throws {
+        try requireContainerHost()
+        let dir = try containerTestDirectory("cli-containers")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let rootfs = try busyboxRootfs(in: dir)
+        // A container.start validator that vetoes containers named blocked*.
+        try writeScript(dir + "/veto.sh", "#!/bin/sh\n# plugboard: hook container.start phase=validate format=env\ncase \"$PB_NAME\" in blocked*) echo \"blocked containers may not start\"; exit 3;; esac\n")
+        let daemon = try await Daemon.startReady(socket: dir + "/admin.sock", stateDirectory: dir + "/state", [
+            "--plugin", "containers", "--plugin-exec", "veto=\(try builtExecutable("plugboard-sh")) \(dir)/veto.sh",
+        ])
+        // The socket by environment: words after -- belong to the container's command.
+        let environment = ["PLUGBOARD_SOCKET": dir + "/admin.sock"]
+        try await whileRunning(daemon) {
+            let vetoed = try await plugboardCLI(["container", "run", "--rm", "--name", "blocked", "--rootfs", rootfs, "--", "true"], environment: environment)
+            #expect(vetoed.status != .exited(0) && vetoed.err.contains("blocked containers may not start"), "\(vetoed.err)")
+            #expect(try await plugboardCLI(["container", "ls", "-q"], environment: environment).out == "", "--rm removed the vetoed container")
+            // Without --rm the vetoed container stays, created, as docker's would.
+            let kept = try await plugboardCLI(["container", "run", "--name", "blocked-kept", "--rootfs", rootfs, "--", "true"], environment: environment)
+            #expect(kept.status != .exited(0))
+            #expect(lines(try await plugboardCLI(["container", "ls", "-q"], environment: environment).out).count == 1)
+
+            let created = try await plugboardCLI(["container", "create", "--name", "sleeper", "--rootfs", rootfs, "--", "sh", "-c", "sleep 1; exit 5"], environment: environment)
+            #expect(created.status == .exited(0), "\(created.err)")
+            let id = created.out.trimmingCharacters(in: .whitespacesAndNewlines)
+            let completion = try await plugboardCLI(["---completion", "container", "wait", "--", "positional@0", "3", "1", "plugboard", "container", "wait", "s"], environment: environment)
+            #expect(lines(completion.out) == ["sleeper"], "\(completion)")
+            #expect(try await plugboardCLI(["container", "start", "sleeper"], environment: environment).status == .exited(0))
+            let waited = try await plugboardCLI(["container", "wait", "sleeper"], environment: environment)
+            #expect(waited.status == .exited(0) && waited.out == "5\n", "\(waited)")
+            let json = parsedJSON(try await plugboardCLI(["container", "wait", id, "--format", "json"], environment: environment).out) as? [String: Any]
+            #expect(json?["exit_code"] as? Int == 5, "\(String(describing: json))")
+            #expect(try await plugboardCLI(["container", "inspect", "sleeper", "--format", "state"], environment: environment).out == "exited\n")
+            let ids = lines(try await plugboardCLI(["container", "ls", "-q"], environment: environment).out)
+            #expect(ids.count == 2 && ids.contains(id), "\(ids)")
+            for c in ["sleeper", "blocked-kept"] { _ = try await plugboardCLI(["container", "rm", "--force", c], environment: environment) }
+        }
+        daemon.process.signal(SIGTERM)
+        #expect(try await withDeadline(60, "plugboardd to exit") { await daemon.process.waitForExit() } == .exited(0))
+    }
+
     /// Runs `plugboard events --format json ARGS` until a line of type `last` arrives, and
     /// returns the events it printed.
     func follow(_ arguments: [String], until last: String) async throws -> [[String: Any]] {
