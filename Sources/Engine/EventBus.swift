@@ -71,8 +71,8 @@ public enum EventReplay: Sendable, Hashable {
 /// not fit is counted for that subscriber, who receives an `events.lost` record with the
 /// count before its next event. Every event has a sequence number, so order is checkable.
 ///
-/// The bus keeps the last ``historyCapacity`` events it published, whatever their type, so
-/// that a new subscriber may start in the past (``EventReplay``): the replay and the live
+/// The bus keeps the last ``historyCapacity`` events it published, whatever their type and
+/// at most ``historyByteBudget`` of them, so that a new subscriber may start in the past (``EventReplay``): the replay and the live
 /// events that follow it are one sequence, without a gap or a repeat.
 public final class EventBus: Sendable {
     /// Buffered events per subscriber unless it asks otherwise.
@@ -81,6 +81,29 @@ public final class EventBus: Sendable {
     public static let maximumCapacity = 65_536
     /// How many of the latest events the bus keeps for replay.
     public static let historyCapacity = 1000
+    /// How much the kept events may weigh together, roughly (strings and bytes by their
+    /// length, 16 bytes for anything else): the oldest go first. A plugin that publishes
+    /// events of 1 MiB cannot make the history hold a gigabyte.
+    public static let historyByteBudget = 8 << 20
+
+    /// Roughly how many bytes `value` holds: strings and bytes by their length, 16 for
+    /// anything else, summed through arrays and maps.
+    static func weight(_ value: Value) -> Int {
+        switch value {
+        case .string(let s): return 16 + s.utf8.count
+        case .binary(let b): return 16 + b.count
+        case .ext(_, let data): return 16 + data.count
+        case .array(let items):
+            var total = 16
+            for item in items { total += weight(item) }
+            return total
+        case .map(let entries):
+            var total = 16
+            for entry in entries { total += weight(entry.key) + weight(entry.value) }
+            return total
+        default: return 16
+        }
+    }
 
     /// A requested buffer size from the wire, clamped to `1 ... maximumCapacity`.
     public static func clampedCapacity(_ requested: Int64?) -> Int {
@@ -103,27 +126,39 @@ public final class EventBus: Sendable {
         var seq: UInt64
         var at: ContinuousClock.Instant
         var event: Value
+        var bytes: Int
     }
 
     private struct State {
         var seq: UInt64 = 0
         var subscribers: [Int: Subscriber] = [:]
         var nextID = 0
-        /// The latest events, oldest first: a ring of `historyCapacity` from `historyStart`.
-        var history: [Kept] = []
-        var historyStart = 0
+        /// The latest events, oldest first from `head`: a ring of `historyCapacity` slots,
+        /// `count` of them in use, weighing `bytes` (at most `historyByteBudget`).
+        var ring = [Kept?](repeating: nil, count: EventBus.historyCapacity)
+        var head = 0
+        var count = 0
+        var bytes = 0
 
         mutating func keep(_ kept: Kept) {
-            if history.count < EventBus.historyCapacity {
-                history.append(kept)
-            } else {
-                history[historyStart] = kept
-                historyStart = (historyStart + 1) % history.count
-            }
+            // One event heavier than the whole budget is not kept: a replay never holds more.
+            guard kept.bytes <= EventBus.historyByteBudget else { return }
+            if count == ring.count { dropOldest() }
+            ring[(head + count) % ring.count] = kept
+            count += 1
+            bytes += kept.bytes
+            while bytes > EventBus.historyByteBudget { dropOldest() }
+        }
+
+        mutating func dropOldest() {
+            bytes -= ring[head]?.bytes ?? 0
+            ring[head] = nil
+            head = (head + 1) % ring.count
+            count -= 1
         }
 
         /// The kept events, oldest first.
-        var kept: [Kept] { Array(history[historyStart...]) + history[..<historyStart] }
+        var history: [Kept] { (0..<count).compactMap { ring[(head + $0) % ring.count] } }
     }
 
     private let state = NIOLockedValueBox(State())
@@ -138,12 +173,15 @@ public final class EventBus: Sendable {
     /// Publishes an event of `type` with `attributes` to every matching subscriber.
     public func publish(_ type: String, _ attributes: [(String, Value)]) {
         let time = Self.timestamp()
+        // Weighed outside the lock; the attributes are most of an event.
+        var weight = 64 + type.utf8.count
+        for (key, value) in attributes { weight += key.utf8.count + Self.weight(value) }
         var lostNow = 0
         let wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = state.withLockedValue { s in
             s.seq += 1
             let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
                 + attributes.map { (key: .string($0.0), value: $0.1) })
-            s.keep(Kept(type: type, attributes: attributes, seq: s.seq, at: .now, event: event))
+            s.keep(Kept(type: type, attributes: attributes, seq: s.seq, at: .now, event: event, bytes: weight))
             var wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = []
             for (id, var sub) in s.subscribers where !sub.closed && sub.filter.matches(type: type, attributes: attributes) {
                 if let waiter = sub.waiter {
@@ -186,9 +224,9 @@ public final class EventBus: Sendable {
             case .none:
                 break
             case .afterSequence(let seq):
-                subscriber.buffer = s.kept.filter { $0.seq > seq && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
+                subscriber.buffer = s.history.filter { $0.seq > seq && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
             case .within(let window):
-                subscriber.buffer = s.kept.filter { now - $0.at <= window && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
+                subscriber.buffer = s.history.filter { now - $0.at <= window && filter.matches(type: $0.type, attributes: $0.attributes) }.map(\.event)
             }
             s.subscribers[id] = subscriber
             return id

@@ -55,7 +55,7 @@ struct Adapter: AsyncParsableCommand {
         }
         if check {
             for e in entries {
-                print("line \(e.line): \(e.kind.rawValue) \(e.name) priority=\(e.priority) timeout=\(e.timeout) format=\(e.format.rawValue) mode=\(e.mode.rawValue)" + (e.kind == .hook ? " phase=\(e.phase.rawValue) policy=\(e.policy.rawValue)" : ""))
+                print("line \(e.line): \(e.kind.rawValue) \(e.name) priority=\(e.priority) timeout=\(e.timeout.short) format=\(e.format.rawValue) mode=\(e.mode.rawValue)" + (e.kind == .hook ? " phase=\(e.phase.rawValue) policy=\(e.policy.rawValue)" : ""))
             }
             return
         }

@@ -67,6 +67,12 @@ struct CLITests {
         #expect(version.status == .exited(0) && version.out == line + "\n", "\(version)")
         let sh = try await runCommand(try builtExecutable("plugboard-sh"), ["--version"])
         #expect(sh.status == .exited(0) && sh.out == "plugboard-sh \(release) (protocol \(Hello.currentProtocol))\n", "\(sh)")
+        // plugboard-sh --check writes durations for people too.
+        let script = place.dir + "-check.sh"
+        defer { try? FileManager.default.removeItem(atPath: script) }
+        try writeScript(script, "#!/bin/sh\n# plugboard: job slow.job timeout=90s\n")
+        let check = try await runCommand(try builtExecutable("plugboard-sh"), ["--check", script])
+        #expect(check.out.contains("timeout=1m30s"), "\(check)")
         // No daemon: the client's version, then the failure.
         let alone = try await plugboardCLI(["version", "-H", place.dir + "/nobody.sock"])
         #expect(alone.status != .exited(0) && alone.out.contains("Client: \(line)") && alone.err.contains("not running"), "\(alone)")
@@ -344,5 +350,25 @@ struct EventHistoryTests {
         if case .event(let e)? = await live.next() { #expect(e["type"] == "test.live", "a subscriber without a replay starts now") } else { Issue.record("no live event") }
         #expect(bus.latestSequence == 1501)
         for s in [everything, afterSome, recent, live] { s.cancel() }
+    }
+
+    @Test("the history weighs at most 8 MiB: big events push the oldest out, and one bigger than that is not kept")
+    func historyBudget() async throws {
+        let bus = EventBus()
+        let mib = String(repeating: "x", count: 1 << 20)
+        for i in 0..<20 { bus.publish("test.big", [("i", .int(Int64(i))), ("blob", .string(mib))]) }
+        bus.publish("test.huge", [("blob", .string(String(repeating: "y", count: 9 << 20)))])
+        bus.publish("test.small", [])
+        let replay = bus.subscribe(replay: .afterSequence(0))
+        bus.publish("test.end", [])
+        var kept: [String] = []
+        while case .event(let e)? = await replay.next() {
+            let type = e["type"]?.stringValue ?? "?"
+            if type == "test.end" { break }
+            kept.append(type == "test.big" ? "big\(e["i"]?.intValue ?? -1)" : type)
+        }
+        replay.cancel()
+        // Seven of 1 MiB and a bit fit in 8 MiB beside the small one; the 9 MiB one never did.
+        #expect(kept == ["big13", "big14", "big15", "big16", "big17", "big18", "big19", "test.small"], "\(kept)")
     }
 }
