@@ -33,6 +33,8 @@ public enum AdminCommand: String, Codable, Sendable, CaseIterable {
     case pipelineSend = "pipeline.send"
     /// `events`: subscribes to the daemon's events.
     case events
+    /// `version`: the daemon's release and protocol version.
+    case version
 }
 
 /// One admin request: its fields are the request body beside `command`, and `Reply` is

@@ -271,7 +271,8 @@ public enum Admin {
         public var job: String
         /// Its argument.
         public var argument: Value
-        /// The call's deadline in milliseconds (default 10 s; clamped to 0 … one day).
+        /// The call's deadline in milliseconds, clamped to 0 … one day. Absent, the daemon
+        /// applies its own default (the hub's, 10 s).
         public var timeoutMilliseconds: Int64?
 
         /// A call of `job`.
@@ -352,16 +353,24 @@ public enum Admin {
         public var priority: Int
         /// required or optional.
         public var policy: String
-        /// Its timeout, as Swift prints a Duration ("2.0 seconds").
+        /// Its timeout for people: `2s`, `150ms` (Chan's `Duration.short`).
         public var timeout: String
+        /// Its timeout in milliseconds, for programs (absent from daemons before 0.1.0).
+        public var timeoutMilliseconds: Int64?
         /// A row.
-        public init(event: String, phase: String, owner: String, priority: Int, policy: String, timeout: String) {
+        public init(event: String, phase: String, owner: String, priority: Int, policy: String, timeout: String, timeoutMilliseconds: Int64? = nil) {
             self.event = event
             self.phase = phase
             self.owner = owner
             self.priority = priority
             self.policy = policy
             self.timeout = timeout
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case event, phase, owner, priority, policy, timeout
+            case timeoutMilliseconds = "timeout_ms"
         }
     }
 
@@ -405,24 +414,79 @@ public enum Admin {
         public var attributes: [String: String]
         /// Events buffered for a slow reader before loss records (clamped to 1 … 65536).
         public var buffer: Int64?
+        /// Start with the events the daemon keeps whose `seq` is greater than this.
+        public var sinceSequence: UInt64?
+        /// Start with the events the daemon keeps from no longer ago than this many
+        /// milliseconds (clamped to 0 … one day); `since_seq` wins when both are given.
+        public var sinceMilliseconds: Int64?
 
         /// A subscription.
-        public init(sink: Sender, types: [String] = [], attributes: [String: String] = [:], buffer: Int64? = nil) {
+        public init(sink: Sender, types: [String] = [], attributes: [String: String] = [:], buffer: Int64? = nil, sinceSequence: UInt64? = nil, sinceMilliseconds: Int64? = nil) {
             self.sink = sink
             self.types = types
             self.attributes = attributes
             self.buffer = buffer
+            self.sinceSequence = sinceSequence
+            self.sinceMilliseconds = sinceMilliseconds
         }
 
-        enum CodingKeys: String, CodingKey { case sink, types, attributes, buffer }
+        enum CodingKeys: String, CodingKey {
+            case sink, types, attributes, buffer
+            case sinceSequence = "since_seq"
+            case sinceMilliseconds = "since_ms"
+        }
 
-        /// Decodes a subscription; no `types` or `attributes` means every event.
+        /// Decodes a subscription; no `types` or `attributes` means every event, no `since_*` only new ones.
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             sink = try c.decode(Sender.self, forKey: .sink)
             types = try c.decodeIfPresent([String].self, forKey: .types) ?? []
             attributes = try c.decodeIfPresent([String: String].self, forKey: .attributes) ?? [:]
             buffer = try c.decodeIfPresent(Int64.self, forKey: .buffer)
+            sinceSequence = try c.decodeIfPresent(UInt64.self, forKey: .sinceSequence)
+            sinceMilliseconds = try c.decodeIfPresent(Int64.self, forKey: .sinceMilliseconds)
+        }
+
+        /// Encodes the subscription; absent `buffer` and `since_*` stay absent.
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(sink, forKey: .sink)
+            try c.encode(types, forKey: .types)
+            try c.encode(attributes, forKey: .attributes)
+            try c.encodeIfPresent(buffer, forKey: .buffer)
+            try c.encodeIfPresent(sinceSequence, forKey: .sinceSequence)
+            try c.encodeIfPresent(sinceMilliseconds, forKey: .sinceMilliseconds)
+        }
+    }
+
+    /// `version`: the daemon's release and the protocol it speaks.
+    public struct Version: AdminRequest {
+        /// The command: `version`.
+        public static let command = AdminCommand.version
+        /// What the daemon answers: its versions.
+        public typealias Reply = VersionInfo
+        /// The request has no fields.
+        public init() {}
+    }
+
+    /// A program's versions: its release and its Chan protocol version.
+    public struct VersionInfo: Codable, Sendable, Hashable {
+        /// The release (`0.1.0`).
+        public var version: String
+        /// The Chan protocol version (HELLO's `protocol`).
+        public var protocolVersion: Int64
+        /// A program's versions.
+        public init(version: String, protocolVersion: Int64) {
+            self.version = version
+            self.protocolVersion = protocolVersion
+        }
+
+        /// This build's versions (``PlugboardVersion``).
+        public static var current: VersionInfo { VersionInfo(version: PlugboardVersion.release, protocolVersion: PlugboardVersion.protocolVersion) }
+
+        enum CodingKeys: String, CodingKey {
+            case version
+            case protocolVersion = "protocol"
         }
     }
 
@@ -540,10 +604,19 @@ public enum Admin {
         public var point: String
         /// The argument.
         public var argument: Value
+        /// Each provider call's deadline in milliseconds, clamped to 0 … one day. Absent,
+        /// the daemon applies its own default (the hub's, 10 s).
+        public var timeoutMilliseconds: Int64?
         /// A call of `point`'s providers.
-        public init(point: String, argument: Value = .nil) {
+        public init(point: String, argument: Value = .nil, timeoutMilliseconds: Int64? = nil) {
             self.point = point
             self.argument = argument
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case point, argument
+            case timeoutMilliseconds = "timeout_ms"
         }
     }
 

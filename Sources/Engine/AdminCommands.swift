@@ -2,6 +2,7 @@ import AdminProtocol
 import Chan
 import Containers
 import Foundation
+import Hub
 import Pipeline
 import Routing
 
@@ -14,7 +15,9 @@ enum AdminCommands {
         if request.body["command"]?.stringValue == AdminCommand.events.rawValue {
             do {
                 let r = try Admin.Events.decode(request.body)
-                let subscription = engine.bus.subscribe(EventFilter(types: r.types, attributes: r.attributes), capacity: EventBus.clampedCapacity(r.buffer))
+                let subscription = engine.bus.subscribe(
+                    EventFilter(types: r.types, attributes: r.attributes), capacity: EventBus.clampedCapacity(r.buffer), replay: replay(r)
+                )
                 try? await request.respond(try ValueEncoder().encode("following"))
                 await subscription.pump(to: r.sink)
             } catch let error as AdminError {
@@ -27,14 +30,9 @@ enum AdminCommands {
         do {
             let result = try await run(request.body, engine: engine, builtins: builtins)
             try? await request.respond(result)
-        } catch let error as AdminError {
-            try? await request.fail(code: error.code.rawValue, message: error.message)
-        } catch let error as EngineError {
-            try? await request.fail(code: AdminError.Code.engine("\(error.code)").rawValue, message: error.reason)
-        } catch let error as RoutingError {
-            try? await request.fail(code: error.wireCode, message: error.reason)
         } catch {
-            try? await request.fail(code: AdminError.Code.failed.rawValue, message: "\(error)")
+            let (code, message) = wireError(error)
+            try? await request.fail(code: code, message: message)
         }
     }
 
@@ -58,7 +56,7 @@ enum AdminCommands {
         case .pluginList:
             return try await typed(Admin.PluginList.self, body) { _ in await pluginRows(engine) }
         case .pluginInspect:
-            return try await typed(Admin.PluginInspect.self, body) { try await engine.inspect($0.name) }
+            return try await typed(Admin.PluginInspect.self, body) { await readableDurations(try await engine.inspect($0.name), of: $0.name, engine) }
         case .pluginRestart:
             return try await typed(Admin.PluginRestart.self, body) { try await engine.restart($0.name); return "restarted" }
         case .pluginDisable:
@@ -66,26 +64,50 @@ enum AdminCommands {
         case .pluginEnable:
             return try await typed(Admin.PluginEnable.self, body) { try await engine.enable($0.name); return "enabled" }
         case .pluginRemove:
-            return try await typed(Admin.PluginRemove.self, body) { try await engine.remove($0.name, force: $0.force); return "removed" }
+            return try await typed(Admin.PluginRemove.self, body) { r in
+                try await engine.remove(r.name, force: r.force)
+                engine.bus.publish("plugin.removed", [("plugin", .string(r.name)), ("forced", .bool(r.force)), ("source", "operator")])
+                return "removed"
+            }
         case .pluginSet:
-            return try await typed(Admin.PluginSet.self, body) { try await engine.set($0.name, $0.settings); return "set" }
+            return try await typed(Admin.PluginSet.self, body) { r in
+                try await engine.set(r.name, r.settings)
+                let settings: Value = .map(r.settings.sorted { $0.key < $1.key }.map { (key: .string($0.key), value: .string($0.value)) })
+                engine.bus.publish("plugin.set", [("plugin", .string(r.name)), ("settings", settings), ("source", "operator")])
+                return "set"
+            }
         case .pluginGrant:
             return try await typed(Admin.PluginGrant.self, body) { r in
                 // Privileges (network=host, mount=..., capability=..., device=...) and jobs share the list.
                 let privileges = r.jobs.compactMap(Privilege.init)
                 let jobs = r.jobs.filter { Privilege($0) == nil }
                 try await engine.grant(r.name, jobs: jobs, privileges: privileges)
+                engine.bus.publish("plugin.granted", [("plugin", .string(r.name)), ("grants", .array(r.jobs.map { .string($0) })), ("source", "operator")])
                 return "granted"
             }
         case .pluginAdd:
             return try await typed(Admin.PluginAdd.self, body) { r in
-                let status = try await engine.add(try spec(for: r, builtins: builtins))
-                return Admin.PluginAdded(name: status.name, state: status.state.rawValue)
+                // The engine publishes each state a plugin passes through; whether the
+                // operator's add as a whole worked is said here, where the request is known.
+                let kind = r.exec != nil ? "exec" : r.builtin != nil ? "builtin" : r.container != nil ? "container" : "-"
+                do {
+                    let status = try await engine.add(try spec(for: r, builtins: builtins))
+                    engine.bus.publish("plugin.added", [("plugin", .string(r.name)), ("kind", .string(kind)), ("state", .string(status.state.rawValue)), ("source", "operator")])
+                    return Admin.PluginAdded(name: status.name, state: status.state.rawValue)
+                } catch {
+                    let (code, message) = wireError(error)
+                    engine.bus.publish("plugin.add-failed", [
+                        ("plugin", .string(r.name)), ("kind", .string(kind)), ("code", .string(code)), ("error", .string(message)), ("source", "operator"),
+                    ])
+                    throw error
+                }
             }
         case .call:
             return try await typed(Admin.Call.self, body) { r in
-                try await engine.hub.call(r.job, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: .seconds(10)))
+                try await engine.hub.call(r.job, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: Hub.defaultTimeout))
             }
+        case .version:
+            return try await typed(Admin.Version.self, body) { _ in Admin.VersionInfo.current }
         case .endpoints:
             return try await typed(Admin.Endpoints.self, body) { _ in
                 let jobs = engine.hub.endpoints.map { Admin.EndpointRow(job: $0.name, owner: $0.owner, restarting: $0.restarting) }
@@ -97,10 +119,12 @@ enum AdminCommands {
                 return jobs + providers
             }
         case .callBest:
-            return try await typed(Admin.CallBest.self, body) { r in try await engine.hub.callBest(r.point, r.argument) }
+            return try await typed(Admin.CallBest.self, body) { r in
+                try await engine.hub.callBest(r.point, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: Hub.defaultTimeout))
+            }
         case .callAll:
             return try await typed(Admin.CallAll.self, body) { r in
-                try await engine.hub.callAll(r.point, r.argument).map { a in
+                try await engine.hub.callAll(r.point, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: Hub.defaultTimeout)).map { a in
                     switch a.result {
                     case .success(let v): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: v, error: nil)
                     case .failure(let e): return Admin.ProviderAnswer(plugin: a.plugin, priority: a.priority, ok: nil, error: .init(code: e.wireCode, message: e.reason))
@@ -110,7 +134,10 @@ enum AdminCommands {
         case .hooks:
             return try await typed(Admin.Hooks.self, body) { _ in
                 engine.hooks.allRegistrations.map {
-                    Admin.HookRow(event: $0.event, phase: $0.phase.rawValue, owner: $0.owner, priority: $0.priority, policy: $0.policy.rawValue, timeout: "\($0.timeout)")
+                    Admin.HookRow(
+                        event: $0.event, phase: $0.phase.rawValue, owner: $0.owner, priority: $0.priority, policy: $0.policy.rawValue,
+                        timeout: $0.timeout.short, timeoutMilliseconds: $0.timeout.saturatingMilliseconds
+                    )
                 }
             }
         case .pipeline:
@@ -130,6 +157,51 @@ enum AdminCommands {
         case .events:
             throw AdminError(.badRequest, "events is answered by the session that subscribes, not here")
         }
+    }
+
+    /// Where a subscription starts: `since_seq` wins over `since_ms`; neither, now.
+    static func replay(_ r: Admin.Events) -> EventReplay {
+        if let seq = r.sinceSequence { return .afterSequence(seq) }
+        if let ms = r.sinceMilliseconds { return .within(.clampedMilliseconds(ms)) }
+        return .none
+    }
+
+    /// An error's wire code and message, as ``answer(_:engine:builtins:)`` sends them.
+    static func wireError(_ error: any Error) -> (code: String, message: String) {
+        switch error {
+        case let e as AdminError: return (e.code.rawValue, e.message)
+        case let e as EngineError: return (AdminError.Code.engine("\(e.code)").rawValue, e.reason)
+        case let e as RoutingError: return (e.wireCode, e.reason)
+        default: return (AdminError.Code.failed.rawValue, "\(error)")
+        }
+    }
+
+    /// `plugin.inspect` with its durations for people (`100ms`, `30s`, Chan's `Duration.short`)
+    /// instead of Swift's descriptions (`0.1 seconds`): the backoff, and each hook's timeout.
+    static func readableDurations(_ inspected: Value, of name: String, _ engine: Engine) async -> Value {
+        guard case .map(var entries) = inspected else { return inspected }
+        if let supervisor = engine.supervisorList.first(where: { $0.name == name })?.supervisor,
+           let i = entries.firstIndex(where: { $0.key == "backoff" }) {
+            let backoff = await supervisor.spec.backoff
+            entries[i].value = .fields(
+                ("initial", .string(backoff.initial.short)), ("maximum", .string(backoff.maximum.short)), ("reset_after", .string(backoff.resetAfter.short))
+            )
+        }
+        if let i = entries.firstIndex(where: { $0.key == "registrations" }), case .map(var registrations) = entries[i].value,
+           let h = registrations.firstIndex(where: { $0.key == "hooks" }), let shown = registrations[h].value.arrayValue {
+            // The same registrations in the same order as inspect listed them; each row's
+            // timeout is replaced where the event and phase agree.
+            let hooks = engine.hooks.allRegistrations.filter { $0.owner == name }
+            registrations[h].value = .array(shown.enumerated().map { j, row in
+                guard j < hooks.count, case .map(var fields) = row, row["event"]?.stringValue == hooks[j].event,
+                      row["phase"]?.stringValue == hooks[j].phase.rawValue,
+                      let t = fields.firstIndex(where: { $0.key == "timeout" }) else { return row }
+                fields[t].value = .string(hooks[j].timeout.short)
+                return .map(fields)
+            })
+            entries[i].value = .map(registrations)
+        }
+        return .map(entries)
     }
 
     static func pluginRows(_ engine: Engine) async -> [Admin.PluginRow] {

@@ -69,6 +69,16 @@ public struct EventTooLarge: Error, Hashable, Sendable, CustomStringConvertible 
     }
 }
 
+/// Where a new subscription starts: now, or with events the bus still keeps.
+public enum EventReplay: Sendable, Hashable {
+    /// Only events published from now on.
+    case none
+    /// Kept events whose sequence number is greater than this one, then live events.
+    case afterSequence(UInt64)
+    /// Kept events published no longer ago than this (by the daemon's own clock), then live events.
+    case within(Duration)
+}
+
 /// Publish/subscribe of engine and plugin events.
 ///
 /// Publishing never waits: each subscriber has a bounded buffer — at most `capacity` events
@@ -77,6 +87,11 @@ public struct EventTooLarge: Error, Hashable, Sendable, CustomStringConvertible 
 /// its next event. Every event has a sequence number, so order is checkable. An event is at
 /// most ``maximumEventBytes`` encoded: ``publishOrRefuse(_:_:)`` refuses a larger one (a
 /// plugin's), ``publish(_:_:)`` trims it (the engine's own; see there).
+///
+/// The bus keeps the last ``historyCapacity`` events it published, whatever their type and
+/// at most ``historyByteBudget`` of them, so that a new subscriber may start in the past
+/// (``EventReplay``): the replay and the live events that follow it are one sequence,
+/// without a gap or a repeat.
 public final class EventBus: Sendable {
     /// Buffered events per subscriber unless it asks otherwise.
     public static let defaultCapacity = 1024
@@ -89,6 +104,32 @@ public final class EventBus: Sendable {
     public static let maximumBufferedBytes = 1 << 20
     /// What `seq` and `time` add to an event's encoded size, at most.
     static let envelopeBytes = 64
+
+    /// How many of the latest events the bus keeps for replay.
+    public static let historyCapacity = 1000
+    /// How much the kept events may weigh together, roughly (strings and bytes by their
+    /// length, 16 bytes for anything else): the oldest go first. A plugin that publishes
+    /// events of 1 MiB cannot make the history hold a gigabyte.
+    public static let historyByteBudget = 8 << 20
+
+    /// Roughly how many bytes `value` holds: strings and bytes by their length, 16 for
+    /// anything else, summed through arrays and maps.
+    static func weight(_ value: Value) -> Int {
+        switch value {
+        case .string(let s): return 16 + s.utf8.count
+        case .binary(let b): return 16 + b.count
+        case .ext(_, let data): return 16 + data.count
+        case .array(let items):
+            var total = 16
+            for item in items { total += weight(item) }
+            return total
+        case .map(let entries):
+            var total = 16
+            for entry in entries { total += weight(entry.key) + weight(entry.value) }
+            return total
+        default: return 16
+        }
+    }
 
     /// A requested buffer size from the wire, clamped to `1 ... maximumCapacity`.
     public static func clampedCapacity(_ requested: Int64?) -> Int {
@@ -110,6 +151,15 @@ public final class EventBus: Sendable {
         /// Buffered events with their encoded sizes.
         var buffer = CircularBuffer<(event: Value, bytes: Int)>()
         var bufferedBytes = 0
+
+        /// Starts the buffer with kept events (a replay): delivered whole, whatever the
+        /// buffer's limits, since the history itself is bounded.
+        mutating func replay<S: Sequence>(_ kept: S) where S.Element == Kept {
+            for k in kept {
+                buffer.append((event: k.event, bytes: k.bytes))
+                bufferedBytes += k.bytes
+            }
+        }
         var lost = 0
         var waiter: CheckedContinuation<EventRecord?, Never>?
         var closed = false
@@ -161,10 +211,46 @@ public final class EventBus: Sendable {
         }
     }
 
+    /// A kept event: what it was published with, and when, by the monotonic clock.
+    private struct Kept {
+        var type: String
+        var attributes: [(String, Value)]
+        var seq: UInt64
+        var at: ContinuousClock.Instant
+        var event: Value
+        var bytes: Int
+    }
+
     private struct State {
         var seq: UInt64 = 0
         var subscribers: [Int: Subscriber] = [:]
         var nextID = 0
+        /// The latest events, oldest first from `head`: a ring of `historyCapacity` slots,
+        /// `count` of them in use, weighing `bytes` (at most `historyByteBudget`).
+        var ring = [Kept?](repeating: nil, count: EventBus.historyCapacity)
+        var head = 0
+        var count = 0
+        var bytes = 0
+
+        mutating func keep(_ kept: Kept) {
+            // One event heavier than the whole budget is not kept: a replay never holds more.
+            guard kept.bytes <= EventBus.historyByteBudget else { return }
+            if count == ring.count { dropOldest() }
+            ring[(head + count) % ring.count] = kept
+            count += 1
+            bytes += kept.bytes
+            while bytes > EventBus.historyByteBudget { dropOldest() }
+        }
+
+        mutating func dropOldest() {
+            bytes -= ring[head]?.bytes ?? 0
+            ring[head] = nil
+            head = (head + 1) % ring.count
+            count -= 1
+        }
+
+        /// The kept events, oldest first.
+        var history: [Kept] { (0..<count).compactMap { ring[(head + $0) % ring.count] } }
     }
 
     private let state = NIOLockedValueBox(State())
@@ -219,11 +305,15 @@ public final class EventBus: Sendable {
 
     private func deliver(_ type: String, _ attributes: [(String, Value)], bytes: Int) {
         let time = Self.timestamp()
+        // Weighed outside the lock; the attributes are most of an event.
+        var weight = 64 + type.utf8.count
+        for (key, value) in attributes { weight += key.utf8.count + Self.weight(value) }
         var lostNow = 0
         let wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = state.withLockedValue { s in
             s.seq += 1
             let event: Value = .map([(key: "seq", value: .uint(s.seq)), (key: "time", value: .string(time)), (key: "type", value: .string(type))]
                 + attributes.map { (key: .string($0.0), value: $0.1) })
+            s.keep(Kept(type: type, attributes: attributes, seq: s.seq, at: .now, event: event, bytes: weight))
             var wake: [(CheckedContinuation<EventRecord?, Never>, EventRecord)] = []
             let matching = s.subscribers.compactMap { id, sub in !sub.closed && sub.filter.matches(type: type, attributes: attributes) ? id : nil }
             for id in matching {
@@ -240,16 +330,34 @@ public final class EventBus: Sendable {
         if lostNow > 0 { lostCounter.increment(by: lostNow) }
     }
 
-    /// A new subscription; events published from now on that match `filter` reach it.
-    public func subscribe(_ filter: EventFilter = EventFilter(), capacity: Int = EventBus.defaultCapacity) -> EventSubscription {
+    /// A new subscription; events published from now on that match `filter` reach it,
+    /// after the kept events `replay` asks for (those that match `filter` too, oldest
+    /// first). A replay larger than `capacity` is delivered whole (it is at most
+    /// ``historyCapacity`` events); live events wait behind it in the same buffer.
+    public func subscribe(_ filter: EventFilter = EventFilter(), capacity: Int = EventBus.defaultCapacity, replay: EventReplay = .none) -> EventSubscription {
+        let now = ContinuousClock.now
         let id = state.withLockedValue { s in
             let id = s.nextID
             s.nextID += 1
-            s.subscribers[id] = Subscriber(filter: filter, capacity: max(1, capacity))
+            var subscriber = Subscriber(filter: filter, capacity: max(1, capacity))
+            // Under the lock that publishing takes: nothing is published between the
+            // replay and the subscription, so nothing is missed or seen twice.
+            switch replay {
+            case .none:
+                break
+            case .afterSequence(let seq):
+                subscriber.replay(s.history.filter { $0.seq > seq && filter.matches(type: $0.type, attributes: $0.attributes) })
+            case .within(let window):
+                subscriber.replay(s.history.filter { now - $0.at <= window && filter.matches(type: $0.type, attributes: $0.attributes) })
+            }
+            s.subscribers[id] = subscriber
             return id
         }
         return EventSubscription(bus: self, id: id)
     }
+
+    /// The sequence number of the latest event published (0 before the first).
+    public var latestSequence: UInt64 { state.withLockedValue { $0.seq } }
 
     fileprivate func next(_ id: Int) async -> EventRecord? {
         await withCheckedContinuation { (c: CheckedContinuation<EventRecord?, Never>) in

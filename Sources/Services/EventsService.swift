@@ -9,6 +9,9 @@ import PluginKit
 ///   events (default 1024) and at most ``EventBus/maximumBufferedBytes`` of them; when it
 ///   overflows the subscriber receives `{"type": "events.lost", "count": N}` before the
 ///   next event. A slow subscriber never blocks the engine or other subscribers.
+///   `"since_seq": N` starts with the events the bus keeps (the last
+///   ``EventBus/historyCapacity``) whose `seq` is greater than N; `"since_ms": N` with
+///   those published no longer than N ms ago.
 /// - `events.publish {"type": T, "attributes"?: {K: V}}`: publishes an event, with
 ///   `source` = the calling plugin ("operator" from the admin socket). The engine's own
 ///   types (plugin.*, registration.*, hook.*, container.*, events.*) are refused, and so
@@ -31,7 +34,18 @@ public struct EventsPlugin: Plugin {
                 throw EngineError(.badDeclaration, "events.subscribe needs {\"sink\": a channel to send events on}")
             }
             let capacity = EventBus.clampedCapacity(argument["buffer"]?.intValue)
-            let subscription = bus.subscribe(try EventFilter(wire: argument), capacity: capacity)
+            let replay: EventReplay
+            if let seq = argument["since_seq"], seq != .nil {
+                guard let n = seq.uintValue else {
+                    throw EngineError(.badDeclaration, "events.subscribe's since_seq is a sequence number (0 or more)")
+                }
+                replay = .afterSequence(n)
+            } else if let ms = argument["since_ms"]?.intValue {
+                replay = .within(.clampedMilliseconds(ms))
+            } else {
+                replay = .none
+            }
+            let subscription = bus.subscribe(try EventFilter(wire: argument), capacity: capacity, replay: replay)
             // Goes on after this job answers, owned by the subscriber's session: it ends when
             // the subscriber stops reading, its session ends, or the bus closes.
             sink.owningSession.tasks.run { await subscription.pump(to: sink) }

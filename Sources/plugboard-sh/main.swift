@@ -23,7 +23,8 @@ struct Adapter: AsyncParsableCommand {
               plugboardd --plugin-exec "audit=plugboard-sh /etc/plugboard/audit.sh"
             Inside a script, `plugboard-sh call JOB JSON` calls a job with the plugin's grants.
             Check a script's header without a daemon: plugboard-sh --check SCRIPT
-            """
+            """,
+        version: "plugboard-sh \(PlugboardVersion.release) (protocol \(PlugboardVersion.protocolVersion))"
     )
 
     @Option(help: "Call-mode processes at once; more calls wait their turn.")
@@ -54,7 +55,7 @@ struct Adapter: AsyncParsableCommand {
         }
         if check {
             for e in entries {
-                print("line \(e.line): \(e.kind.rawValue) \(e.name) priority=\(e.priority) timeout=\(e.timeout) format=\(e.format.rawValue) mode=\(e.mode.rawValue)" + (e.kind == .hook ? " phase=\(e.phase.rawValue) policy=\(e.policy.rawValue)" : ""))
+                print("line \(e.line): \(e.kind.rawValue) \(e.name) priority=\(e.priority) timeout=\(e.timeout.short) format=\(e.format.rawValue) mode=\(e.mode.rawValue)" + (e.kind == .hook ? " phase=\(e.phase.rawValue) policy=\(e.policy.rawValue)" : ""))
             }
             return
         }

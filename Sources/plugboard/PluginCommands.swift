@@ -11,26 +11,32 @@ struct PluginGroup: AsyncParsableCommand {
     )
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List plugins, like `docker plugin ls`.", discussion: "Example: plugboard plugin ls --format json")
+        static let configuration = CommandConfiguration(
+            commandName: "ls", abstract: "List plugins, like `docker plugin ls`.",
+            discussion: "Examples:\n  plugboard plugin ls --format json\n  plugboard plugin ls -q   # names only"
+        )
         @OptionGroup var connection: Connection
-        @Option(help: "table or json.") var format: OutputFormat = .table
+        @OptionGroup var listing: ListingOptions
 
         func run() async throws {
             let rows = try await connection.send(Admin.PluginList())
-            if format == .json { return try printJSON(rows) }
-            printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], rows.map { r in
+            try listing.print(rows, header: ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], name: \.name) { r in
                 [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]
-            })
+            }
         }
     }
 
     struct Inspect: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a plugin: registrations, restart history, permissions, command.", discussion: "Example: plugboard plugin inspect host-mount")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a plugin: registrations, restart history, permissions, command.",
+            discussion: "Examples:\n  plugboard plugin inspect host-mount\n  plugboard plugin inspect host-mount --format state\n  plugboard plugin inspect host-mount --format backoff.initial"
+        )
         @OptionGroup var connection: Connection
-        @Argument(help: "The plugin.") var name: String
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @OptionGroup var inspect: InspectFormat
 
         func run() async throws {
-            try printJSON(try await connection.send(Admin.PluginInspect(name: name)))
+            try inspect.print(try await connection.send(Admin.PluginInspect(name: name)))
         }
     }
 
@@ -44,50 +50,58 @@ struct PluginGroup: AsyncParsableCommand {
         @Option(help: ArgumentHelp("A subprocess: \"COMMAND ARGS\".", valueName: "command")) var exec: String?
         @Option(help: ArgumentHelp("A built-in plugin by name.", valueName: "builtin")) var builtin: String?
         @Argument(help: "The option string for a built-in.") var options: String?
-        @Option(help: ArgumentHelp("A container plugin: a bundle directory with rootfs/ and plugin.json, run by runc.", valueName: "bundle")) var container: String?
+        @Option(help: ArgumentHelp("A container plugin: a bundle directory with rootfs/ and plugin.json, run by runc.", valueName: "bundle"), completion: .directory) var container: String?
         @Flag(help: "Grant every job the plugin asks to call and, for a container plugin, every privilege its manifest asks for.") var grantAllPermissions = false
         @Option(help: ArgumentHelp("Grant one container privilege: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME (repeatable).", valueName: "privilege")) var grant: [String] = []
         @Option(help: ArgumentHelp("Take over the state a removed plugin left (plugin rm keeps it aside); without this a new plugin starts with empty state, whatever its name.", valueName: "removed-name")) var adoptState: String?
+        @OptionGroup var output: FormatOption
+
+        func validate() throws {
+            guard [exec != nil, builtin != nil, container != nil].filter({ $0 }).count == 1 else { throw ValidationError("give exactly one of --exec, --builtin or --container") }
+        }
 
         func run() async throws {
-            guard [exec != nil, builtin != nil, container != nil].filter({ $0 }).count == 1 else { throw ValidationError("give exactly one of --exec, --builtin or --container") }
             let request = Admin.PluginAdd(
                 name: name, exec: exec, builtin: builtin, container: container.map { URL(fileURLWithPath: $0).standardizedFileURL.path },
                 options: options, grantAllPermissions: grantAllPermissions, privileges: grant.isEmpty ? nil : grant, adoptState: adoptState
             )
             let result = try await connection.send(request)
-            print("\(result.name) \(result.state)")
+            try output.print("\(result.name) \(result.state)", json: result)
         }
     }
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "rm", abstract: "Stop and remove a plugin (refused while another requires it, unless --force).")
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        @Flag var force = false
-        func run() async throws { print(try await connection.send(Admin.PluginRemove(name: name, force: force))) }
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @Flag(help: "Remove it even if other plugins require it.") var force = false
+        @OptionGroup var output: FormatOption
+        func run() async throws { try output.acknowledge(name, try await connection.send(Admin.PluginRemove(name: name, force: force))) }
     }
 
     struct Enable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start a disabled plugin.")
+        static let configuration = CommandConfiguration(abstract: "Start a disabled, stopped or failed plugin.")
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        func run() async throws { print(try await connection.send(Admin.PluginEnable(name: name))) }
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @OptionGroup var output: FormatOption
+        func run() async throws { try output.acknowledge(name, try await connection.send(Admin.PluginEnable(name: name))) }
     }
 
     struct Disable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Stop a plugin and keep it stopped (refused while another requires it, unless --force).")
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        @Flag var force = false
-        func run() async throws { print(try await connection.send(Admin.PluginDisable(name: name, force: force))) }
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @Flag(help: "Disable it even if other plugins require it.") var force = false
+        @OptionGroup var output: FormatOption
+        func run() async throws { try output.acknowledge(name, try await connection.send(Admin.PluginDisable(name: name, force: force))) }
     }
 
     struct Restart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Restart a plugin now; clears a crash loop.")
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        func run() async throws { print(try await connection.send(Admin.PluginRestart(name: name))) }
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @OptionGroup var output: FormatOption
+        func run() async throws { try output.acknowledge(name, try await connection.send(Admin.PluginRestart(name: name))) }
     }
 
     struct Grant: AsyncParsableCommand {
@@ -96,30 +110,103 @@ struct PluginGroup: AsyncParsableCommand {
             discussion: "Examples:\n  plugboard plugin grant audit state.get state.put\n  plugboard plugin grant netmon network=host capability=CAP_NET_ADMIN && plugboard plugin restart netmon"
         )
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        @Argument(help: ArgumentHelp("Jobs, or privileges: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME.", valueName: "job-or-privilege")) var jobs: [String]
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @Argument(help: ArgumentHelp("Jobs, or privileges: network=host, mount=SRC:DST[:ro], capability=CAP_NAME, device=/dev/NAME.", valueName: "job-or-privilege"), completion: DaemonNames.jobs) var jobs: [String]
+        @OptionGroup var output: FormatOption
         func run() async throws {
-            print(try await connection.send(Admin.PluginGrant(name: name, jobs: jobs)))
+            try output.acknowledge(name, try await connection.send(Admin.PluginGrant(name: name, jobs: jobs)))
         }
     }
 
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Change how a plugin is supervised.",
-            discussion: "Keys: restart-policy (always|on-failure|never), backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE. Durations: 250ms, 2s, 1m.\nExample: plugboard plugin set audit restart-policy=always priority:container.create=90"
+            discussion: "Keys: memory, pids, cpu, restart-policy (always|on-failure|never), backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE. Durations: 250ms, 2s, 1m.\nExample: plugboard plugin set audit restart-policy=always priority:container.create=90"
         )
         @OptionGroup var connection: Connection
-        @Argument var name: String
-        @Argument(help: "KEY=VALUE pairs.") var settings: [String]
+        @Argument(help: "The plugin.", completion: DaemonNames.plugins) var name: String
+        @Argument(help: ArgumentHelp("Settings to change.", valueName: "key=value")) var settings: [String]
+        @OptionGroup var output: FormatOption
+
+        func validate() throws {
+            for s in settings where s.split(separator: "=", maxSplits: 1).count != 2 {
+                throw ValidationError("settings are KEY=VALUE, got \(s)")
+            }
+        }
+
         func run() async throws {
             var pairs: [String: String] = [:]
             for s in settings {
                 let kv = s.split(separator: "=", maxSplits: 1).map(String.init)
-                guard kv.count == 2 else { throw ValidationError("settings are KEY=VALUE, got \(s)") }
                 pairs[kv[0]] = kv[1]
             }
-            print(try await connection.send(Admin.PluginSet(name: name, settings: pairs)))
+            try output.acknowledge(name, try await connection.send(Admin.PluginSet(name: name, settings: pairs)))
         }
+    }
+}
+
+extension FormatOption {
+    /// What a plugin command did: `{"name", "result"}` as JSON, the result alone as text.
+    struct Acknowledgement: Encodable {
+        let name: String
+        let result: String
+    }
+
+    /// Prints the daemon's `result` ("removed", "enabled", …) for `name`.
+    func acknowledge(_ name: String, _ result: String) throws {
+        try print(result, json: Acknowledgement(name: name, result: result))
+    }
+}
+
+/// `inspect --format`: the whole answer as JSON (the default), or one field of it.
+struct InspectFormat: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "json (everything, the default), or the path of one field to print alone: state, backoff.initial, registrations.jobs.0 ({{.state}} works too). A string prints as is, anything else as JSON.",
+        valueName: "json|path"
+    ))
+    var format: String = "json"
+
+    /// The path `format` names: `a.b.0`, or `{{.a.b.0}}` as a Go template writes it.
+    var path: [String] {
+        var text = format.trimmingCharacters(in: .whitespaces)
+        if text.hasPrefix("{{"), text.hasSuffix("}}") { text = String(text.dropFirst(2).dropLast(2)).trimmingCharacters(in: .whitespaces) }
+        if text.hasPrefix(".") { text.removeFirst() }
+        return text.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    func validate() throws {
+        if format != "json" && path.contains(where: \.isEmpty) {
+            throw ValidationError("--format takes json or a field path such as state or backoff.initial, not \(format)")
+        }
+    }
+
+    /// Prints `value`, or the field the path names.
+    func print(_ value: Value) throws {
+        guard format != "json" else { return try CLIOutput.printJSON(value) }
+        var here = value
+        var walked: [String] = []
+        for key in path {
+            let next: Value?
+            if let index = Int(key), let array = here.arrayValue {
+                next = index >= 0 && index < array.count ? array[index] : nil
+            } else {
+                next = here[key]
+            }
+            guard let next else {
+                let fields = (here.mapValue ?? []).compactMap(\.key.stringValue)
+                let at = walked.isEmpty ? "" : " in \(walked.joined(separator: "."))"
+                throw CLIError(
+                    "no field \(key)\(at); " + (here.arrayValue.map { "it is a list of \($0.count)" } ?? (fields.isEmpty ? "it has none" : "its fields are \(fields.joined(separator: ", "))")),
+                    code: "cli.no-such-field"
+                )
+            }
+            here = next
+            walked.append(key)
+        }
+        if let s = here.stringValue { return Swift.print(s) }
+        if case .map = here { return try CLIOutput.printJSON(here) }
+        if case .array = here { return try CLIOutput.printJSON(here) }
+        Swift.print(try CLIOutput.json(here, pretty: false))
     }
 }
 

@@ -66,7 +66,7 @@ struct AdminTests {
         #expect(try await place.cli(["hooks"]).out.contains("container.create"))
         #expect(try await place.cli(["plugin", "set", "host-mount", "priority:container.create=99", "timeout:container.create=5s"]).status == .exited(0))
         let hooks = try await place.cli(["hooks", "--format", "json"])
-        #expect(hooks.out.contains(#""priority" : 99"#) && hooks.out.contains("5.0 seconds"), "\(hooks.out)")
+        #expect(hooks.out.contains(#""priority" : 99"#) && hooks.out.contains(#""timeout" : "5s""#) && hooks.out.contains(#""timeout_ms" : 5000"#), "\(hooks.out)")
         let noHook = try await place.cli(["plugin", "set", "host-mount", "priority:container.start=1"])
         #expect(noHook.err.contains("has no hook for container.start"))
         await place.stop(daemon)

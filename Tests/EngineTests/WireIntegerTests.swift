@@ -110,7 +110,7 @@ struct WireIntegerTests {
         ])
         try await whileRunning(daemon) {
             let hooks = try await place.cli(["hooks", "--format", "json"])
-            #expect(hooks.out.contains("86400.0 seconds"), "the declared timeout is clamped to one day: \(hooks.out)")
+            #expect(hooks.out.contains(#""timeout" : "1d""#) && hooks.out.contains(#""timeout_ms" : 86400000"#), "the declared timeout is clamped to one day: \(hooks.out)")
             let rootfs = try busyboxRootfs(in: dir)
             let created = try await place.cli(["call", "container.create", #"{"rootfs": "\#(rootfs)", "args": ["true"], "name": "clamped"}"#])
             #expect(created.status == .exited(0), "\(created.err)")
