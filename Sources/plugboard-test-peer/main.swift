@@ -281,6 +281,13 @@ func openFlood() async throws {
         return .fields(("sent", .int(Int64(pending.count))), ("held", .int(Int64(held))))
     }
     try await withThrowingDiscardingTaskGroup { group in
+        // A plugin ends with its session: whatever is still waiting, the process exits once
+        // the daemon has cut the session off (or closed it), as a real plugin would.
+        group.addTask {
+            let reason = await session.waitUntilClosed()
+            logger.info("open-flood: session over (\(reason)); exiting")
+            exit(0)
+        }
         while let channel = try await session.accept() {
             group.addTask {
                 // The daemon's calls, each on its own task: a nil bomb waits for holds.

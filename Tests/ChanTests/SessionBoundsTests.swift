@@ -235,3 +235,35 @@ func boundedPair(_ kind: PairKind, a: Session.Configuration, b: Session.Configur
     _ = try await (started1, started2)
     return (x, y)
 }
+
+/// Concurrent sends on one channel (a plugin's many calls on its one engine channel).
+@Suite("flow control holds for concurrent sends on one channel")
+struct ConcurrentSendTests {
+    @Test("100 concurrent sends of near-maximum frames never overrun the receiver's window", arguments: PairKind.allCases)
+    func concurrentSends(_ kind: PairKind) async throws {
+        // A window far smaller than a frame: two sends that both passed the credit check
+        // before either was charged would put 120 KB outstanding, over window + max_frame
+        // (4096 + 65536), and the receiver would cut the session off. FloodTests hit this.
+        let config = { (name: String) in Session.Configuration(name: name, maxFrameSize: 64 * 1024, window: 4096) }
+        let (a, b) = try await boundedPair(kind, a: config("a"), b: config("b"))
+        let sender = try a.open(label: "many")
+        let receiver = try #require(try await withDeadline { try await b.accept() })
+        try await withDeadline(60, "100 concurrent sends and their reading") {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<100 {
+                    group.addTask { try await sender.send(.binary([UInt8](repeating: UInt8(i), count: 60_000))) }
+                }
+                var seen: Set<UInt8> = []
+                for _ in 0..<100 {
+                    guard case .binary(let bytes)? = try await receiver.receive() else { break }
+                    seen.insert(bytes[0])
+                }
+                try await group.waitForAll()
+                #expect(seen.count == 100)
+            }
+        }
+        #expect(a.closeReason == nil && b.closeReason == nil, "\(String(describing: b.closeReason))")
+        a.close()
+        b.close()
+    }
+}

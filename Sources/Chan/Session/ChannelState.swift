@@ -43,7 +43,10 @@ final class ChannelState {
 
     // Sending side.
     var credit = 0
+    /// Sends waiting for credit, or for the turn.
     var creditWaiters = CircularBuffer<Waiter<Void>>()
+    /// A send holds the channel's turn: it passed the credit check and is not charged yet.
+    var sending = false
 
     /// Set when the channel ended abnormally (reset, receiver closed, peer gone).
     var failure: ChanError?

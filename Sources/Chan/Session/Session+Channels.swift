@@ -6,27 +6,53 @@ import NIOCore
 extension Session {
     func send(_ value: Value, on sender: Sender, fin: Bool) async throws {
         let id = sender.id
+        // Take the channel's turn: credit left, and no other send between its credit check and
+        // its charge. Without the turn, concurrent sends on one channel (a plugin's many calls
+        // on its one engine channel) all passed the check before any was charged, and
+        // overshot the window by many frames: the receiver cut the session off as an overrun.
         while true {
             let ready = try state.withLockedValue { s throws -> Bool in
                 let state = try sendableStateLocked(s, sender)
-                return state.credit > 0
+                guard state.credit > 0, !state.sending else { return false }
+                state.sending = true
+                return true
             }
             if ready { break }
             try await waitForCredit(sender)
         }
-        let size = try writeThrowing(.data(id: id, value: value, fin: fin)) { [unowned self] end in
-            try self.resolveOutbound(end)
+        let size: Int
+        do {
+            size = try writeThrowing(.data(id: id, value: value, fin: fin)) { [unowned self] end in
+                try self.resolveOutbound(end)
+            }
+        } catch {
+            let next: Waiter<Void>? = state.withLockedValue { s in
+                guard let state = s.channels[id] else { return nil }
+                state.sending = false
+                return state.credit > 0 ? state.creditWaiters.popFirst() : nil
+            }
+            next?.continuation.resume()
+            throw error
         }
+        var wake: [Waiter<Void>] = []
         let dropped: ChannelState? = state.withLockedValue { s in
             guard let state = s.channels[id] else { return nil }
             state.credit -= size
+            state.sending = false
             if fin {
                 sender.released = true
+                // Sends still waiting find the end released.
+                wake = Array(state.creditWaiters)
+                state.creditWaiters.removeAll()
                 return s.removeChannel(id)
             }
+            // The turn passes to the next waiting send while credit is left; once it is not,
+            // the next CREDIT wakes them all.
+            if state.credit > 0, let next = state.creditWaiters.popFirst() { wake = [next] }
             return nil
         }
         _ = dropped
+        for w in wake { w.continuation.resume() }
     }
 
     /// Why a send on `sender` would fail now, or nil when it would go ahead.
@@ -71,9 +97,10 @@ extension Session {
                 let immediate: Result<Void, ChanError>? = state.withLockedValue { s -> Result<Void, ChanError>? in
                     do throws(ChanError) {
                         let state = try sendableStateLocked(s, sender)
-                        if state.credit > 0 { return .success(()) }
+                        if state.credit > 0 && !state.sending { return .success(()) }
                         state.creditWaiters.append(Waiter(id: waiterID, continuation: continuation))
-                        observer = s.creditStallObserver
+                        // A stall is a wait for credit, not for another send's turn.
+                        if state.credit <= 0 { observer = s.creditStallObserver }
                         return nil
                     } catch {
                         return .failure(error)
@@ -240,6 +267,7 @@ extension Session {
         let isSender = core is Sender
         var frame: Frame?
         var waiters: [Waiter<Value?>] = []
+        var creditWaiters: [Waiter<Void>] = []
         let removed: ChannelState? = state.withLockedValue { s in
             guard !core.released else { return nil }
             core.released = true
@@ -262,6 +290,9 @@ extension Session {
                 if s.failure == nil && state.failure == nil {
                     frame = reason.map { .reset(id: core.id, reason: $0) } ?? .close(id: core.id)
                 }
+                // Sends still waiting for credit find the end closed.
+                creditWaiters = Array(state.creditWaiters)
+                state.creditWaiters.removeAll()
                 return s.removeChannel(core.id)
             case .receiving:
                 guard !isSender else { return nil }
@@ -282,6 +313,7 @@ extension Session {
             ])
         }
         if let frame { write(frame) }
+        for w in creditWaiters { w.continuation.resume() }
         for w in waiters {
             if isSender { w.continuation.resume(returning: nil) } else {
                 w.continuation.resume(throwing: ChanError(.endMoved, "Receiver \(core.id) was closed while being read"))
