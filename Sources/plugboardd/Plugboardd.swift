@@ -3,6 +3,7 @@ import Glibc
 #endif
 import AdminProtocol
 import ArgumentParser
+import Chan
 import Containers
 import Engine
 import Foundation
@@ -26,7 +27,8 @@ struct Plugboardd: AsyncParsableCommand {
               plugboardd --plugin host-mount "/data /var/data"
               plugboardd --plugin-exec "audit=/usr/local/bin/audit-plugin --verbose"
               plugboardd --plugin containers --plugin-container "label=/opt/plugboard/label-bundle"
-            """
+            """,
+        version: "plugboardd \(PlugboardVersion.release) (protocol \(PlugboardVersion.protocolVersion))"
     )
 
     @Option(name: .customLong("plugin"), help: ArgumentHelp("A built-in plugin: NAME, NAME OPTION or NAME=OPTION.", valueName: "name"))

@@ -26,6 +26,26 @@ struct SessionBoundsDaemonTests {
     /// Whether resident size means anything (under AddressSanitizer it does not).
     var measuresMemory: Bool { ProcessInfo.processInfo.environment["PLUGBOARD_SANITIZER"] == nil }
 
+    @Test("the channel cap is settable per plugin: plugin set NAME channels=N applies from its next start")
+    func channelCapPerPlugin() async throws {
+        let place = DaemonPlace("channel-cap")
+        let daemon = try await place.startDaemon(["--plugin-exec", "flooder=\(try builtExecutable("plugboard-test-peer")) open-flood"])
+        try await whileRunning(daemon) {
+            #expect(try await place.cli(["plugin", "set", "flooder", "channels=100"]).status == .exited(0))
+            let bad = try await place.cli(["plugin", "set", "flooder", "channels=0"])
+            #expect(bad.status != .exited(0) && bad.err.contains("channels is a count"), "\(bad.err)")
+            #expect(try await place.cli(["plugin", "restart", "flooder"]).status == .exited(0))
+            let (session, admin) = try await adminSession(place.socket)
+            defer { session.close(reason: "done") }
+            let report = try await admin.request(.fields(
+                ("command", "call"), ("job", "flooder.open-flood"), ("argument", .fields(("count", 500))), ("timeout_ms", 60_000)
+            ), timeout: .seconds(70))
+            #expect(report["accepted"] == 100, "\(report)")
+            #expect(report["reasons"] == ["too many open channels: limit 100"], "\(report)")
+        }
+        await place.stop(daemon)
+    }
+
     @Test("a plugin that opens 50,000 channels gets a RESET for each past 1024; the daemon answers calls and stays small")
     func openFlood() async throws {
         let place = DaemonPlace("open-flood")

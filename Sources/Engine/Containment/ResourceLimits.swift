@@ -7,6 +7,12 @@ public struct ResourceLimits: Sendable, Hashable {
     public var pids: Int64?
     /// CPU time in cores (`cpu.max`, v1 `cpu.cfs_quota_us` over a 100 ms period): 0.5 is half a core.
     public var cpus: Double?
+    /// Channels the plugin may have open on its session to plugboardd at once (`channels`;
+    /// default ``defaultChannels``): past it an OPEN is refused with a RESET saying so.
+    public var channels: Int?
+
+    /// The channels a plugin may open when nothing else is set (Chan's default: 1024).
+    public static let defaultChannels = 1024
 
     /// No limits.
     public init(memoryBytes: Int64? = nil, pids: Int64? = nil, cpus: Double? = nil) {
@@ -28,8 +34,11 @@ public struct ResourceLimits: Sendable, Hashable {
     /// Whether no limit is set.
     public var isEmpty: Bool { memoryBytes == nil && pids == nil && cpus == nil }
 
+    /// Whether a cgroup limit is set (the channel cap is the session's, not the cgroup's).
+    var needsCgroup: Bool { !isEmpty }
+
     /// The setting names: `memory`, `pids`, `cpu`.
-    static let keys: Set<String> = ["memory", "pids", "cpu"]
+    static let keys: Set<String> = ["memory", "pids", "cpu", "channels"]
 
     /// Sets `key` from its text: `memory=256M` (bytes, or K, M, G), `pids=64`, `cpu=0.5`;
     /// `none` removes the limit.
@@ -55,6 +64,12 @@ public struct ResourceLimits: Sendable, Hashable {
                 throw EngineError(.badSetting, "pids is a count from 1 to 4194304, or none; not \(text)")
             }
             pids = n
+        case "channels":
+            if none { channels = nil; return }
+            guard let n = Int(text), n >= 1, n <= 1 << 20 else {
+                throw EngineError(.badSetting, "channels is a count from 1 to 1048576 (default \(Self.defaultChannels)), or none; not \(text)")
+            }
+            channels = n
         case "cpu":
             if none { cpus = nil; return }
             guard let n = Double(text), n >= 0.01, n <= 1024 else {
@@ -62,7 +77,7 @@ public struct ResourceLimits: Sendable, Hashable {
             }
             cpus = n
         default:
-            throw EngineError(.badSetting, "\(key) is not a resource limit; the limits are memory, pids and cpu")
+            throw EngineError(.badSetting, "\(key) is not a resource limit; the limits are memory, pids, cpu and channels")
         }
     }
 }

@@ -60,7 +60,11 @@ func startPluginProcess(
         launched = try await PluginProcess.launch(
             executable: executable, arguments: arguments, environment: environment,
             extraDescriptors: [1: out.writeEnd, 2: err.writeEnd],
-            configuration: .init(name: "plugboardd", maxFrameSize: maxFrameFromPlugin, handshakeTimeout: request.spec.startTimeout), logger: logger
+            configuration: .init(
+                name: "plugboardd", maxFrameSize: maxFrameFromPlugin,
+                maxChannelsOpenedByPeer: request.spec.limits.channels ?? ResourceLimits.defaultChannels,
+                handshakeTimeout: request.spec.startTimeout
+            ), logger: logger
         )
     } catch {
         for fd in [out.readEnd, out.writeEnd, err.readEnd, err.writeEnd] { close(fd) }

@@ -28,7 +28,12 @@ extension PluginSupervisor {
                 throw EngineError(.badSetting, "\(key) cannot be set at run time; settable: memory, pids, cpu, restart-policy, backoff-initial, backoff-max, backoff-reset, start-timeout, crash-loop-restarts, crash-loop-window, priority:EVENT, timeout:EVENT, pipeline-priority:TYPE")
             }
         }
-        if next.limits != spec.limits {
+        if next.limits.channels != spec.limits.channels, case .builtin = spec.kind {
+            throw EngineError(.badSetting, "plugin \(name) is built in: it has no session whose channels could be limited")
+        }
+        var cgroupLimits = next.limits
+        cgroupLimits.channels = spec.limits.channels
+        if cgroupLimits != spec.limits {
             if case .builtin = spec.kind {
                 throw EngineError(.badSetting, "plugin \(name) is built in: it runs inside plugboardd and has no process of its own to limit")
             }
@@ -95,7 +100,7 @@ extension PluginSpec {
     /// The settings a spec carries itself, as `plugin set` and a config file give them.
     public static let settingKeys: [String] = [
         "restart-policy", "backoff-initial", "backoff-max", "backoff-reset", "start-timeout", "crash-loop-restarts", "crash-loop-window",
-        "memory", "pids", "cpu",
+        "memory", "pids", "cpu", "channels",
     ]
 
     /// Sets `key` from its text, checked: `restart-policy=always`, `backoff-max=30s`,
