@@ -38,12 +38,15 @@ struct Chaos: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let bin = (selfPath() as NSString).deletingLastPathComponent
         let testPlugin = bin + "/plugboard-test-plugin"
-        var arguments = ["--admin-socket", dir + "/admin.sock", "--state-dir", dir + "/state", "--plugin", "echo", "--shutdown-grace", "2", "--log-level", "error"]
+        var arguments = ["--admin-socket", dir + "/admin.sock", "--state-dir", dir + "/state", "--plugin", "echo", "--shutdown-grace", "2",
+                         "--log-level", ProcessInfo.processInfo.environment["PLUGBOARD_CHAOS_LOG_LEVEL"] ?? "error"]
         var names: [String] = []
         for i in 1...max(1, execPlugins) {
             names.append("x\(i)")
             arguments += ["--plugin-exec", "x\(i)=\(testPlugin) provides=x\(i).work"]
         }
+        // A hostile plugin that opens channels without end (refused past its cap).
+        arguments += ["--plugin-exec", "flooder=\(bin)/plugboard-test-peer open-flood"]
         if containerPlugins > 0 {
             let chaosBundle = try makeBundle(from: bundle, plugin: testPlugin, in: dir)
             for i in 1...containerPlugins {
@@ -90,6 +93,13 @@ struct Chaos: AsyncParsableCommand {
             if let pid = await pluginProcess(admin.channel, name, daemon: daemon.pid) { kill(pid, SIGKILL) }
         }
         _ = try? await call(admin.channel, "\(names[0]).hang", .nil, timeoutMs: 100)
+        // And once each of the new hurts, so that what they make once (the event history,
+        // the refusal paths, the sessions' first big buffers) is in the baseline too.
+        _ = try? await call(admin.channel, "flooder.open-flood", .fields(("count", 3000)), timeoutMs: 10000)
+        await floodAdmin(dir + "/admin.sock", connections: 200)
+        let warmBig = Value.string(String(repeating: "e", count: 512 << 10))
+        _ = try? await call(admin.channel, "\(names[0]).call", .fields(("job", "events.publish"), ("argument", .fields(("type", "chaos.big"), ("attributes", .fields(("blob", warmBig)))))), timeoutMs: 2000)
+        for i in 0..<1100 { _ = try? await call(admin.channel, "\(names[0]).call", .fields(("job", "events.publish"), ("argument", .fields(("type", "chaos.warm"), ("attributes", .fields(("i", .int(Int64(i)))))))), timeoutMs: 2000) }
         try await waitAllActive(admin.channel, names, deadline: .seconds(60))
         for i in 0..<200 { _ = try? await call(admin.channel, jobs[i % jobs.count], .int(Int64(i))) }
         let baselineFDs = ProcessTable.openDescriptors(daemon.pid)
@@ -125,14 +135,14 @@ struct Chaos: AsyncParsableCommand {
             stopped.removeAll { $0.1 <= now }
             guard let victim = names.randomElement(), let pid = await pluginProcess(admin.channel, victim, daemon: daemon.pid) else { continue }
             switch Int.random(in: 0..<8) {
-            case 4:
+            case 4 where victim.hasPrefix("x"):
                 // Leaves a setsid, a double-forked and an fd-keeping descendant behind: they
                 // must end with the plugin (its cgroup), whenever that is.
                 _ = try? await call(admin.channel, "\(victim).spawn", .fields(("command", .string(escapingCommand(marker)))), timeoutMs: 1000)
                 hurts["double_fork", default: 0] += 1
-            case 5:
+            case 4, 5:
                 // Opens channels to the daemon without end: refused past the per-session cap.
-                _ = try? await call(admin.channel, "\(victim).open-channels", .fields(("count", 3000)), timeoutMs: 5000)
+                _ = try? await call(admin.channel, "flooder.open-flood", .fields(("count", 3000)), timeoutMs: 10000)
                 hurts["channel_flood", default: 0] += 1
             case 6:
                 // Publishes events far over the size cap: each refused, none kept.
@@ -212,6 +222,7 @@ struct Chaos: AsyncParsableCommand {
         let broken = t.hung > 0 || t.unexplained > 0 || leakedFDs > 0 || zombies + orphans.count + leftByRemoved > 0 || strayWhileRunning + strayAfter > 0
             || growth > 10 || afterGone > 10 || status != .exited(0)
         if t.unexplained > 0 { print("errors without a cause: \(t.unexplained)") }
+        if let path = ProcessInfo.processInfo.environment["PLUGBOARD_CHAOS_LOG"] { try? daemonLog.text.write(toFile: path, atomically: true, encoding: .utf8) }
         if broken {
             FileHandle.standardError.write(Data(daemonLog.text.suffix(4000).utf8))
             throw ExitCode(1)
