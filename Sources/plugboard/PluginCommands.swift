@@ -11,11 +11,23 @@ struct PluginGroup: AsyncParsableCommand {
     )
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List plugins, like `docker plugin ls`.", discussion: "Example: plugboard plugin ls --format json")
+        static let configuration = CommandConfiguration(
+            commandName: "ls", abstract: "List plugins, like `docker plugin ls`.",
+            discussion: """
+                --available lists instead the plugins that could be started by name (plugboardd --plugin-exec NAME):                 each plugboard-plugin-NAME executable found on $PLUGBOARD_PLUGIN_PATH, $PATH, ../libexec/plugboard/plugins                 beside this binary, this binary's directory and /usr/libexec/plugboard/plugins, the first of each name.                 It asks no daemon: it looks from this shell, as a plugboardd started here from the same bin directory would.
+                Examples: plugboard plugin ls --format json; plugboard plugin ls --available
+                """
+        )
         @OptionGroup var connection: Connection
         @Option(help: "table or json.") var format: OutputFormat = .table
+        @Flag(help: "List the plugins that can be found by name (NAME PATH), not the daemon's.") var available = false
 
         func run() async throws {
+            if available {
+                let found = PluginSearchPath.forThisProcess().available()
+                if format == .json { return try printJSON(found) }
+                return printTable(["NAME", "PATH"], found.map { [$0.name, $0.path] })
+            }
             let rows = try await connection.send(Admin.PluginList())
             if format == .json { return try printJSON(rows) }
             printTable(["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], rows.map { r in
