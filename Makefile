@@ -11,7 +11,7 @@ LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
-.PHONY: deps build test run bench clean bundles sanitize fuzz chaos
+.PHONY: deps build test run bench clean bundles sanitize fuzz chaos install install-files install-man man-tool
 
 deps:
 	@missing=""; \
@@ -24,7 +24,7 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-test: deps
+test: deps man-tool
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
@@ -111,6 +111,88 @@ CHAOS_SECONDS ?= 60
 chaos: deps bundles
 	$(SWIFT) build $(BUILD_FLAGS)
 	"$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-chaos" --seconds $(CHAOS_SECONDS) --bundle $(LABEL_BUNDLE)
+
+# make install: a release build, then install-files from it. PREFIX (default /usr/local)
+# and DESTDIR (a staging root for packagers and the tests) as usual:
+#   make install                              # into /usr/local
+#   make install PREFIX=/usr DESTDIR=/tmp/pkg # staged for a package
+# What goes where (docs/INSTALL.md):
+#   bin/                            plugboardd plugboard plugboard-sh plugboard-exec-shim
+#   libexec/plugboard/plugins/      the shipped plugins, plugboard-plugin-NAME (found by name)
+#   share/plugboard/shell/          the shell plugins' scripts (run them with plugboard-sh)
+#   lib/systemd/system/             plugboardd.service (Type=notify, reload = SIGHUP)
+#   share/man/man1/                 plugboardd.1 plugboard.1 plugboard-sh.1
+#   share/bash-completion/completions/, share/zsh/site-functions/, share/fish/vendor_completions.d/
+#   share/doc/plugboard/            plugboard.toml.example
+PREFIX          ?= /usr/local
+DESTDIR         ?=
+INSTALL         ?= install
+# The executables installed in bin/, those that take argument-parser's options (man pages,
+# completions), and the shipped plugins (Package.swift's plugboard-plugin-* executables).
+INSTALL_BINARIES := plugboardd plugboard plugboard-sh plugboard-exec-shim
+CLI_BINARIES     := plugboardd plugboard plugboard-sh
+SHIPPED_PLUGINS  := echo host-mount local-volumes containers label
+# install-files copies binaries already built in BIN_DIR (a `swift build --show-bin-path`).
+BIN_DIR         ?=
+# Man pages come from swift-argument-parser's generate-manual tool, the one its
+# GenerateManual plugin runs (make man-tool builds it). GENERATE_MANUAL=none skips them.
+GENERATE_MANUAL ?= $(BIN_DIR)/generate-manual-tool
+DEST            := $(DESTDIR)$(PREFIX)
+
+install: deps man-tool
+	$(SWIFT) build -c release $(BUILD_FLAGS)
+	$(MAKE) install-files BIN_DIR="$$($(SWIFT) build -c release $(BUILD_FLAGS) --show-bin-path)" \
+		GENERATE_MANUAL="$$($(SWIFT) build --show-bin-path)/generate-manual-tool"
+
+# swift-argument-parser's GenerateManual plugin builds its generate-manual tool before it
+# runs; `--help` makes it stop there (a full run would build and document every executable
+# of the package, the benchmarks and test tools too, and 1.8 cannot be told which). Built
+# once, into the default debug build folder (whatever BUILD_FLAGS say): nothing is done when
+# the tool is there. Offline is fine (no fetch).
+man-tool:
+	@tool="$$($(SWIFT) build --show-bin-path)/generate-manual-tool"; \
+	if [ ! -x "$$tool" ]; then \
+		echo "make: building swift-argument-parser's generate-manual tool (swift package plugin generate-manual --help)"; \
+		$(SWIFT) package plugin generate-manual --help > /dev/null || { \
+			echo "make: swift-argument-parser's generate-manual plugin did not run here (see above); man pages need it, or install with GENERATE_MANUAL=none" >&2; exit 1; }; \
+		[ -x "$$tool" ] || { echo "make: the generate-manual plugin ran but $$tool is not there; set GENERATE_MANUAL=PATH (or none)" >&2; exit 1; }; \
+	fi
+
+# Copies what is built in BIN_DIR into $(DESTDIR)$(PREFIX); builds nothing (the tests install
+# a debug build this way). No swift command runs here.
+install-files: install-man
+	@[ -n "$(BIN_DIR)" ] || { echo "make install-files: set BIN_DIR to the built binaries (swift build [-c release] --show-bin-path)" >&2; exit 1; }
+	$(INSTALL) -d "$(DEST)/bin" "$(DEST)/libexec/plugboard/plugins" "$(DEST)/share/plugboard/shell" \
+		"$(DEST)/lib/systemd/system" "$(DEST)/share/doc/plugboard" "$(DEST)/share/bash-completion/completions" \
+		"$(DEST)/share/zsh/site-functions" "$(DEST)/share/fish/vendor_completions.d"
+	$(INSTALL) -m 0755 $(addprefix "$(BIN_DIR)"/,$(INSTALL_BINARIES)) "$(DEST)/bin/"
+	@for p in $(SHIPPED_PLUGINS); do \
+		echo "$(INSTALL) -m 0755 $(BIN_DIR)/plugboard-plugin-$$p $(DEST)/libexec/plugboard/plugins/"; \
+		$(INSTALL) -m 0755 "$(BIN_DIR)/plugboard-plugin-$$p" "$(DEST)/libexec/plugboard/plugins/" || exit 1; \
+	done
+	$(INSTALL) -m 0755 plugins/shell/*.sh "$(DEST)/share/plugboard/shell/"
+	sed 's|@PREFIX@|$(PREFIX)|g' dist/plugboardd.service.in > "$(DEST)/lib/systemd/system/plugboardd.service"
+	chmod 0644 "$(DEST)/lib/systemd/system/plugboardd.service"
+	$(INSTALL) -m 0644 dist/plugboard.toml.example "$(DEST)/share/doc/plugboard/plugboard.toml.example"
+	@for b in $(CLI_BINARIES); do \
+		"$(BIN_DIR)/$$b" --generate-completion-script bash > "$(DEST)/share/bash-completion/completions/$$b" && \
+		"$(BIN_DIR)/$$b" --generate-completion-script zsh > "$(DEST)/share/zsh/site-functions/_$$b" && \
+		"$(BIN_DIR)/$$b" --generate-completion-script fish > "$(DEST)/share/fish/vendor_completions.d/$$b.fish" || \
+		{ echo "make: $$b --generate-completion-script failed" >&2; exit 1; }; \
+	done
+	@echo "installed into $(DEST)"
+
+# The man pages alone, from the binaries in BIN_DIR.
+install-man:
+	@[ -n "$(BIN_DIR)" ] || { echo "make install-man: set BIN_DIR to the built binaries (swift build [-c release] --show-bin-path)" >&2; exit 1; }
+	@if [ "$(GENERATE_MANUAL)" = none ]; then echo "make: no man pages (GENERATE_MANUAL=none)"; exit 0; fi; \
+	[ -x "$(GENERATE_MANUAL)" ] || { echo "make: no generate-manual tool at $(GENERATE_MANUAL): \`make man-tool\` builds it (swift-argument-parser's GenerateManual plugin), or install with GENERATE_MANUAL=none" >&2; exit 1; }; \
+	$(INSTALL) -d "$(DEST)/share/man/man1" || exit 1; \
+	for b in $(CLI_BINARIES); do \
+		"$(GENERATE_MANUAL)" "$(BIN_DIR)/$$b" --output-directory "$(DEST)/share/man/man1" > /dev/null || { echo "make: generate-manual failed for $$b" >&2; exit 1; }; \
+	done; \
+	chmod 0644 $(addprefix "$(DEST)/share/man/man1/,$(addsuffix .1",$(CLI_BINARIES))); \
+	echo "man pages: $(addsuffix .1,$(CLI_BINARIES)) in $(DEST)/share/man/man1"
 
 clean:
 	rm -rf .build .build-asan .build-tsan .build-fuzz

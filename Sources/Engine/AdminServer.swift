@@ -15,10 +15,13 @@ import Routing
 /// The admin socket: a unix stream socket speaking the same Chan protocol as plugins.
 ///
 /// The socket is created mode 0600, in a directory made 0700 when we create it; a stale
-/// socket left by a dead daemon is replaced and a live one refused. Every connection's
-/// peer credentials (SO_PEERCRED) are checked before anything is made for it: only root,
-/// the daemon's own uid and, if given, members of the admin group are served; others are
-/// closed, and logged at most once per ``Limits/refusalLogInterval`` with a count.
+/// socket left by a dead daemon is replaced and a live one refused. With an admin group
+/// the socket is the group's, mode 0660, and so is its directory, mode 0750, when the
+/// directory is the socket's own (see ``socketDirectoryIsOurs(_:socketName:)``): a member
+/// must be able to search the directory and write the socket to connect at all. Every
+/// connection's peer credentials (SO_PEERCRED) are checked before anything is made for it:
+/// only root, the daemon's own uid and, if given, members of the admin group are served;
+/// others are closed, and logged at most once per ``Limits/refusalLogInterval`` with a count.
 ///
 /// Sessions are bounded (``Limits``): in all, per uid, and with slots only root and the
 /// daemon's own uid can take, so that other users cannot lock them out. A session with no
@@ -123,12 +126,14 @@ public final class AdminServer: Sendable {
                 if case .terminated = continuation.yield(session) { session.close(reason: "plugboardd is shutting down") }
             }
         )
-        guard chmod(path, 0o600) == 0 else {
+        do {
+            try setOwnership(path: path, adminGroup: adminGroup, logger: logger)
+        } catch {
             try? await listener.close()
-            throw EngineError(.adminSocket, "cannot make \(path) mode 0600: \(String(cString: strerror(errno)))")
+            throw error
         }
         logger.info("admin socket ready", metadata: [
-            "admin.socket": "\(path)", "admin.max_sessions": "\(limits.maximumSessions)",
+            "admin.socket": "\(path)", "admin.group": "\(adminGroup.map { "\($0)" } ?? "-")", "admin.max_sessions": "\(limits.maximumSessions)",
             "admin.max_sessions_per_uid": "\(limits.maximumSessionsPerUID)", "admin.idle_timeout": "\(limits.idleTimeout)",
         ])
         return AdminServer(
@@ -349,23 +354,71 @@ public final class AdminServer: Sendable {
         return rc == 0
     }
 
-    static func isMember(uid: uid_t, of group: gid_t) -> Bool {
-        // The reentrant lookups: several event loops may ask at once.
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        var pwd = passwd()
-        var pwResult: UnsafeMutablePointer<passwd>?
-        guard getpwuid_r(uid, &pwd, &buffer, buffer.count, &pwResult) == 0, pwResult != nil, let pwName = pwd.pw_name else { return false }
-        let user = String(cString: pwName)
-        var groupBuffer = [CChar](repeating: 0, count: 65_536)
-        var grp = Glibc.group()
-        var grResult: UnsafeMutablePointer<Glibc.group>?
-        guard getgrgid_r(group, &grp, &groupBuffer, groupBuffer.count, &grResult) == 0, grResult != nil else { return false }
-        var member = grp.gr_mem
-        while let name = member?.pointee {
-            if String(cString: name) == user { return true }
-            member = member?.advanced(by: 1)
+    /// The socket's and its directory's group and modes. Without an admin group: the
+    /// socket 0600, and the directory, when it is ours, 0700 and the daemon's group (a group
+    /// given to an earlier run is taken back). With group G: the socket G and 0660, and the
+    /// directory, when it is ours, G and 0750 — members may search it and list it, not
+    /// create, rename or remove anything in it (0770 would let them put their own socket
+    /// in its place). A directory that is not ours (shared, like /tmp or /run) is left as it
+    /// is, with a warning when it keeps the group out.
+    static func setOwnership(path: String, adminGroup: gid_t?, logger: Logger) throws {
+        func fail(_ what: String) -> EngineError {
+            EngineError(.adminSocket, "cannot \(what): \(String(cString: strerror(errno)))")
         }
-        return false
+        let socketGroup = adminGroup ?? getegid()
+        if let adminGroup, chown(path, geteuid(), adminGroup) != 0 { throw fail("give \(path) group \(adminGroup)") }
+        let socketMode: mode_t = adminGroup == nil ? 0o600 : 0o660
+        guard chmod(path, socketMode) == 0 else { throw fail("make \(path) mode \(String(socketMode, radix: 8))") }
+        let directory = (path as NSString).deletingLastPathComponent
+        let socketName = (path as NSString).lastPathComponent
+        if socketDirectoryIsOurs(directory, socketName: socketName) {
+            guard chown(directory, geteuid(), socketGroup) == 0 else { throw fail("give \(directory) group \(socketGroup)") }
+            let mode: mode_t = adminGroup == nil ? 0o700 : 0o750
+            guard chmod(directory, mode) == 0 else { throw fail("make \(directory) mode \(String(mode, radix: 8))") }
+        } else if let adminGroup {
+            var info = stat()
+            let searchable = stat(directory, &info) == 0
+                && (info.st_mode & S_IXOTH != 0 || (info.st_gid == adminGroup && info.st_mode & S_IXGRP != 0))
+            if !searchable {
+                logger.warning("the admin group cannot reach the socket: the group may not search its directory, which is not the socket's own for plugboardd to change (it holds other files, or is not plugboardd's)", metadata: [
+                    "admin.socket": "\(path)", "admin.directory": "\(directory)", "admin.group": "\(adminGroup)",
+                ])
+            }
+        }
+    }
+
+    /// Whether `directory` is the socket's own, whose group and mode plugboardd may set: a
+    /// real directory (not a symlink) owned by this uid, not sticky, that holds nothing but
+    /// the socket (the default /run/plugboard, or one systemd's RuntimeDirectory= made).
+    static func socketDirectoryIsOurs(_ directory: String, socketName: String) -> Bool {
+        var info = stat()
+        guard lstat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid(), info.st_mode & S_ISVTX == 0 else {
+            return false
+        }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return false }
+        return entries.allSatisfy { $0 == socketName }
+    }
+
+    /// Whether user `uid` is in `group`: its primary group or a supplementary one, from the
+    /// group database (getgrouplist; reentrant, unlike getpwuid/getgrgid, and this runs on
+    /// event loop threads).
+    static func isMember(uid: uid_t, of group: gid_t) -> Bool {
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        // The record's strings point into the buffer: everything happens inside its scope.
+        return buffer.withUnsafeMutableBufferPointer { strings in
+            var record = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            guard let base = strings.baseAddress, getpwuid_r(uid, &record, base, strings.count, &result) == 0, result != nil,
+                  let name = record.pw_name else { return false }
+            if record.pw_gid == group { return true }
+            var count: Int32 = 64
+            var groups = [gid_t](repeating: 0, count: Int(count))
+            while getgrouplist(name, record.pw_gid, &groups, &count) == -1 {
+                guard count > Int32(groups.count), count <= 65_536 else { return false }
+                groups = [gid_t](repeating: 0, count: Int(count))
+            }
+            return groups.prefix(Int(count)).contains(group)
+        }
     }
 
     /// ``isMember(uid:of:)``, remembered for 10 s per uid: a user connecting in a loop costs

@@ -13,12 +13,28 @@ struct PluginGroup: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "ls", abstract: "List plugins, like `docker plugin ls`.",
-            discussion: "Examples:\n  plugboard plugin ls --format json\n  plugboard plugin ls -q   # names only"
+            discussion: """
+                --available lists instead the plugins that could be started by name (plugboardd --plugin-exec NAME): \
+                each plugboard-plugin-NAME executable found on $PLUGBOARD_PLUGIN_PATH, $PATH, ../libexec/plugboard/plugins \
+                beside this binary, this binary's directory and /usr/libexec/plugboard/plugins, the first of each name. \
+                It asks no daemon: it looks from this shell, as a plugboardd started here from the same bin directory would.
+                Examples:
+                  plugboard plugin ls --format json
+                  plugboard plugin ls -q   # names only
+                  plugboard plugin ls --available
+                """
         )
         @OptionGroup var connection: Connection
         @OptionGroup var listing: ListingOptions
+        @Flag(help: "List the plugins that can be found by name (NAME PATH), not the daemon's.") var available = false
 
         func run() async throws {
+            if available {
+                let found = PluginSearchPath.forThisProcess().available()
+                if listing.quiet { found.forEach { Swift.print($0.name) }; return }
+                if listing.format == .json { return try printJSON(found) }
+                return printTable(["NAME", "PATH"], found.map { [$0.name, $0.path] })
+            }
             let rows = try await connection.send(Admin.PluginList())
             try listing.print(rows, header: ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], name: \.name) { r in
                 [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]

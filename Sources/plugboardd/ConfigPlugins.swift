@@ -1,3 +1,4 @@
+import AdminProtocol
 import Containers
 import Engine
 import Foundation
@@ -12,6 +13,11 @@ extension ConfiguredPlugin {
         case .builtin(let builtin):
             guard let plugin = builtins[builtin] else { throw EngineError(.unknownBuiltin, "no built-in plugin named \(builtin) runs here") }
             specKind = .builtin(plugin)
+        case .exec(let argv) where argv.isEmpty:
+            // Only a name: plugboard-plugin-NAME, found as --plugin-exec NAME finds it (the
+            // bare name when nowhere: its start then fails saying so).
+            let found = PluginSearchPath.forThisProcess().find(name) ?? PluginSearchPath.executablePrefix + name
+            specKind = .exec(command: found, arguments: [])
         case .exec(let argv):
             specKind = .exec(command: argv[0], arguments: Array(argv.dropFirst()))
         case .container(let bundle):

@@ -120,6 +120,9 @@ actor PluginConfiguration {
             logger.notice("SIGHUP: no configuration file to reload (none given, and \(DaemonConfig.defaultPath) does not exist)")
             return
         }
+        // systemd hears of the reload, and of its end, refused or done.
+        _ = SystemdNotify.reloading()
+        defer { _ = SystemdNotify.send("READY=1") }
         let config: DaemonConfig
         do {
             config = try DaemonConfig.load(file, builtinNames: builtinNames + serviceNames)

@@ -101,10 +101,13 @@ struct DaemonConfig: Sendable, Hashable {
             }
             kind = .builtin(builtin)
         case "exec":
-            // Without a command: plugboard-plugin-NAME, found on PATH.
-            let command = try t.strings("command") ?? ["plugboard-plugin-" + name]
-            guard let first = command.first, !first.isEmpty else { throw t.error("command", "names no command: give [\"/path/to/plugin\", \"ARG\", ...]") }
-            kind = .exec(command)
+            // Without a command: plugboard-plugin-NAME, found by name (docs/INSTALL.md).
+            if let command = try t.strings("command") {
+                guard let first = command.first, !first.isEmpty else { throw t.error("command", "names no command: give [\"/path/to/plugin\", \"ARG\", ...]") }
+                kind = .exec(command)
+            } else {
+                kind = .exec([])
+            }
         case "container":
             guard let bundle = try t.string("bundle") else { throw t.error("bundle", "is missing: a container plugin needs its bundle directory") }
             guard bundle.hasPrefix("/") else { throw t.error("bundle", "must be an absolute path, not \(bundle)") }

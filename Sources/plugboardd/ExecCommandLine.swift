@@ -1,3 +1,4 @@
+import AdminProtocol
 import ArgumentParser
 
 /// How `--plugin` and `--plugin-exec` values are read: `NAME=OPTION`, and a command line
@@ -9,8 +10,11 @@ extension Plugboardd {
         return (String(entry[..<eq]), String(entry[entry.index(after: eq)...]))
     }
 
-    /// "[NAME=]COMMAND ARGS..." with shell-like quoting → (NAME?, [COMMAND, ARGS...]).
-    static func parseExec(_ entry: String) throws -> (String?, [String]) {
+    /// "[NAME=]COMMAND ARGS..." with shell-like quoting → (NAME?, [COMMAND, ARGS...]); a
+    /// bare "NAME" (no `/`, space, `=` or quote) → (NAME, [the path of plugboard-plugin-NAME
+    /// found through `search`]).
+    static func parseExec(_ entry: String, search: @autoclosure () -> PluginSearchPath = .forThisProcess()) throws -> (String?, [String]) {
+        if PluginSearchPath.isBareName(entry) { return (entry, [try discoverPlugin(entry, in: search())]) }
         var name: String?
         var rest = Substring(entry)
         if let eq = rest.firstIndex(of: "="), !rest[..<eq].contains(" "), !rest[..<eq].contains("/") {

@@ -22,6 +22,8 @@ func rewritePluginArguments(_ arguments: [String]) -> [String] {
 @main
 enum Main {
     static func main() async {
+        // First, while this is the only thread: plugins inherit the environment.
+        SystemdNotify.takeSocketFromEnvironment()
         let arguments = rewritePluginArguments(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try Plugboardd.parseAsRoot(arguments)

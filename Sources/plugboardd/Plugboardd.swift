@@ -34,7 +34,7 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(name: .customLong("plugin"), help: ArgumentHelp("A built-in plugin: NAME, NAME OPTION or NAME=OPTION.", valueName: "name"))
     var plugins: [String] = []
 
-    @Option(name: .customLong("plugin-exec"), help: ArgumentHelp("A subprocess plugin: \"[NAME=]COMMAND [ARGS...]\".", valueName: "command"))
+    @Option(name: .customLong("plugin-exec"), help: ArgumentHelp("A subprocess plugin: \"[NAME=]COMMAND [ARGS...]\", or a bare NAME: plugboard-plugin-NAME found on $PLUGBOARD_PLUGIN_PATH, $PATH, ../libexec/plugboard/plugins, the binary's directory, /usr/libexec/plugboard/plugins.", valueName: "command"))
     var execPlugins: [String] = []
 
     @Option(name: .customLong("plugin-container"), help: ArgumentHelp("A container plugin: \"NAME=BUNDLE\", a directory with rootfs/ and plugin.json, run by runc.", valueName: "name=bundle"))

@@ -69,7 +69,9 @@ struct AdminService: Service {
         await withDiscardingTaskGroup { group in
             group.addTask { await admin.serve() }
             logger.info("plugboardd ready", metadata: ["plugboard.boot_order": "\(engine.bootOrder)", "plugboard.admin_socket": "\(admin.path)"])
+            SystemdNotify.send("READY=1\nSTATUS=serving \(admin.path)")
             try? await gracefulShutdown()
+            SystemdNotify.send("STOPPING=1")
             await admin.close()
             // Subscriptions (plugboard events) wait for the next event: end them now.
             group.cancelAll()

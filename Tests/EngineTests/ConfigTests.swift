@@ -71,11 +71,17 @@ struct ConfigTests {
             kind = "exec"
             command = ["/no/such/plugin"]
 
+            [plugins.host-mount]
+            kind = "exec"
+            options = "/srv /srv"
+
             """)
         let daemon = try await place.startDaemon(["--config", file])
         try await whileRunning(daemon) {
             let r = try await rows()
             #expect(r["fine"]?["state"] as? String == "active")
+            // Only a name: plugboard-plugin-host-mount, found beside plugboardd.
+            #expect(r["host-mount"]?["state"] as? String == "active" && r["host-mount"]?["kind"] as? String == "exec", "\(r["host-mount"] ?? [:])")
             #expect(r["broken"]?["state"] as? String == "failed")
             #expect(try await place.cli(["call", "fine.job", "\"hi\""]).out.contains("hi"))
         }
