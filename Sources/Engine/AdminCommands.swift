@@ -104,7 +104,10 @@ enum AdminCommands {
             }
         case .call:
             return try await typed(Admin.Call.self, body) { r in
-                try await engine.hub.call(r.job, r.argument, timeout: .clampedMilliseconds(r.timeoutMilliseconds, default: Hub.defaultTimeout))
+                // The caller's deadline; else the one the job declared; else the engine's default.
+                let timeout = r.timeoutMilliseconds.map { Duration.clampedMilliseconds($0, default: Hub.defaultTimeout) }
+                    ?? engine.hub.declaredTimeout(of: r.job) ?? Hub.defaultTimeout
+                return try await engine.hub.call(r.job, r.argument, timeout: timeout)
             }
         case .version:
             return try await typed(Admin.Version.self, body) { _ in Admin.VersionInfo.current }

@@ -46,6 +46,8 @@ public struct PluginDescription: Sendable, Hashable {
     public var calls: [String]
     /// What its hooks need to change (`mount=/srv/data`, `command`); each needs a grant.
     public var hookPrivileges: [String] = []
+    /// How long a call to each of these jobs may take when its caller sets no deadline.
+    public var jobTimeouts: [String: Duration] = [:]
 
     init(_ d: PluginDeclaration) {
         name = d.name
@@ -57,6 +59,7 @@ public struct PluginDescription: Sendable, Hashable {
         requires = d.requires
         calls = d.calls
         hookPrivileges = d.hookPrivileges
+        jobTimeouts = Dictionary(d.jobs.compactMap { job in job.timeout.map { (job.name, $0) } }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Parses the declaration a plugin sent in HELLO.
@@ -87,6 +90,12 @@ public struct PluginDescription: Sendable, Hashable {
         }
         calls = try strings("calls")
         hookPrivileges = try strings("hook_privileges")
+        for entry in v["job_timeouts"]?.mapValue ?? [] {
+            guard let job = entry.key.stringValue, let ms = entry.value.intValue else {
+                throw EngineError(.badDeclaration, "plugin \(fallbackName): \"job_timeouts\" maps job names to milliseconds")
+            }
+            jobTimeouts[job] = .clampedMilliseconds(ms, default: .seconds(10))
+        }
         if let bad = hookPrivileges.first(where: { HookPrivilege($0) == nil }) {
             throw EngineError(.badDeclaration, "plugin \(fallbackName): \"hook_privileges\" holds \(bad); a hook privilege is mount=/HOST/PATH, mount=/HOST/PATH:ro or command")
         }

@@ -60,6 +60,8 @@ public final class Hub: Sendable {
         /// Jobs whose owner left for good (failed, stopped, removed), with why: a call
         /// to one is told that, not just "no job named".
         var departed: [String: (owner: String, reason: String)] = [:]
+        /// Deadlines jobs declared for calls that set none.
+        var declaredTimeouts: [String: Duration] = [:]
         /// Set while the engine boots: unknown jobs wait for it instead of failing.
         var bootGate: ReadinessSignal?
     }
@@ -303,6 +305,19 @@ public final class Hub: Sendable {
         for w in expired {
             w.resume(throwing: RoutingError(.ownerGone, "plugin \(owner), which owns job \(job), did not come back in time", plugin: owner))
         }
+    }
+
+    /// Records the deadlines `owner`'s jobs declared, for callers that set none
+    /// (``declaredTimeout(of:)``); a job without one is forgotten.
+    public func declareTimeouts(_ timeouts: [String: Duration], jobs: [String]) {
+        state.withLockedValue { s in
+            for job in jobs { s.declaredTimeouts[job] = timeouts[job] }
+        }
+    }
+
+    /// The deadline `job` declared for calls that set none, if it declared one.
+    public func declaredTimeout(of job: String) -> Duration? {
+        state.withLockedValue { $0.declaredTimeouts[job] }
     }
 
     /// While `gate` has not fired, a call to a job no plugin has registered or reserved waits

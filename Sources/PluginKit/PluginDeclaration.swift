@@ -44,6 +44,9 @@ public struct PluginDeclaration: Sendable {
     public struct Job: Sendable {
         /// The job's name.
         public var name: String
+        /// How long a call may take when its caller sets no deadline (an operator's
+        /// `plugboard call` without `--timeout`); nil: the engine's default, 10 s.
+        public var timeout: Duration? = nil
         /// Answers one call, given the argument and who called.
         public var handler: JobHandlerWithCall
     }
@@ -113,8 +116,8 @@ public struct PluginDeclaration: Sendable {
     }
 
     /// Serves the job `name`.
-    public mutating func job(_ name: String, _ handler: @escaping JobHandler) {
-        jobs.append(Job(name: name) { argument, _ in try await handler(argument) })
+    public mutating func job(_ name: String, timeout: Duration? = nil, _ handler: @escaping JobHandler) {
+        jobs.append(Job(name: name, timeout: timeout) { argument, _ in try await handler(argument) })
     }
 
     /// Provides the extension point `point` at `priority` (higher is better): callers ask for
@@ -124,8 +127,8 @@ public struct PluginDeclaration: Sendable {
     }
 
     /// Serves the job `name`, with the caller's identity.
-    public mutating func job(_ name: String, withCall handler: @escaping JobHandlerWithCall) {
-        jobs.append(Job(name: name, handler: handler))
+    public mutating func job(_ name: String, timeout: Duration? = nil, withCall handler: @escaping JobHandlerWithCall) {
+        jobs.append(Job(name: name, timeout: timeout, handler: handler))
     }
 
     /// Receives the lifecycle event `event`.
@@ -197,7 +200,8 @@ public struct PluginDeclaration: Sendable {
             ("provides", .array(providers.map { .fields(("point", .string($0.point)), ("priority", .int(Int64($0.priority)))) })),
             ("requires", .array(requires.map { .string($0) })),
             ("calls", .array(calls.map { .string($0) })),
-            ("hook_privileges", .array(hookPrivileges.map { .string($0) }))
+            ("hook_privileges", .array(hookPrivileges.map { .string($0) })),
+            ("job_timeouts", .map(jobs.compactMap { job in job.timeout.map { (key: .string(job.name), value: .int(Self.milliseconds($0))) } }))
         )
     }
 

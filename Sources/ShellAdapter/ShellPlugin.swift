@@ -24,7 +24,9 @@ public struct ShellPlugin: Plugin {
         for entry in entries {
             switch entry.kind {
             case .job:
-                d.job(entry.name) { argument in
+                // The daemon waits a little longer than the script may run, so that the
+                // script's own timeout error (its process group killed) is what callers hear.
+                d.job(entry.name, timeout: entry.timeout + .seconds(1)) { argument in
                     switch try await runner.answer(entry, payload: argument) {
                     case .value(let v): return v
                     case .veto(let reason): throw ShellCallError.failed(reason)

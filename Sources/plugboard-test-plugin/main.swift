@@ -1,5 +1,5 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
-//   seize=required|optional seize-declares (a hostile container.create hook)
+//   seize=required|optional seize-declares (a hostile container.create hook) slow=JOB:MS (declares a deadline, never answers)
 //   provides=a,b provides-on-restart=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
 //   point=POINT:PRIORITY,... (provides an extension point answering "NAME:ARGUMENT")
 //   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
@@ -27,6 +27,16 @@ struct TestPlugin: Plugin {
         d.requires = list("requires")
         d.calls = list("calls")
         for job in list("provides") { d.job(job) { $0 } }
+        // slow=JOB:MS: a job declaring a deadline of MS that never answers.
+        for entry in list("slow") {
+            let parts = entry.split(separator: ":").map(String.init)
+            d.job(parts[0], timeout: .milliseconds(Int64(parts.count > 1 ? parts[1] : "") ?? 500)) { _ in
+                let (stream, continuation) = AsyncStream.makeStream(of: Never.self)
+                for await _ in stream {}
+                withExtendedLifetime(continuation) {}
+                return .nil
+            }
+        }
         // provides-on-restart=a,b: jobs it declares only once restarted (a declaration that changes).
         if context.restarts > 0 { for job in list("provides-on-restart") { d.job(job) { $0 } } }
         let name = context.name

@@ -93,6 +93,20 @@ struct ConfigTests {
         try? FileManager.default.removeItem(atPath: place.dir)
     }
 
+    @Test("a call without --timeout gets the deadline its job declared, not the daemon's 10 s")
+    func declaredTimeout() async throws {
+        let daemon = try await place.startDaemon(["--plugin-exec", "slow=\(try builtExecutable("plugboard-test-plugin")) slow=slow.job:700"])
+        try await whileRunning(daemon) {
+            let r = try await place.cli(["call", "slow.job"])
+            #expect(r.status != .exited(0))
+            #expect(r.err.contains("routing.timeout") || r.err.contains("did not answer"), "\(r.err)")
+            // The deadline named is the job's (700 ms, or what was left of it), not 10 s.
+            let named = r.err.firstMatch(of: #/within (\d+)ms/#).flatMap { Int($0.1) }
+            #expect(named.map { $0 <= 700 } == true, "\(r.err)")
+        }
+        await place.stop(daemon)
+    }
+
     @Test("SIGHUP: removed plugins stop, new ones start, changed ones restart, the rest are untouched; a bad file changes nothing")
     func reload() async throws {
         try write(try testPlugin("gone", "provides=gone.job") + testPlugin("changed", "provides=changed.one") + testPlugin("kept", "provides=kept.job"))

@@ -22,6 +22,13 @@ public struct LocalVolumesPlugin: Plugin {
     /// A volume driver over directories under the option's directory.
     public init() {}
 
+    /// Refuses an option that is not an absolute directory.
+    public func checkOptions(_ options: String) throws {
+        guard options.trimmingCharacters(in: .whitespaces).hasPrefix("/") else {
+            throw PluginError(code: "volume.not-configured", message: "local-volumes needs an absolute directory as its option (--plugin local-volumes /var/lib/plugboard-volumes), not \"\(options)\"")
+        }
+    }
+
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         var d = PluginDeclaration(name: "local-volumes", version: "1.0.0")
         let base = context.options.trimmingCharacters(in: .whitespaces)

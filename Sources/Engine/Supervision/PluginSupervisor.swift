@@ -179,6 +179,7 @@ actor PluginSupervisor {
     func activate() throws {
         guard let description, let participant = current?.participant else { throw EngineError(.startFailed, "plugin \(name) was not started") }
         try engine.hub.register(jobs: description.jobs, for: participant)
+        engine.hub.declareTimeouts(description.jobTimeouts, jobs: description.jobs)
         for provided in description.provides {
             engine.hub.provide(provided.point, priority: provided.priority, by: participant)
         }
