@@ -98,7 +98,7 @@ enum ScriptProcess {
             break
         }
         guard complete else {
-            throw ShellCallError.failed("\(what): reading its output failed")
+            throw ShellCallError.failed("\(what): reading its output failed: \(collector.failure ?? "stopped")")
         }
         if collector.stdout.overflowed || collector.stderr.overflowed {
             throw ShellCallError.tooMuchOutput("\(what) printed more than \(maxOutput >> 20) MiB")
@@ -179,6 +179,8 @@ final class OutputCollector: Sendable {
         /// Set when the thread is done: whether both pipes reached their end.
         var complete: Bool?
         var stopRequested = false
+        /// Why reading failed, when it was not asked to stop.
+        var failure: String?
         var waiters: [CheckedContinuation<Bool, Never>] = []
     }
 
@@ -229,6 +231,9 @@ final class OutputCollector: Sendable {
         }
     }
 
+    /// Why reading failed on its own (not stopped), for the error.
+    var failure: String? { state.withLockedValue { $0.failure } }
+
     /// Waits for the thread: true if both pipes reached their end, false if it was stopped first.
     func finished() async -> Bool {
         await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
@@ -258,9 +263,17 @@ final class OutputCollector: Sendable {
             let rc = poll(&fds, nfds_t(fds.count), -1)
             if rc < 0 {
                 if errno == EINTR { continue }
+                let reason = "poll: \(String(cString: strerror(errno)))"
+                state.withLockedValue { $0.failure = reason }
                 return false
             }
-            if fds[2].revents != 0 { return false }
+            if fds[2].revents != 0 {
+                let revents = fds[2].revents
+                state.withLockedValue { s in
+                    if !s.stopRequested { s.failure = "its wake pipe reported events \(revents) without a stop" }
+                }
+                return false
+            }
             for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 {
                 let n = chunk.withUnsafeMutableBytes { Glibc.read(fds[i].fd, $0.baseAddress, $0.count) }
                 if n > 0 {

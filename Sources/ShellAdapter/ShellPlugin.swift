@@ -24,9 +24,10 @@ public struct ShellPlugin: Plugin {
         for entry in entries {
             switch entry.kind {
             case .job:
-                // The daemon waits a little longer than the script may run, so that the
-                // script's own timeout error (its process group killed) is what callers hear.
-                d.job(entry.name, timeout: entry.timeout + .seconds(1)) { argument in
+                // The daemon waits longer than the script may run (5 s more: the adapter on a
+                // loaded machine), so that the script's own timeout error (its process group
+                // killed) is what callers hear.
+                d.job(entry.name, timeout: entry.timeout + .seconds(5)) { argument in
                     switch try await runner.answer(entry, payload: argument) {
                     case .value(let v): return v
                     case .veto(let reason): throw ShellCallError.failed(reason)
