@@ -91,12 +91,16 @@ struct InstallTests {
         #expect(help.out.contains("--plugin-exec"))
         let daemon = try await startReady(usr + "/bin/plugboardd", [
             "--admin-socket", place.socket, "--state-dir", place.dir + "-state", "--shutdown-grace", "1", "--plugin-exec", "host-mount",
+            // The README's form, with the plugin's executable by its bare name: found in libexec too.
+            "--plugin-exec", "logs=plugboard-plugin-host-mount /var/log /host/var/log",
         ], environment: environment)
         try await whileRunning(daemon) {
             let cli = usr + "/bin/plugboard"
             let list = try await runCommand(cli, ["plugin", "ls", "--socket", place.socket], environment: environment)
             let row = list.out.split(separator: "\n").first { $0.hasPrefix("host-mount ") }
             #expect(row?.contains(" exec ") == true && row?.contains(" active ") == true, "plugin ls: \(list.out) \(list.err)")
+            let logs = list.out.split(separator: "\n").first { $0.hasPrefix("logs ") }
+            #expect(logs?.contains(" active ") == true, "plugin ls: \(list.out)")
             let inspect = try await runCommand(cli, ["plugin", "inspect", "host-mount", "--socket", place.socket], environment: environment)
             #expect(inspect.out.contains("libexec\\/plugboard\\/plugins\\/plugboard-plugin-host-mount") || inspect.out.contains("libexec/plugboard/plugins/plugboard-plugin-host-mount"), "\(inspect.out)")
             let available = try await runCommand(cli, ["plugin", "ls", "--available"], environment: environment)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AdminProtocol
 import Chan
 import Foundation
 import Logging
@@ -22,6 +23,13 @@ struct ExecLauncher: PluginLauncher {
         // The shim joins the plugin's cgroups from inside, before exec: nothing the plugin
         // forks can start outside them.
         let joins = (request.cgroup?.procsFiles ?? []).flatMap { ["--cgroup-procs", $0] }
+        // A bare `plugboard-plugin-NAME` is found where plugins are installed too
+        // (libexec/plugboard/plugins), not only on PATH.
+        var command = self.command
+        if !command.contains("/"), command.hasPrefix(PluginSearchPath.executablePrefix),
+           let found = PluginSearchPath.forThisProcess().find(String(command.dropFirst(PluginSearchPath.executablePrefix.count))) {
+            command = found
+        }
         let (executable, argv): (String, [String]) = engine.shimPath.map { ($0, joins + [String(getpid()), command] + arguments) } ?? (command, arguments)
         return try await startPluginProcess(
             request, executable: executable, arguments: argv, environment: environment, what: command, engine: engine
