@@ -69,11 +69,16 @@ enum ScriptProcess {
         // reading stops, whoever still holds the pipes.
         let interrupted = NIOLockedValueBox<(cancelled: Bool, leaderRunning: Bool)?>(nil)
         let end: @Sendable (_ cancelled: Bool) -> Void = { cancelled in
-            let running = process.exitStatus == nil
-            let reading = collector.stop()
-            guard running || reading else { return }
-            interrupted.withLockedValue { $0 = $0 ?? (cancelled, running) }
-            process.signalGroup(SIGKILL)
+            // Under `interrupted`'s lock, so that the run cannot see its reading stopped
+            // before it can see why (the reader may finish the moment `stop()` returns).
+            let kill = interrupted.withLockedValue { i -> Bool in
+                let running = process.exitStatus == nil
+                let reading = collector.stop()
+                guard running || reading else { return false }
+                i = i ?? (cancelled, running)
+                return true
+            }
+            if kill { process.signalGroup(SIGKILL) }
         }
         let token = DeadlineSweeper.shared.schedule(in: timeout) { end(false) }
         let (status, complete) = await withTaskCancellationHandler {
