@@ -156,7 +156,7 @@ let package = Package(
         .testTarget(name: "HooksTests", dependencies: ["Hooks", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "PluginKitTests", dependencies: ["PluginKit", "Hooks", "Routing", "Chan"], swiftSettings: strict),
         .testTarget(name: "ContainersTests", dependencies: ["Containers", "Chan", nioLocks], swiftSettings: strict),
-        .testTarget(name: "ShellAdapterTests", dependencies: ["ShellAdapter", "Chan"], swiftSettings: strict),
+        .testTarget(name: "ShellAdapterTests", dependencies: ["ShellAdapter", "Chan", "PluginKit"], swiftSettings: strict),
         .testTarget(
             name: "EngineTests",
             dependencies: [

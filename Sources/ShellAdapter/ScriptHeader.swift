@@ -28,6 +28,9 @@ public struct ScriptEntry: Sendable, Hashable {
     public var timeout: Duration
     public var format: Format = .json
     public var mode: Mode = .call
+    /// What a hook needs to change (`privileges=mount=/srv/data,command`), declared to the
+    /// daemon as the plugin's hook privileges: each must be granted (docs/CONTAINERS.md).
+    public var privileges: [String] = []
     /// The header line it came from (1-based).
     public var line: Int
 }
@@ -43,7 +46,7 @@ public struct ScriptHeaderError: Error, CustomStringConvertible, Hashable {
 
 /// The registrations a script declares in its header comment lines.
 public enum ScriptHeader {
-    static let keys = ["priority", "policy", "timeout", "format", "mode", "phase", "overrides"]
+    static let keys = ["priority", "policy", "timeout", "format", "mode", "phase", "overrides", "privileges"]
 
     /// Parses every `# plugboard:` line of the leading comment block (the shebang and other
     /// comments may come first; the header ends at the first line that is not a comment).
@@ -95,6 +98,13 @@ public enum ScriptHeader {
                 case "mode":
                     guard let m = ScriptEntry.Mode(rawValue: value) else { throw fail("mode is call or stream, not \(value)") }
                     entry.mode = m
+                case "privileges":
+                    guard kind == .hook else { throw fail("privileges are a hook's: what it may change") }
+                    let items = value.split(separator: ",").map(String.init)
+                    for item in items where !(item == "command" || (item.hasPrefix("mount=/") && !item.contains(" "))) {
+                        throw fail("\(item) is not a hook privilege: mount=/HOST/PATH, mount=/HOST/PATH:ro or command")
+                    }
+                    entry.privileges = items
                 default:
                     throw fail("unknown key \"\(key)\"; the keys are \(keys.joined(separator: ", "))")
                 }

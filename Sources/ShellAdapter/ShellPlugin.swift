@@ -20,6 +20,10 @@ public struct ShellPlugin: Plugin {
     public func declare(_ context: PluginContext) -> PluginDeclaration {
         if let e = context.engine { engine.withLockedValue { $0 = e } }
         var d = PluginDeclaration(name: name, version: "plugboard-sh")
+        // What its hooks may change, from their `privileges=` (each once).
+        var privileges: [String] = []
+        for p in entries.flatMap(\.privileges) where !privileges.contains(p) { privileges.append(p) }
+        d.hookPrivileges = privileges
         let runner = self.runner
         for entry in entries {
             switch entry.kind {

@@ -1,4 +1,5 @@
 import Chan
+import PluginKit
 import Testing
 @testable import ShellAdapter
 
@@ -22,6 +23,26 @@ struct ShellFormatTests {
         #expect(entries[2].mode == .stream)
         #expect(entries[3].kind == .pipeline && entries[3].priority == 3)
         #expect(entries[4].kind == .calls)
+    }
+
+    @Test("a hook's privileges= become the script's declared hook privileges; a bad one is refused naming the line")
+    func hookPrivileges() throws {
+        let entries = try ScriptHeader.parse("""
+            #!/bin/sh
+            # plugboard: hook container.create privileges=mount=/srv/data:ro,command
+            # plugboard: hook container.start privileges=command
+            """, script: "mounts.sh")
+        #expect(entries[0].privileges == ["mount=/srv/data:ro", "command"])
+        let plugin = ShellPlugin(name: "mounts", entries: entries, runner: ScriptRunner(script: "/bin/true", arguments: [], environment: [:]))
+        let declaration = plugin.declare(PluginContext(name: "mounts", options: "", restarts: 0, engine: nil))
+        #expect(declaration.hookPrivileges == ["mount=/srv/data:ro", "command"])
+        #expect(declaration.wireValue["hook_privileges"] == ["mount=/srv/data:ro", "command"])
+        #expect(throws: ScriptHeaderError.self) {
+            try ScriptHeader.parse("# plugboard: hook container.create privileges=everything\n", script: "bad.sh")
+        }
+        #expect(throws: ScriptHeaderError.self) {
+            try ScriptHeader.parse("# plugboard: job x.y privileges=command\n", script: "bad.sh")
+        }
     }
 
     @Test("a malformed header line is an error naming its line number and what is wrong")
