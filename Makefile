@@ -6,7 +6,7 @@ SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static python3
 LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=

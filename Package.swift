@@ -27,6 +27,7 @@ let package = Package(
         .executable(name: "plugboardd", targets: ["plugboardd"]),
         .executable(name: "plugboard", targets: ["plugboard"]),
         .executable(name: "plugboard-sh", targets: ["plugboard-sh"]),
+        .executable(name: "plugboard-conformance", targets: ["plugboard-conformance"]),
         .executable(name: "plugboard-bench", targets: ["plugboard-bench"]),
         .executable(name: "plugboard-plugin-echo", targets: ["plugboard-plugin-echo"]),
         .executable(name: "plugboard-exec-shim", targets: ["plugboard-exec-shim"]),
@@ -103,8 +104,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The CLI links only what both ends of the admin socket share, never the engine.
-        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", argumentParser, log], swiftSettings: strict),
+        // The conformance kit: runs a plugin executable through what docs/PROTOCOL.md requires,
+        // frame by frame, without a daemon (docs/CONFORMANCE.md). Never the engine.
+        .target(name: "Conformance", dependencies: ["Chan", "Spawn", "Routing", argumentParser, log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
+        .executableTarget(name: "plugboard-conformance", dependencies: ["Conformance", argumentParser, log], swiftSettings: strict),
+        // The CLI links only what both ends of the admin socket share, and the conformance
+        // kit (`plugboard plugin test`), never the engine.
+        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Conformance", argumentParser, log], swiftSettings: strict),
         // Shell scripts as plugins: header registrations, the env format, call and stream
         // modes, the callback socket. plugboard-sh is the thin executable over it.
         .target(name: "ShellAdapter", dependencies: ["Chan", "PluginKit", "Hooks", "Spawn", "Routing", log, nioLocks], swiftSettings: strict),
@@ -150,6 +156,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SpawnTests", dependencies: ["Spawn"], swiftSettings: strict),
+        // Runs the real plugboard-conformance against the plugins we ship and a broken fixture.
+        .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "Chan", "Spawn", "TestSupport"], exclude: ["Fixtures"], swiftSettings: strict),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "HubTests", dependencies: ["Hub", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Routing", "Chan", "TestSupport", nioLocks], swiftSettings: strict),

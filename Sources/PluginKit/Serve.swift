@@ -39,12 +39,14 @@ public enum PluginKit {
                 ?? CommandLine.arguments.dropFirst().joined(separator: " "),
             restarts: Int(environment["PLUGBOARD_RESTARTS"] ?? "") ?? 0
         )
+        var started: Session?
         do {
             let declaration0 = plugin.declare(context)
             let session = try await Session.overFileDescriptors(
                 read: 3, write: 4, role: .acceptor,
                 configuration: .init(name: context.name, meta: declaration0.wireValue), logger: logger
             )
+            started = session
             try await session.start()
             context.engine = EngineConnection(session: session)
             // Declare again with the engine connection in the context, so handlers can call out.
@@ -55,6 +57,11 @@ public enum PluginKit {
             exit(0)
         } catch {
             logger.error("plugin stopping: \(error)")
+            // A refused handshake (another protocol version) leaves a GOAWAY saying why in the
+            // transport's buffer, written and closed by a job already queued on its event
+            // loop: let that job run before exiting, or the daemon sees only end of file.
+            // (The conformance kit's handshake.version found it.)
+            if let started { try? await started.taskExecutor.eventLoop.submit {}.get() }
             exit(1)
         }
     }

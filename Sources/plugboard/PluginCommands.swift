@@ -7,7 +7,7 @@ struct PluginGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugin",
         abstract: "List, inspect, add, remove, enable, disable, restart and grant plugins.",
-        subcommands: [List.self, Inspect.self, Add.self, Remove.self, Enable.self, Disable.self, Restart.self, Grant.self, Set.self]
+        subcommands: [List.self, Inspect.self, Add.self, Remove.self, Enable.self, Disable.self, Restart.self, Grant.self, Set.self, Test.self]
     )
 
     struct List: AsyncParsableCommand {
