@@ -104,7 +104,9 @@ public struct ConformanceReport: Sendable, Codable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = (try? encoder.encode(Wire(command: command, plugin: plugin, cases: cases, passed: passed, failed: failed, skipped: skipped))) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
+        // Foundation writes an empty list across lines ("[\n\n]"); a raw newline is never
+        // inside a JSON string, so this touches formatting only.
+        return String(decoding: data, as: UTF8.self).replacingOccurrences(of: #"\[\n\s*\]"#, with: "[]", options: .regularExpression) + "\n"
     }
 
     /// Builds a report.

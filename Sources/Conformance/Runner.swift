@@ -263,7 +263,8 @@ final class Runner {
 
     func echoCases(_ declaration: Declaration) async {
         guard let job = echoJob(declaration) else {
-            record(CaseResult(name: "echo", status: .skip, message: "no job echoes (none is named echo or *.echo; name one with --echo JOB)"))
+            let why = options.echoJobs == [] ? "--no-echo" : "no job echoes (none is named echo or *.echo; name one with --echo JOB)"
+            record(CaseResult(name: "echo", status: .skip, message: why))
             return
         }
         for sample in EchoSamples.all {
