@@ -52,6 +52,8 @@ public struct ConformanceArguments: ParsableArguments {
     /// The plugin's command line without the `--` that introduces it.
     var commandLine: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
 
+    /// Refuses a format other than text or json, a missing command, a timeout or grace
+    /// that is not positive, and an `--input` that is not NAME=JSON.
     public func validate() throws {
         guard format == "text" || format == "json" else { throw ValidationError("--format takes text or json, not \(format)") }
         guard !commandLine.isEmpty else { throw ValidationError("name the plugin to test: -- COMMAND [ARGS...]") }

@@ -110,7 +110,9 @@ func runKit(_ kitArguments: [String], _ command: [String]) async throws -> (stat
     return (result.status, report, result.err)
 }
 
-@Suite("the conformance kit: the plugins we ship pass, a broken one fails where it breaks")
+// Serialized: each kit run starts its plugin some 40 times; eleven runs at once on two
+// cores starved the handshakes of the other suites running beside it.
+@Suite("the conformance kit: the plugins we ship pass, a broken one fails where it breaks", .serialized)
 struct ConformanceKitTests {
     /// Every plugin we ship that speaks the protocol itself. To add one (the Python SDK's
     /// example, say), add a line here:
