@@ -171,6 +171,10 @@ final class Runner {
         await run("handshake.hello") {
             guard arrived else {
                 let how = await session.howItEnded
+                if await session.isOver {
+                    let status = session.run.process.exitStatus.map { "; \($0)" } ?? ""
+                    throw await fail(session, "ended the session without sending a HELLO (\(how)\(status))")
+                }
                 throw await fail(session, "sent no HELLO within \(timeout.inSeconds) of the kit's (\(how))")
             }
             if let first = problems.first { throw Failure(first + (problems.count > 1 ? "; " + problems.dropFirst().joined(separator: "; ") : "")) }
