@@ -100,11 +100,20 @@ struct Report: Decodable {
     var failures: String { cases.filter { $0.status == "fail" }.map { "FAIL \($0.name): \($0.message) \($0.output.suffix(3))" }.joined(separator: "\n") }
 }
 
+/// A kit run starts its plugin some 40 times in a few seconds. At nice 10 (the plugins
+/// inherit it) those starts yield the CPU to the other suites' daemons and plugins, whose
+/// handshakes must finish within 10 s on a loaded two-core machine.
+let niceKit = ["nice", "-n", "10"]
+
+/// Generous waits: a plugin that conforms never makes the kit wait them out, and a loaded
+/// machine must not turn a slow answer into a failure.
+let patientKit = ["--timeout", "30", "--grace", "30"]
+
 /// Runs plugboard-conformance with `--format json`.
 func runKit(_ kitArguments: [String], _ command: [String]) async throws -> (status: Spawn.ExitStatus, report: Report, err: String) {
     let kit = try builtExecutable("plugboard-conformance")
-    let result = try await withDeadline(120, "plugboard-conformance") {
-        try await runCommand([kit, "--format", "json"] + kitArguments + ["--"] + command)
+    let result = try await withDeadline(300, "plugboard-conformance") {
+        try await runCommand(niceKit + [kit, "--format", "json"] + kitArguments + ["--"] + command)
     }
     let report = try JSONDecoder().decode(Report.self, from: Data(result.out.utf8))
     return (result.status, report, result.err)
@@ -130,7 +139,7 @@ struct ConformanceKitTests {
 
     @Test("a shipped plugin passes every case", arguments: shipped)
     func shippedPluginPasses(_ subject: Subject) async throws {
-        let (status, report, err) = try await runKit(subject.kitArguments, try subject.commandLine())
+        let (status, report, err) = try await runKit(patientKit + subject.kitArguments, try subject.commandLine())
         #expect(report.failed == 0, "\(subject.name):\n\(report.failures)\n\(err)")
         #expect(status == .exited(0), "\(subject.name): \(status)")
         #expect(report.passed >= 20, "\(subject.name): only \(report.passed) cases passed")
@@ -141,8 +150,8 @@ struct ConformanceKitTests {
     @Test("the text format: a line per case, the summary last, and plugboard plugin test says the same")
     func textFormat() async throws {
         let echo = try builtExecutable("plugboard-plugin-echo")
-        let kit = try await withDeadline(120, "plugboard-conformance") {
-            try await runCommand([try builtExecutable("plugboard-conformance"), "--", echo])
+        let kit = try await withDeadline(300, "plugboard-conformance") {
+            try await runCommand(niceKit + [try builtExecutable("plugboard-conformance")] + patientKit + ["--", echo])
         }
         let lines = kit.out.split(separator: "\n").map(String.init)
         #expect(kit.status == .exited(0), "\(kit.out)\(kit.err)")
@@ -152,8 +161,8 @@ struct ConformanceKitTests {
         #expect(lines.last == "\(passes) passed, 0 failed", "\(lines.suffix(3))")
         #expect(lines.dropLast().allSatisfy { $0.hasPrefix("PASS ") || $0.hasPrefix("SKIP ") }, "\(lines)")
 
-        let cli = try await withDeadline(120, "plugboard plugin test") {
-            try await runCommand([try builtExecutable("plugboard"), "plugin", "test", "--", echo])
+        let cli = try await withDeadline(300, "plugboard plugin test") {
+            try await runCommand(niceKit + [try builtExecutable("plugboard"), "plugin", "test"] + patientKit + ["--", echo])
         }
         #expect(cli.status == .exited(0), "\(cli.out)\(cli.err)")
         #expect(cli.out.split(separator: "\n").last.map(String.init) == lines.last)
@@ -163,7 +172,8 @@ struct ConformanceKitTests {
     func brokenPluginFails() async throws {
         let fixture = repositoryRoot + "/Tests/ConformanceTests/Fixtures/broken-plugin.py"
         let faults = "slow-hello bad-declaration mangle-int forward-ends no-credit ignore-window die-on-close crash-on-bad-frame ignore-goaway"
-        let (status, report, err) = try await runKit(["--options", faults, "--timeout", "1", "--grace", "1"], ["python3", fixture])
+        // Short waits (each fault makes the kit wait one out), long enough for a loaded machine.
+        let (status, report, err) = try await runKit(["--options", faults, "--timeout", "3", "--grace", "2"], ["python3", fixture])
         #expect(status == .exited(1), "\(err)")
         func failed(_ name: String, saying parts: String...) {
             guard let result = report.named(name) else {
@@ -180,7 +190,7 @@ struct ConformanceKitTests {
         failed("flow.credit", saying: "sent no CREDIT on the calls channel after the kit had sent", "its window: 262144")
         failed("flow.window", saying: "with no credit left", "the kit's window of 1024")
         failed("timeout.late-reply", saying: "after the kit gave up on a call (closed its reply channel)")
-        failed("goaway.exit", saying: "still running 1 s after GOAWAY")
+        failed("goaway.exit", saying: "still running 2 s after GOAWAY")
         for hostile in ["zero-length", "invalid-byte", "trailing-bytes", "truncated-value", "invalid-utf8", "too-deep", "bad-reference", "unknown-frame-type", "unknown-channel", "oversized-frame"] {
             failed("hostile.\(hostile)", saying: "without a GOAWAY saying why")
         }
@@ -197,7 +207,7 @@ struct ConformanceKitTests {
         #expect(status == .exited(1))
         #expect(report.failed >= 1)
         #expect(report.cases.first?.message.contains("could not start /nonexistent/plugin") == true, "\(report.cases.first.map(\.message) ?? "")")
-        let usage = try await runCommand([try builtExecutable("plugboard-conformance"), "--format", "xml", "--", "true"])
+        let usage = try await runCommand(niceKit + [try builtExecutable("plugboard-conformance"), "--format", "xml", "--", "true"])
         #expect(usage.status == .exited(64), "\(usage.err)")
         #expect(usage.err.contains("--format takes text or json"), "\(usage.err)")
     }
