@@ -6,12 +6,14 @@ SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static
+# python3 and python3-venv run the Python SDK's tests (sdk/python) in a venv under .build;
+# openssl makes their TLS certificates.
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static python3 python3-venv openssl
 LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
-.PHONY: deps build test run bench clean bundles sanitize fuzz chaos install install-files install-man man-tool
+.PHONY: deps pydeps test-python build test run bench clean bundles sanitize fuzz chaos install install-files install-man man-tool
 
 deps:
 	@missing=""; \
@@ -24,9 +26,25 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-test: deps man-tool
+test: deps man-tool pydeps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+	$(MAKE) test-python
+
+# The Python SDK (sdk/python): a venv under .build with msgpack and pytest from PyPI and the
+# SDK itself installed (pip install ./sdk/python), so it works the same on a fresh Debian
+# (whose system python refuses pip) and here. Nothing is fetched when they are there.
+PYTHON  ?= python3
+PY_VENV := .build/python-venv
+pydeps: deps
+	@if [ ! -x $(PY_VENV)/bin/python ]; then echo "make: creating $(PY_VENV)"; $(PYTHON) -m venv $(PY_VENV); fi
+	@$(PY_VENV)/bin/python -c "import msgpack, pytest" 2>/dev/null || $(PY_VENV)/bin/pip install -q msgpack pytest
+	@$(PY_VENV)/bin/python -c "import plugboard" 2>/dev/null || $(PY_VENV)/bin/pip install -q ./sdk/python
+
+# The Python SDK's tests against the daemon just built (the tests take the SDK from
+# sdk/python, so an edit needs no reinstall).
+test-python: pydeps
+	PLUGBOARD_BIN="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)" $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests
 
 # The label container plugin's bundle (plugins/label/build-bundle.sh), from the built binary.
 bundles: deps

@@ -5,6 +5,7 @@ import asyncio
 import inspect
 import os
 import random
+import signal
 import ssl
 import stat
 import sys
@@ -687,6 +688,13 @@ async def _serve_session(plugin: Plugin, reader: asyncio.StreamReader, writer: A
     meta = plugin.declaration()
     session = Session(reader, writer, name=name, meta=meta, log=_log)
     await session.start()
+    loop = asyncio.get_running_loop()
+    try:
+        # SIGTERM (the daemon's next step when a plugin does not exit after GOAWAY) ends
+        # the session in order too: GOAWAY to the daemon, on_stop handlers, exit 0.
+        loop.add_signal_handler(signal.SIGTERM, session.close, "the plugin got SIGTERM")
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
     if on_connected is not None:
         on_connected()
     runtime = _Runtime(plugin, session, name, options, restarts)

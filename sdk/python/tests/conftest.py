@@ -94,7 +94,7 @@ class Daemon:
 
     def cli(self, *args: str, input: Optional[bytes] = None, timeout: float = 30) -> subprocess.CompletedProcess:
         """Runs ``plugboard ARGS --socket SOCKET``; bytes out."""
-        return subprocess.run([os.path.join(bin_dir(), "plugboard"), *args, "--socket", self.socket],
+        return subprocess.run([os.path.join(bin_dir(), "plugboard"), "--socket", self.socket, *args],
                               input=input, capture_output=True, timeout=timeout)
 
     def call(self, job: str, argument: Any = None, *extra: str) -> Any:
