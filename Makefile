@@ -54,13 +54,14 @@ bundles: deps
 # The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
 # plugin under runc (containers need root), and the shell scripts of plugins/shell under
-# plugboard-sh. Every container created sees .build/run-data at /data, read-only (no host
+# plugboard-sh, and the Python SDK's example (plugins/python/policy.py, in the venv of
+# make pydeps). Every container created sees .build/run-data at /data, read-only (no host
 # directory is writable by default: volumes from local-volumes are, when asked for), and is
 # audited to .build/run-data/audit.log. The services (events, state, metrics) always run;
 # metrics are also at http://127.0.0.1:9464/metrics. Ctrl-C stops them in reverse order.
 # One build (everything, the label bundle included), then the daemon: a few seconds when
 # nothing changed.
-run: deps
+run: deps pydeps
 	@echo "make run: building (the first build takes minutes)"
 	$(SWIFT) build $(BUILD_FLAGS)
 	@bin="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)"; \
@@ -76,7 +77,8 @@ run: deps
 		--plugin-exec "add-env=$$bin/plugboard-sh plugins/shell/add-env.sh" \
 		--plugin-exec "du=$$bin/plugboard-sh plugins/shell/disk-usage.sh" \
 		--plugin-exec "counter=$$bin/plugboard-sh plugins/shell/counter.sh" \
-		--plugin-exec "mask=$$bin/plugboard-sh plugins/shell/mask-secrets.sh"
+		--plugin-exec "mask=$$bin/plugboard-sh plugins/shell/mask-secrets.sh" \
+		--plugin-exec "policy=$(PY_VENV)/bin/python plugins/python/policy.py $$(pwd)/plugins/python/policy.example.json"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench
@@ -87,6 +89,8 @@ bench: deps
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
 	$(SWIFT) build -c release --product plugboard-sh
 	$(SWIFT) run -c release --skip-build plugboard-bench shell
+	$(MAKE) pydeps
+	$(SWIFT) run -c release --skip-build plugboard-bench python --python $(PY_VENV)/bin/python
 	$(SWIFT) build -c release --product plugboard-plugin-label
 	plugins/label/build-bundle.sh .build/release/plugboard-plugin-label .build/plugins/label-release
 	$(SWIFT) run -c release --skip-build plugboard-bench containers --bundle .build/plugins/label-release
