@@ -408,6 +408,7 @@ class Session:
         self._reader_task: Optional[asyncio.Task] = None
         self._packing: Optional[List[_End]] = None
         self.dropped_after_close = 0
+        self._bridges: "set[asyncio.Task]" = set()
 
     # -- handshake
 
@@ -524,7 +525,9 @@ class Session:
         if isinstance(obj, _End):
             if obj._session is not self:
                 raise ValueError("a channel end of another session cannot be sent")
-            if not obj._local or obj._moved or obj._done:
+            if not obj._local and not obj._moved and not obj._done:
+                obj = self._bridge(obj)      # an end received from the peer: pumped through a new one
+            elif not obj._local or obj._moved or obj._done:
                 raise ValueError("channel end moved: only an end made here can be sent, and only once")
             if self._packing is not None:
                 self._packing.append(obj)
@@ -532,6 +535,40 @@ class Session:
         if isinstance(obj, (set, frozenset)):
             return list(obj)
         raise TypeError(f"cannot send a {type(obj).__name__} (msgpack takes None, bool, int, float, str, bytes, list, dict)")
+
+    def _bridge(self, end: _End) -> _End:
+        """An end received from the peer cannot travel back as it is: a new local channel of
+        the same kind goes instead, and a task pumps every message between the two (as
+        Swift's ``Request.respond`` bridges)."""
+        if isinstance(end, (ByteStreamReader, ByteStreamWriter)):
+            w, r = self.byte_stream()
+            new_local: Tuple[Sender, Receiver] = (w, r)
+        else:
+            new_local = self.pipe()
+        tx, rx = new_local
+        end._done = True                   # the pump owns it now
+        if isinstance(end, Receiver):      # we read from `end`, the peer reads the new receiver
+            source, sink, outgoing = end, tx, rx
+        else:                              # the peer writes into the new sender, we forward to `end`
+            source, sink, outgoing = rx, end, tx
+        task = self._loop.create_task(self._pump(source, sink))
+        self._bridges.add(task)
+        task.add_done_callback(self._bridges.discard)
+        return outgoing
+
+    async def _pump(self, source: _End, sink: _End) -> None:
+        try:
+            while True:
+                try:
+                    value = await self._receive(source._id)
+                except EOFError:
+                    break
+                await self._send_data(sink, value, False)
+        except (ChannelClosed, ChannelReset, PeerGone, ProtocolError):
+            pass
+        finally:
+            self._close_in(source._id)
+            self._close_out(sink._id)
 
     def _pack(self, frame: List[Any]) -> Tuple[bytes, List[_End]]:
         self._packing = []

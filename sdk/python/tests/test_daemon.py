@@ -102,6 +102,13 @@ def test_byte_streams_both_ways(daemon):
     assert r.stdout == b"ABC"
 
 
+def test_received_stream_handed_back_is_bridged(daemon):
+    data = os.urandom(600 * 1024)
+    r = daemon.cli("call", "py.hand-back", "{}", "--stdin", input=data)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == data
+
+
 def test_byte_stream_over_many_windows(daemon):
     n = 3 * 1024 * 1024 + 123               # 12 windows of 256 KiB: credit must flow
     r = daemon.cli("call", "py.bytes", str(n))

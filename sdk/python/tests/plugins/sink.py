@@ -80,6 +80,12 @@ def upper_sync(arg, ctx):
     return ctx.stream(data.upper())
 
 
+@plugin.job("py.hand-back")
+def hand_back(arg):
+    """Returns the caller's own byte stream: an end received cannot travel as it is, so the SDK bridges it."""
+    return arg["stdin"]
+
+
 @plugin.job("py.bytes")
 def many_bytes(arg, ctx):
     """Streams `arg` bytes (a pattern), more than one window: flow control both ways."""
