@@ -53,6 +53,12 @@ def test_job_error_codes_reach_the_caller(daemon):
     assert "plugin.error" in json.dumps(err) and "ZeroDivisionError" in json.dumps(err)
 
 
+def test_reply_over_the_daemon_max_frame_fails_cleanly(daemon):
+    err = json.dumps(daemon.call_error("py.huge"))
+    assert "reply.unsendable" in err and "byte stream" in err, err
+    assert daemon.call("py.greet", "after") == "hello, after"       # the session goes on
+
+
 def test_context_caller_is_none_for_the_operator(daemon):
     who = daemon.call("py.whoami")
     assert who == {"caller": None, "name": "sink", "restarts": 0}

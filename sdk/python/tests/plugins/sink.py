@@ -86,6 +86,11 @@ def hand_back(arg):
     return arg["stdin"]
 
 
+@plugin.job("py.huge")
+def huge(arg):
+    return "x" * (2 * 1024 * 1024)          # over the daemon's 1 MiB max_frame
+
+
 @plugin.job("py.bytes")
 def many_bytes(arg, ctx):
     """Streams `arg` bytes (a pattern), more than one window: flow control both ways."""
