@@ -6,12 +6,14 @@ SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static python3
+# python3 and python3-venv run the Python SDK's tests (sdk/python) in a venv under .build;
+# openssl makes their TLS certificates.
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static python3 python3-venv openssl
 LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
-.PHONY: deps build test run bench clean bundles sanitize fuzz chaos install install-files install-man man-tool
+.PHONY: deps pydeps test-python build test run bench clean bundles sanitize fuzz chaos install install-files install-man man-tool
 
 deps:
 	@missing=""; \
@@ -24,9 +26,25 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-test: deps man-tool
+test: deps man-tool pydeps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+	$(MAKE) test-python
+
+# The Python SDK (sdk/python): a venv under .build with msgpack and pytest from PyPI and the
+# SDK itself installed (pip install ./sdk/python), so it works the same on a fresh Debian
+# (whose system python refuses pip) and here. Nothing is fetched when they are there.
+PYTHON  ?= python3
+PY_VENV := .build/python-venv
+pydeps: deps
+	@if [ ! -x $(PY_VENV)/bin/python ]; then echo "make: creating $(PY_VENV)"; $(PYTHON) -m venv $(PY_VENV); fi
+	@$(PY_VENV)/bin/python -c "import msgpack, pytest" 2>/dev/null || $(PY_VENV)/bin/pip install -q msgpack pytest
+	@$(PY_VENV)/bin/python -c "import plugboard" 2>/dev/null || $(PY_VENV)/bin/pip install -q ./sdk/python
+
+# The Python SDK's tests against the daemon just built (the tests take the SDK from
+# sdk/python, so an edit needs no reinstall).
+test-python: pydeps
+	PLUGBOARD_BIN="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)" $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests
 
 # The label container plugin's bundle (plugins/label/build-bundle.sh), from the built binary.
 bundles: deps
@@ -36,13 +54,14 @@ bundles: deps
 # The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
 # plugin under runc (containers need root), and the shell scripts of plugins/shell under
-# plugboard-sh. Every container created sees .build/run-data at /data, read-only (no host
+# plugboard-sh, and the Python SDK's example (plugins/python/policy.py, in the venv of
+# make pydeps). Every container created sees .build/run-data at /data, read-only (no host
 # directory is writable by default: volumes from local-volumes are, when asked for), and is
 # audited to .build/run-data/audit.log. The services (events, state, metrics) always run;
 # metrics are also at http://127.0.0.1:9464/metrics. Ctrl-C stops them in reverse order.
 # One build (everything, the label bundle included), then the daemon: a few seconds when
 # nothing changed.
-run: deps
+run: deps pydeps
 	@echo "make run: building (the first build takes minutes)"
 	$(SWIFT) build $(BUILD_FLAGS)
 	@bin="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)"; \
@@ -58,7 +77,8 @@ run: deps
 		--plugin-exec "add-env=$$bin/plugboard-sh plugins/shell/add-env.sh" \
 		--plugin-exec "du=$$bin/plugboard-sh plugins/shell/disk-usage.sh" \
 		--plugin-exec "counter=$$bin/plugboard-sh plugins/shell/counter.sh" \
-		--plugin-exec "mask=$$bin/plugboard-sh plugins/shell/mask-secrets.sh"
+		--plugin-exec "mask=$$bin/plugboard-sh plugins/shell/mask-secrets.sh" \
+		--plugin-exec "policy=$(PY_VENV)/bin/python plugins/python/policy.py $$(pwd)/plugins/python/policy.example.json"
 
 bench: deps
 	$(SWIFT) build -c release --product plugboard-bench
@@ -69,6 +89,8 @@ bench: deps
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
 	$(SWIFT) build -c release --product plugboard-sh
 	$(SWIFT) run -c release --skip-build plugboard-bench shell
+	$(MAKE) pydeps
+	$(SWIFT) run -c release --skip-build plugboard-bench python --python $(PY_VENV)/bin/python
 	$(SWIFT) build -c release --product plugboard-plugin-label
 	plugins/label/build-bundle.sh .build/release/plugboard-plugin-label .build/plugins/label-release
 	$(SWIFT) run -c release --skip-build plugboard-bench containers --bundle .build/plugins/label-release

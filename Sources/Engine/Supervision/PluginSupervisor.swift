@@ -231,6 +231,7 @@ actor PluginSupervisor {
             var violation: String?
             var sessionEnd: String?
             var exitCameFirst: Bool?
+            var closedHere = false
             for await event in group {
                 let isFirst = exitCameFirst == nil
                 switch event {
@@ -240,13 +241,17 @@ actor PluginSupervisor {
                 case .sessionClosed(let error):
                     if error.code == .protocolViolation { violation = error.reason } else { sessionEnd = error.reason }
                     if isFirst { exitCameFirst = false }
+                    closedHere = error.code == .peerGone && error.reason.hasPrefix("closed locally")
                 case .escalated:
                     continue
                 }
                 guard isFirst else { continue }
                 // Whichever came first, end the other: a plugin whose session ended is stopped.
                 session.close(reason: "plugin ended")
-                if exit == nil, process.exitStatus == nil {
+                // A session this side closed (stop(grace:) sends GOAWAY so, abandonRun too)
+                // is escalated by whoever closed it, after its grace: a SIGTERM here would
+                // reach the plugin before the GOAWAY it is owed (issue 19).
+                if exit == nil, process.exitStatus == nil, !closedHere {
                     process.signal(SIGTERM)
                     group.addTask {
                         if await process.waitForExit(timeout: .seconds(2)) == nil { process.signal(SIGKILL) }
