@@ -27,12 +27,30 @@ struct Subject: Sendable, CustomTestStringConvertible {
         let head = built ? try builtExecutable(executable) : executable
         let rest = try arguments.map { argument -> String in
             if argument == "@PROTOCOL-PYTHON" { return try protocolPythonPlugin() }
-            if argument.hasPrefix("@REPO/") { return repositoryRoot + "/" + argument.dropFirst("@REPO/".count) }
+            if argument == "@PYTHON-VENV" { return try pythonVenv() }
             if argument.hasPrefix("@BUILT/") { return try builtExecutable(String(argument.dropFirst("@BUILT/".count))) }
-            return argument
+            return resolvingRepository(argument)
         }
         return [head] + rest
     }
+
+    /// The kit's own arguments, `@REPO/` resolved.
+    var resolvedKitArguments: [String] { kitArguments.map(resolvingRepository) }
+}
+
+/// `@REPO/` (anywhere: `PYTHONPATH=@REPO/sdk/python`) as the repository's root.
+func resolvingRepository(_ argument: String) -> String {
+    argument.replacingOccurrences(of: "@REPO/", with: repositoryRoot + "/")
+}
+
+/// The Python of the venv `make pydeps` makes (msgpack installed); the SDK itself is taken
+/// from sdk/python through PYTHONPATH, so an edit there needs no reinstall.
+func pythonVenv() throws -> String {
+    let python = repositoryRoot + "/.build/python-venv/bin/python"
+    guard access(python, X_OK) == 0 else {
+        throw SystemError("find", errno: ENOENT, "\(python) is missing: run `make pydeps` (make test does) to make the Python SDK's venv")
+    }
+    return python
 }
 
 /// The Python plugin printed in docs/PROTOCOL.md, "Writing a plugin in Python", as a file.
@@ -134,12 +152,17 @@ struct ConformanceKitTests {
         Subject(name: "plugboard-plugin-containers", executable: "plugboard-plugin-containers", kitArguments: ["--options", "/tmp/plugboard-conformance-containers"]),
         Subject(name: "the Python plugin in docs/PROTOCOL.md", executable: "python3", arguments: ["@PROTOCOL-PYTHON"], built: false),
         Subject(name: "plugboard-sh plugins/shell/add-env.sh", executable: "plugboard-sh", arguments: ["@REPO/plugins/shell/add-env.sh", "PLUGBOARD_MANAGED=1"]),
+        Subject(
+            name: "the Python SDK's example, plugins/python/policy.py", executable: "env",
+            arguments: ["PYTHONPATH=@REPO/sdk/python", "@PYTHON-VENV", "@REPO/plugins/python/policy.py"],
+            kitArguments: ["--options", "@REPO/plugins/python/policy.example.json"], built: false
+        ),
         Subject(name: "plugboard-sh plugins/shell/counter.sh", executable: "plugboard-sh", arguments: ["@REPO/plugins/shell/counter.sh"]),
     ]
 
     @Test("a shipped plugin passes every case", arguments: shipped)
     func shippedPluginPasses(_ subject: Subject) async throws {
-        let (status, report, err) = try await runKit(patientKit + subject.kitArguments, try subject.commandLine())
+        let (status, report, err) = try await runKit(patientKit + subject.resolvedKitArguments, try subject.commandLine())
         #expect(report.failed == 0, "\(subject.name):\n\(report.failures)\n\(err)")
         #expect(status == .exited(0), "\(subject.name): \(status)")
         #expect(report.passed >= 20, "\(subject.name): only \(report.passed) cases passed")
