@@ -103,8 +103,9 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The CLI links only what both ends of the admin socket share, never the engine.
-        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", argumentParser, log], swiftSettings: strict),
+        // The CLI links what both ends of the admin socket share, and Containers for plugin
+        // images (plugin create/push run umoci and skopeo here); never the engine.
+        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Containers", argumentParser, log], swiftSettings: strict),
         // Shell scripts as plugins: header registrations, the env format, call and stream
         // modes, the callback socket. plugboard-sh is the thin executable over it.
         .target(name: "ShellAdapter", dependencies: ["Chan", "PluginKit", "Hooks", "Spawn", "Routing", log, nioLocks], swiftSettings: strict),
