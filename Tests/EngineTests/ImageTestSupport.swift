@@ -101,7 +101,7 @@ func canConnect(port: UInt16) -> Bool {
     return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
 }
 
-/// A registry that goes away in the middle of a pull: it serves an image from an OCI
+/// A registry that goes away in the middle of a pull: it serves the image tagged `tag` of an OCI
 /// layout (the distribution API's GETs and HEADs: /v2/, manifests, blobs), but answers the
 /// request for the blob `cutBlob` with its full Content-Length, half its bytes, and then
 /// closes the connection and stops listening.
@@ -109,13 +109,15 @@ final class DyingRegistry: @unchecked Sendable {
     let port: UInt16
     private let listener: Int32
     private let layout: String
+    private let tag: String
     private let cutBlob: String
     private let stopped = NIOLockedValueBox(false)
     /// Whether the cut happened (the pull got that far).
     let cut = NIOLockedValueBox(false)
 
-    init(layout: String, cutBlob: String) throws {
+    init(layout: String, tag: String, cutBlob: String) throws {
         self.layout = layout
+        self.tag = tag
         self.cutBlob = cutBlob
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
@@ -192,7 +194,8 @@ final class DyingRegistry: @unchecked Sendable {
             } else if let range = path.range(of: "/manifests/") {
                 // The one manifest, whatever the tag or digest asked.
                 let index = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: layout + "/index.json")))) as? [String: Any]
-                let digest = ((index?["manifests"] as? [[String: Any]])?.first?["digest"] as? String) ?? ""
+                let entry = (index?["manifests"] as? [[String: Any]])?.first { (($0["annotations"] as? [String: Any])?["org.opencontainers.image.ref.name"] as? String) == tag }
+                let digest = (entry?["digest"] as? String) ?? ""
                 _ = range
                 body = Array((try? Data(contentsOf: URL(fileURLWithPath: layout + "/blobs/sha256/" + digest.dropFirst(7)))) ?? Data())
                 type = "application/vnd.oci.image.manifest.v1+json"

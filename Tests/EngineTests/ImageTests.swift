@@ -34,17 +34,55 @@ struct ImageTests {
         return digest
     }
 
-    /// A copy of the label bundle with `change` applied to its plugin.json (the rootfs hard-linked).
-    static func labelVariant(_ dir: String, _ change: (inout [String: Any]) -> Void) async throws -> String {
-        let out = dir + "/bundle-\(UInt32.random(in: 0...UInt32.max))"
-        let r = try await runCommand("/bin/cp", ["-al", try await labelBundle(), out])
-        try #require(r.status == .exited(0), "cp: \(r.err)")
-        let path = out + "/plugin.json"
-        try FileManager.default.removeItem(atPath: path)
-        var manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: try await labelBundle() + "/plugin.json"))) as? [String: Any])
-        change(&manifest)
-        try JSONSerialization.data(withJSONObject: manifest).write(to: URL(fileURLWithPath: path))
-        return out
+    /// The test images, made once per test run in one OCI layout: `label` (the shipped label
+    /// bundle, by `plugboard plugin create`); `label-2` (the same layer, plugin.json's env
+    /// saying LABEL_VERSION=2.0.0) and `netlabel` (asking for network=host), both by `umoci
+    /// config` over label's manifest, so the 100 MB layer is compressed once; `tiny` (busybox
+    /// and a manifest, small enough to corrupt and cut quickly).
+    actor Images {
+        static let shared = Images()
+        private var made: String?
+
+        func layout() async throws -> String {
+            if let made { return made }
+            let layout = "/tmp/plugboard-test-images-\(getpid())"
+            try? FileManager.default.removeItem(atPath: layout)
+            let label = try await labelBundle()
+            _ = try await ImageTests.create("label", label, layout: layout)
+            let manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: label + "/plugin.json"))) as? [String: Any])
+            var v2 = manifest
+            v2["env"] = ["LABEL_KEY=io.plugboard.labelled-by", "LABEL_VERSION=2.0.0"]
+            try await Self.derive(layout, "label-2", v2, name: "label")
+            var net = manifest
+            net["privileges"] = ["network": "host"]
+            try await Self.derive(layout, "netlabel", net, name: "netlabel")
+            let tiny = layout + "-tiny"
+            try? FileManager.default.removeItem(atPath: tiny)
+            try FileManager.default.createDirectory(atPath: tiny + "/rootfs/bin", withIntermediateDirectories: true)
+            let busybox = try #require(["/bin/busybox", "/usr/bin/busybox"].first { FileManager.default.fileExists(atPath: $0) }, "busybox-static is installed")
+            try FileManager.default.copyItem(atPath: busybox, toPath: tiny + "/rootfs/bin/busybox")
+            try #"{"entrypoint": ["/bin/busybox", "sh"]}"#.write(toFile: tiny + "/plugin.json", atomically: true, encoding: .utf8)
+            _ = try await ImageTests.create("tiny", tiny, layout: layout)
+            made = layout
+            return layout
+        }
+
+        /// Tags `from`'s image as `tag` and gives it `manifest` (and `name`) in its config labels.
+        static func derive(_ layout: String, _ tag: String, _ manifest: [String: Any], name: String) async throws {
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys]), as: UTF8.self)
+            for args in [
+                ["tag", "--image", layout + ":label", tag],
+                ["config", "--image", layout + ":" + tag, "--config.label", "io.plugboard.plugin=" + json, "--config.label", "io.plugboard.plugin.name=" + name],
+            ] {
+                let r = try await runCommand("/usr/bin/umoci", args)
+                try #require(r.status == .exited(0), "umoci \(args): \(r.err)")
+            }
+        }
+    }
+
+    /// The CLI against `place`'s daemon, with the socket first (arguments after `--` are the container's).
+    static func cli(_ place: DaemonPlace, _ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
+        try await plugboard(["-H", place.socket] + arguments)
     }
 
     /// Runs `body` with a registry, stopping the test's own one after, whatever happens.
@@ -126,12 +164,9 @@ struct ImageTests {
         let place = DaemonPlace("image-label")
         try FileManager.default.createDirectory(atPath: place.dir + "-work", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: place.dir + "-work") }
-        let work = place.dir + "-work"
-        let layout = work + "/images"
+        let layout = try await Images.shared.layout()
         let v1 = try await labelBundle()
-        let v2 = try await Self.labelVariant(work) { m in m["env"] = ["LABEL_KEY=io.plugboard.labelled-by", "LABEL_VERSION=2.0.0"] }
-        let created = try await Self.create("label", v1, layout: layout)
-        _ = try await Self.create("label", v2, layout: layout, tag: "label-2")
+        let created = try Self.digest(layout, tag: "label")
         try await Self.withRegistry { registry in
             let d1 = try await Self.push("label", registry.address + "/team/label:1.0", layout: layout)
             #expect(d1 == created, "the registry keeps the manifest as made: the digest is the same")
@@ -145,7 +180,7 @@ struct ImageTests {
                 #expect(installed.out.contains("label active") && installed.out.contains(d1), "\(installed.out)")
                 #expect(try await place.cli(["call", "label.version"]).out.contains("1.0.0"))
                 // Its hook, for real: a container created gets its label, from inside its container.
-                let container = try await place.cli(["container", "create", "--rootfs", v1 + "/rootfs", "--", "true"])
+                let container = try await Self.cli(place, ["container", "create", "--rootfs", v1 + "/rootfs", "--", "true"])
                 try #require(container.status == .exited(0), "\(container.err)")
                 let id = container.out.trimmingCharacters(in: .whitespacesAndNewlines)
                 let inspected = try await place.cli(["container", "inspect", id])
@@ -182,7 +217,7 @@ struct ImageTests {
                 #expect(runc.out.split(separator: "\n").count == 1 && runc.out.hasPrefix("plugin-label."), "\(runc.out)")
                 #expect(Self.imageFiles(state).count == 1, "\(Self.imageFiles(state))")
                 // Its hook again, from the new version.
-                let container = try await place.cli(["container", "run", "--rm", "--rootfs", v1 + "/rootfs", "--", "sh", "-c", "exit 0"])
+                let container = try await Self.cli(place, ["container", "run", "--rm", "--rootfs", v1 + "/rootfs", "--", "sh", "-c", "exit 0"])
                 #expect(container.status == .exited(0), "\(container.err)")
             }
             // The upgrade is what comes back after a restart.
@@ -205,10 +240,7 @@ struct ImageTests {
         let work = place.dir + "-work"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let layout = work + "/images"
-        _ = try await Self.create("label", try await labelBundle(), layout: layout)
-        let hostNet = try await Self.labelVariant(work) { m in m["privileges"] = ["network": "host"] }
-        _ = try await Self.create("netlabel", hostNet, layout: layout)
+        let layout = try await Images.shared.layout()
         // A policy that wants a sigstore signature (by a key of ours) for every image from a layout.
         let key = work + "/key.pub"
         let keygen = try await runCommand("/bin/sh", ["-c", "openssl ecparam -name prime256v1 -genkey -noout | openssl ec -pubout -out \(key)"])
@@ -241,19 +273,21 @@ struct ImageTests {
                 ])
                 // A corrupt layer (bytes changed in the layout's blob): skopeo's digest check.
                 let corrupt = work + "/corrupt"
-                #expect(try await runCommand("/bin/cp", ["-a", layout, corrupt]).status == .exited(0))
-                let layer = try Self.layerDigest(corrupt, tag: "label")
+                // Only the tiny image's files: a layout of its own.
+                let copied = try await runCommand("/usr/bin/skopeo", ["--insecure-policy", "copy", "--quiet", "oci:\(layout):tiny", "oci:\(corrupt):tiny"])
+                #expect(copied.status == .exited(0), "\(copied.err)")
+                let layer = try Self.layerDigest(corrupt, tag: "tiny")
                 let blob = try #require(FileHandle(forUpdatingAtPath: corrupt + "/blobs/sha256/" + layer.dropFirst(7)))
                 try blob.seek(toOffset: 600)
                 try blob.write(contentsOf: Data("garbage!".utf8))
                 try blob.close()
                 // (The layout transport is under the signature policy: this one is allowed by --alias on
                 // a daemon without it, below; here the policy refuses it first.)
-                try await refused(["oci:\(corrupt):label"], ["refused by the signature policy", "signature"])
+                try await refused(["oci:\(corrupt):tiny"], ["refused by the signature policy", "signature"])
                 // A registry that goes away in the middle of the layer.
-                let dying = try DyingRegistry(layout: layout, cutBlob: try Self.layerDigest(layout, tag: "label"))
+                let dying = try DyingRegistry(layout: layout, tag: "tiny", cutBlob: try Self.layerDigest(layout, tag: "tiny"))
                 defer { dying.stop() }
-                try await refused(["127.0.0.1:\(dying.port)/team/label:1.0"], ["cannot pull"])
+                try await refused(["127.0.0.1:\(dying.port)/team/tiny:1.0"], ["cannot pull"])
                 #expect(dying.cut.withLockedValue { $0 }, "the pull got as far as the layer")
                 // Granted, the privileged image installs; plugin rm leaves no file behind.
                 let granted = try await place.cli(["plugin", "install", registry.address + "/team/netlabel:1.0", "--grant", "network=host", "--alias", "net"])
@@ -268,7 +302,7 @@ struct ImageTests {
             let second = try await other.startDaemon()
             try await whileRunning(second) { () async throws in
                 let plugins = try await other.cli(["plugin", "ls", "-q"]).out
-                let r = try await other.cli(["plugin", "install", "oci:\(work)/corrupt:label"])
+                let r = try await other.cli(["plugin", "install", "oci:\(work)/corrupt:tiny"])
                 #expect(r.status != .exited(0))
                 #expect(r.err.contains("does not match its digest: the image is corrupt"), "\(r.err)")
                 #expect(try await other.cli(["plugin", "ls", "-q"]).out == plugins)
@@ -276,6 +310,13 @@ struct ImageTests {
             }
             await other.stop(second)
         }
+    }
+
+    /// The manifest digest of the image tagged `tag` in `layout`.
+    static func digest(_ layout: String, tag: String) throws -> String {
+        let index = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: layout + "/index.json"))) as? [String: Any])
+        let entry = try #require((index["manifests"] as? [[String: Any]])?.first { (($0["annotations"] as? [String: Any])?["org.opencontainers.image.ref.name"] as? String) == tag })
+        return try #require(entry["digest"] as? String)
     }
 
     /// The first layer's digest of the image tagged `tag` in `layout`.
