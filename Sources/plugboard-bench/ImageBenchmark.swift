@@ -70,6 +70,7 @@ struct ImageBenchmark: AsyncParsableCommand {
             engine.removeFetchedImage(fetched.bundle)
 
             let dir = state + "/raw-\(i)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let t1 = now()
             let copy = try await skopeo.run(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "docker://" + reference, "oci:" + dir + "/image:plugin"])
             guard copy.status.isSuccess else { throw ValidationError("skopeo copy: \(copy.reason)") }
