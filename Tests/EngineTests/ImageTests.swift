@@ -216,6 +216,14 @@ struct ImageTests {
                 let runc = try await runCommand("/usr/sbin/runc", ["--root", state + "/runc", "list", "-q"])
                 #expect(runc.out.split(separator: "\n").count == 1 && runc.out.hasPrefix("plugin-label."), "\(runc.out)")
                 #expect(Self.imageFiles(state).count == 1, "\(Self.imageFiles(state))")
+                // An upgrade to an image asking for more than label holds: refused before it runs,
+                // the running version untouched, nothing left of the new one.
+                _ = try await Self.push("netlabel", registry.address + "/team/label:3.0", layout: layout)
+                let refused = try await place.cli(["plugin", "upgrade", "label", registry.address + "/team/label:3.0"])
+                #expect(refused.status != .exited(0))
+                #expect(refused.err.contains("asks for privileges that were not granted") && refused.err.contains("plugboard plugin grant label network=host"), "\(refused.err)")
+                #expect(try await place.cli(["call", "label.version"]).out.contains("2.0.0"))
+                #expect(Self.imageFiles(state).count == 1, "\(Self.imageFiles(state))")
                 // Its hook again, from the new version.
                 let container = try await Self.cli(place, ["container", "run", "--rm", "--rootfs", v1 + "/rootfs", "--", "sh", "-c", "exit 0"])
                 #expect(container.status == .exited(0), "\(container.err)")
