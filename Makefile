@@ -6,8 +6,9 @@ SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell; skopeo and umoci move and unpack plugin images
-# (plugin install/create/push); docker-registry is the loopback registry the image tests push to.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static skopeo umoci docker-registry
+# (plugin install/create/push); docker-registry is the loopback registry the image tests push to, and
+# gnupg signs and checks the test images' signatures.
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static skopeo umoci docker-registry gnupg
 LABEL_BUNDLE := .build/plugins/label
 # The label plugin as an image: an OCI image layout, tagged label (plugboard plugin create).
 LABEL_IMAGE  := .build/plugins/label-image

@@ -106,6 +106,9 @@ public final class Engine: Sendable {
     /// plugboardd's `--image-policy`); nil accepts any signature or none (digests are
     /// checked all the same). docs/DISTRIBUTION.md.
     public let imagePolicy = NIOLockedValueBox<String?>(nil)
+    /// Where skopeo finds images' signatures (a registries.d(5) directory, plugboardd's
+    /// `--image-registries-d`); nil: skopeo's default, /etc/containers/registries.d.
+    public let imageRegistriesD = NIOLockedValueBox<String?>(nil)
     /// Image installs and upgrades in progress, by their temporary directory.
     let imageWork = NIOLockedValueBox<Set<String>>([])
 

@@ -130,6 +130,8 @@ extension PluginGroup {
         @Argument(help: "The image's name (its tag in the layout).") var name: String
         @Argument(help: "Where to: HOST[:PORT]/NAME[:TAG].") var reference: String
         @Option(help: ArgumentHelp("The OCI image layout it is in (as for plugin create).", valueName: "dir"), completion: .directory) var layout: String?
+        @Option(help: ArgumentHelp("Sign the image with this GPG key (its fingerprint; $GNUPGHOME's keyring), as skopeo copy --sign-by does.", valueName: "fingerprint")) var signBy: String?
+        @Option(help: ArgumentHelp("A registries.d(5) directory saying where signatures are written (sigstore-staging); default /etc/containers/registries.d.", valueName: "dir"), completion: .directory) var registriesD: String?
         @OptionGroup var output: FormatOption
 
         struct Pushed: Encodable {
@@ -150,7 +152,10 @@ extension PluginGroup {
             let digestFile = NSTemporaryDirectory() + "/plugboard-push-\(getpid()).digest"
             defer { try? FileManager.default.removeItem(atPath: digestFile) }
             // Pushing our own image checks no signature policy (that is for pulls).
-            var args = ["--insecure-policy", "copy", "--quiet", "--digestfile", digestFile]
+            var args = ["--insecure-policy"]
+            if let registriesD { args += ["--registries.d", LocalImages.absolute(registriesD)] }
+            args += ["copy", "--quiet", "--digestfile", digestFile]
+            if let signBy { args += ["--sign-by", signBy] }
             if target.isLoopbackRegistry { args.append("--dest-tls-verify=false") }
             args += ["oci:" + layout + ":" + name, target.skopeoSource]
             _ = try await LocalImages.run(skopeo, args, what: "plugin push \(name) \(reference)")

@@ -73,6 +73,9 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A signature policy for plugin images (containers-policy.json(5), as skopeo reads it): pulls it refuses are refused. Without it, images are checked by digest only. See docs/DISTRIBUTION.md.", valueName: "file"))
     var imagePolicy: String?
 
+    @Option(help: ArgumentHelp("Where skopeo finds plugin images' signatures (a registries.d(5) directory: sigstore lookaside stores per registry); default /etc/containers/registries.d.", valueName: "dir"))
+    var imageRegistriesD: String?
+
     func run() async throws {
         if let checkConfig {
             do {
@@ -139,6 +142,14 @@ struct Plugboardd: AsyncParsableCommand {
             let path = URL(fileURLWithPath: imagePolicy).standardizedFileURL.path
             guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("--image-policy \(imagePolicy): cannot read the file") }
             engine.imagePolicy.withLockedValue { $0 = path }
+        }
+        if let imageRegistriesD {
+            let path = URL(fileURLWithPath: imageRegistriesD).standardizedFileURL.path
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("--image-registries-d \(imageRegistriesD): not a directory")
+            }
+            engine.imageRegistriesD.withLockedValue { $0 = path }
         }
         let builtins = makeBuiltins(engine: engine, logger: logger)
         let metrics = MetricsPlugin(registry: registry, engine: engine)

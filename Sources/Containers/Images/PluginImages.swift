@@ -27,11 +27,18 @@ public enum PluginImages {
     /// under the signature policy at `policy`, and returns the manifest's digest. Only OCI
     /// manifests are taken as they are (`--preserve-digests`): the digest pinned is the
     /// registry's. A digest in the reference must match.
-    public static func pull(_ reference: ImageReference, into layout: String, policy: String) async throws -> String {
+    ///
+    /// `registriesD` is a registries.d(5) directory: where skopeo finds the signatures of a
+    /// registry's images (`sigstore:` lookaside stores) when the policy asks for them. The
+    /// signatures are checked against the policy at the source; the local copy keeps none
+    /// (`--remove-signatures`: an OCI layout cannot hold them).
+    public static func pull(_ reference: ImageReference, into layout: String, policy: String, registriesD: String? = nil) async throws -> String {
         let skopeo = try ExternalTool.find("skopeo")
         let digestFile = layout + ".digest"
         defer { try? FileManager.default.removeItem(atPath: digestFile) }
-        var args = ["--policy", policy, "copy", "--quiet", "--preserve-digests", "--digestfile", digestFile]
+        var args = ["--policy", policy]
+        if let registriesD { args += ["--registries.d", registriesD] }
+        args += ["copy", "--quiet", "--remove-signatures", "--preserve-digests", "--digestfile", digestFile]
         if reference.isLoopbackRegistry { args.append("--src-tls-verify=false") }
         args += [reference.skopeoSource, "oci:" + layout + ":" + pulledTag]
         let r = try await skopeo.run(args)

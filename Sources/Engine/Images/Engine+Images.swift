@@ -79,7 +79,7 @@ extension Engine {
                 try PluginImages.write(PluginImages.acceptAnythingPolicy, to: work + "/policy.json")
             }
             let layout = work + "/image"
-            let digest = try await PluginImages.pull(reference, into: layout, policy: policy ?? "")
+            let digest = try await PluginImages.pull(reference, into: layout, policy: policy ?? "", registriesD: imageRegistriesD.withLockedValue { $0 })
             let what = "image \(reference)"
             let (manifest, labelName) = try PluginImages.readManifest(layout: layout, what: what)
             let name = alias ?? labelName ?? reference.suggestedName
