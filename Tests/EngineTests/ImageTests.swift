@@ -45,6 +45,11 @@ struct ImageTests {
 
         func layout() async throws -> String {
             if let made { return made }
+            // What earlier test runs left (their processes are gone) is removed: nothing piles up.
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [] where entry.hasPrefix("plugboard-test-images-") {
+                let pid = entry.dropFirst("plugboard-test-images-".count).split(separator: "-").first.flatMap { pid_t($0) }
+                if let pid, kill(pid, 0) != 0, errno == ESRCH { try? FileManager.default.removeItem(atPath: "/tmp/" + entry) }
+            }
             let layout = "/tmp/plugboard-test-images-\(getpid())"
             try? FileManager.default.removeItem(atPath: layout)
             let label = try await labelBundle()
