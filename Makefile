@@ -5,11 +5,14 @@
 SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
-# gives the example rootfs and the label bundle a shell.
-# python3 and python3-venv run the Python SDK's tests (sdk/python) in a venv under .build;
-# openssl makes their TLS certificates.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static python3 python3-venv openssl
+# gives the example rootfs and the label bundle a shell; skopeo and umoci move and unpack plugin images
+# (plugin install/create/push); docker-registry is the loopback registry the image tests push to, and
+# gnupg signs and checks the test images' signatures. python3 and python3-venv run the Python SDK's
+# tests (sdk/python) in a venv under .build; openssl makes TLS certificates for tests.
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static skopeo umoci docker-registry gnupg python3 python3-venv openssl
 LABEL_BUNDLE := .build/plugins/label
+# The label plugin as an image: an OCI image layout, tagged label (plugboard plugin create).
+LABEL_IMAGE  := .build/plugins/label-image
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
 
@@ -26,9 +29,11 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
+# The tests run beside a Docker registry on 127.0.0.1 (a free port, temporary storage), which
+# .ci/with-registry starts and stops after them, even when they fail (PLUGBOARD_TEST_REGISTRY).
 test: deps man-tool pydeps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
-	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+	.ci/with-registry $(SWIFT) test --skip-build $(BUILD_FLAGS)
 	$(MAKE) test-python
 
 # The Python SDK (sdk/python): a venv under .build with msgpack and pytest from PyPI and the
@@ -47,9 +52,15 @@ test-python: pydeps
 	PLUGBOARD_BIN="$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)" $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests
 
 # The label container plugin's bundle (plugins/label/build-bundle.sh), from the built binary.
+# Then the same bundle as an image (an OCI image layout, tag label), made by `plugboard plugin create`:
+#   plugboard plugin push label --layout $(LABEL_IMAGE) HOST:PORT/team/label:1.0
+#   plugboard plugin install oci:$$PWD/$(LABEL_IMAGE):label
 bundles: deps
 	$(SWIFT) build $(BUILD_FLAGS) --product plugboard-plugin-label
+	$(SWIFT) build $(BUILD_FLAGS) --product plugboard
 	plugins/label/build-bundle.sh "$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard-plugin-label" $(LABEL_BUNDLE)
+	rm -rf $(LABEL_IMAGE)
+	"$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/plugboard" plugin create label $(LABEL_BUNDLE) --layout $(LABEL_IMAGE)
 
 # The daemon with the shipped plugins: echo, containers and host-mount built in, host-mount
 # again as a subprocess (plugboard-plugin-host-mount on fds 3/4), and label as a container
@@ -94,6 +105,8 @@ bench: deps
 	$(SWIFT) build -c release --product plugboard-plugin-label
 	plugins/label/build-bundle.sh .build/release/plugboard-plugin-label .build/plugins/label-release
 	$(SWIFT) run -c release --skip-build plugboard-bench containers --bundle .build/plugins/label-release
+	$(SWIFT) build -c release --product plugboard-test-plugin
+	.ci/with-registry $(SWIFT) run -c release --skip-build plugboard-bench images --bundle .build/plugins/label-release
 
 # The test suite under AddressSanitizer, then ThreadSanitizer, each in a build folder of its own.
 # LeakSanitizer is off: it reports what is still referenced when a process exits (open

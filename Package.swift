@@ -108,9 +108,10 @@ let package = Package(
         // frame by frame, without a daemon (docs/CONFORMANCE.md). Never the engine.
         .target(name: "Conformance", dependencies: ["Chan", "Spawn", "Routing", argumentParser, log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
         .executableTarget(name: "plugboard-conformance", dependencies: ["Conformance", argumentParser, log], swiftSettings: strict),
-        // The CLI links only what both ends of the admin socket share, and the conformance
-        // kit (`plugboard plugin test`), never the engine.
-        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Conformance", argumentParser, log], swiftSettings: strict),
+        // The CLI links what both ends of the admin socket share, the conformance kit
+        // (`plugboard plugin test`) and Containers for plugin images (plugin create/push run
+        // umoci and skopeo here); never the engine.
+        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Conformance", "Containers", argumentParser, log], swiftSettings: strict),
         // Shell scripts as plugins: header registrations, the env format, call and stream
         // modes, the callback socket. plugboard-sh is the thin executable over it.
         .target(name: "ShellAdapter", dependencies: ["Chan", "PluginKit", "Hooks", "Spawn", "Routing", log, nioLocks], swiftSettings: strict),

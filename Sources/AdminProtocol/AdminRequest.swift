@@ -20,6 +20,10 @@ public enum AdminCommand: String, Codable, Sendable, CaseIterable {
     case pluginGrant = "plugin.grant"
     /// `plugin.set`: changes a plugin's supervision settings and priorities.
     case pluginSet = "plugin.set"
+    /// `plugin.install`: pulls a plugin image, checks its privileges and adds it.
+    case pluginInstall = "plugin.install"
+    /// `plugin.upgrade`: replaces a running plugin by a new version without a pause.
+    case pluginUpgrade = "plugin.upgrade"
     /// `call`: calls a job as the operator.
     case call
     case callBest = "call.best"

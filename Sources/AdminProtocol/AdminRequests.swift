@@ -58,6 +58,10 @@ public enum Admin {
         public var uptimeSeconds: Double?
         /// Jobs, hooks and pipeline types it registered.
         public var registrations: Int
+        /// The image it was installed from (`plugin install`), nil otherwise.
+        public var image: String?
+        /// The image's pinned manifest digest.
+        public var digest: String?
 
         /// A row.
         public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int) {
@@ -71,7 +75,7 @@ public enum Admin {
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, state, pid, restarts, registrations
+            case name, kind, state, pid, restarts, registrations, image, digest
             case uptimeSeconds = "uptime_s"
         }
 
@@ -85,6 +89,9 @@ public enum Admin {
             try c.encode(restarts, forKey: .restarts)
             try c.encode(uptimeSeconds, forKey: .uptimeSeconds)
             try c.encode(registrations, forKey: .registrations)
+            // Only installed images have these: other rows are as they were.
+            try c.encodeIfPresent(image, forKey: .image)
+            try c.encodeIfPresent(digest, forKey: .digest)
         }
     }
 

@@ -21,6 +21,10 @@ public struct ContainerError: Error, Hashable, CustomStringConvertible {
         public static let nameInUse = Code("name-in-use")
         /// runc failed or is missing.
         public static let runtime = Code("runtime")
+        /// Not an image reference (`HOST/NAME[:TAG][@DIGEST]`, `oci:DIR[:TAG]`).
+        public static let badImageReference = Code("bad-image-reference")
+        /// An image could not be pulled, read, verified or unpacked.
+        public static let badImage = Code("bad-image")
     }
 
     /// What went wrong.

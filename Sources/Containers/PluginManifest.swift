@@ -80,6 +80,11 @@ public struct PluginManifest: Sendable, Hashable, Codable {
         guard FileManager.default.fileExists(atPath: bundle + "/rootfs", isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ContainerError(.badBundle, "\(bundle) is not a plugin bundle: it has no rootfs/ directory")
         }
+        return try decode(data, from: path)
+    }
+
+    /// Decodes and checks a manifest's JSON; `path` names where it came from in errors.
+    public static func decode(_ data: Data, from path: String) throws -> PluginManifest {
         let manifest: PluginManifest
         do {
             manifest = try JSONDecoder().decode(PluginManifest.self, from: data)

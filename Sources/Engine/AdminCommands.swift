@@ -37,7 +37,7 @@ enum AdminCommands {
     }
 
     /// Decodes `body` as `R`, answers it with `handle`, and encodes the reply.
-    private static func typed<R: AdminRequest>(_ type: R.Type, _ body: Value, _ handle: (R) async throws -> R.Reply) async throws -> Value {
+    static func typed<R: AdminRequest>(_ type: R.Type, _ body: Value, _ handle: (R) async throws -> R.Reply) async throws -> Value {
         let reply = try await handle(try R.decode(body))
         // A reply that is already a Value (call, call.best, plugin.inspect) goes as it is: no
         // second encoding on the admin call path.
@@ -102,6 +102,8 @@ enum AdminCommands {
                     throw error
                 }
             }
+        case .pluginInstall, .pluginUpgrade:
+            return try await ImageAdminCommands.run(command, body, engine: engine)
         case .call:
             return try await typed(Admin.Call.self, body) { r in
                 // The caller's deadline; else the one the job declared; else the engine's default.
@@ -208,12 +210,16 @@ enum AdminCommands {
     }
 
     static func pluginRows(_ engine: Engine) async -> [Admin.PluginRow] {
-        await engine.status().map { s in
+        let images = await engine.imageOrigins()
+        return await engine.status().map { s in
             let registrations = (s.description?.jobs.count ?? 0) + (s.description?.hooks.count ?? 0) + (s.description?.messageTypes.count ?? 0)
-            return Admin.PluginRow(
+            var row = Admin.PluginRow(
                 name: s.name, kind: s.kind, state: s.state.rawValue, pid: s.pid.map { Int64($0) }, restarts: s.restarts,
                 uptimeSeconds: s.uptime.map { ($0 * 10).rounded() / 10 }, registrations: registrations
             )
+            row.image = images[s.name]?.reference
+            row.digest = images[s.name]?.digest
+            return row
         }
     }
 

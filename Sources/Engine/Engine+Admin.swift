@@ -148,6 +148,7 @@ extension Engine {
             await s.stop(grace: grace)
             await s.release()
             removeSupervisor(name)
+            if await s.spec.image != nil, case .container(let bundle) = await s.spec.kind { removeImageBundle(bundle) }
             await recordChange(.removed(name: name))
             // Its state is its own: set aside, not inherited by the next plugin of this name.
             if let custody = stateCustody.withLockedValue({ $0 }) {
@@ -209,7 +210,10 @@ extension Engine {
                 ("entrypoint", .array((manifest?.entrypoint ?? []).map { .string($0) })),
                 ("privileges_asked", .array((manifest?.requestedPrivileges ?? []).map { .string($0.description) })),
                 ("privileges_granted", spec.grantAllPrivileges ? "all" : .array(spec.privileges.union(privileges).sorted().map { .string($0.description) })),
-                ("options", .string(spec.options))
+                ("options", .string(spec.options)),
+                ("image", spec.image.map { .string($0.reference) } ?? .nil),
+                ("digest", spec.image.map { .string($0.digest) } ?? .nil),
+                ("manifest", manifest.flatMap { try? ValueEncoder().encode($0) } ?? .nil)
             )
         }
         return .fields(

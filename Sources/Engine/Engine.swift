@@ -102,6 +102,15 @@ public final class Engine: Sendable {
     /// restart, set, grant): six concurrent restarts are six restarts in a row, never six
     /// processes.
     let operations = KeyedGate()
+    /// The signature policy image pulls are checked against (skopeo's policy.json, from
+    /// plugboardd's `--image-policy`); nil accepts any signature or none (digests are
+    /// checked all the same). docs/DISTRIBUTION.md.
+    public let imagePolicy = NIOLockedValueBox<String?>(nil)
+    /// Where skopeo finds images' signatures (a registries.d(5) directory, plugboardd's
+    /// `--image-registries-d`); nil: skopeo's default, /etc/containers/registries.d.
+    public let imageRegistriesD = NIOLockedValueBox<String?>(nil)
+    /// Image installs and upgrades in progress, by their temporary directory.
+    let imageWork = NIOLockedValueBox<Set<String>>([])
 
     /// Where exec plugins' processes are kept (cgroups); nil when they run in process groups only.
     public let containment: PluginContainment?
@@ -371,6 +380,13 @@ public final class Engine: Sendable {
 
     func removeSupervisor(_ name: String) {
         supervisors.withLockedValue { $0.removeAll { $0.name == name } }
+    }
+
+    /// Puts `supervisor` in the place of `name`'s (a `plugin upgrade`), keeping the boot order.
+    func replaceSupervisor(_ name: String, with supervisor: PluginSupervisor) {
+        supervisors.withLockedValue { list in
+            if let i = list.firstIndex(where: { $0.name == name }) { list[i].supervisor = supervisor }
+        }
     }
 
     /// Sets who is told of each operator change once it holds (`plugin add`, `rm`, `enable`,

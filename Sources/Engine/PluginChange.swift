@@ -15,6 +15,8 @@ public enum PluginChange: Sendable, Hashable {
     case set(name: String, settings: [String: String])
     /// `plugin grant`: jobs, hook privileges and container privileges, as given.
     case granted(name: String, grants: [String])
+    /// `plugin upgrade`: how it is started from now on (its other changes stay).
+    case upgraded(name: String, spec: AddedPlugin)
 }
 
 /// A plugin added at run time, in a form that can be written down and started again.
@@ -33,6 +35,10 @@ public struct AddedPlugin: Sendable, Hashable, Codable {
     public var grantAllPermissions: Bool
     /// Container privileges granted when it was added.
     public var privileges: [String]
+    /// The image reference it was installed from (`plugin install`), for a container plugin.
+    public var image: String?
+    /// The image's manifest digest, pinned at install.
+    public var digest: String?
 
     /// A record of how a plugin was added.
     public init(kind: String, builtin: String? = nil, command: [String]? = nil, bundle: String? = nil, options: String, grantAllPermissions: Bool, privileges: [String]) {

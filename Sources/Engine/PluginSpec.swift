@@ -113,6 +113,11 @@ public struct PluginSpec: Sendable {
     /// Every plugin may call its jobs without a grant: the services (events, state), which
     /// check their own permissions per caller.
     public var openToAll = false
+    /// The image it was installed from (`plugboard plugin install`), with the digest pinned.
+    public var image: ImageOrigin?
+    /// A suffix for its runtime identity (container id, bundle and cgroup directories), so
+    /// that a new version can run beside the old one during `plugin upgrade`; nil for none.
+    public var instance: String?
 
     /// A spec for `kind`; the rest have defaults (`grantAll` is true, as for plugins on the
     /// daemon's command line).
@@ -156,7 +161,10 @@ extension PluginSpec {
         case .exec(let command, let arguments):
             return AddedPlugin(kind: "exec", command: [command] + arguments, options: options, grantAllPermissions: grantAll, privileges: privilegeTexts)
         case .container(let bundle):
-            return AddedPlugin(kind: "container", bundle: bundle, options: options, grantAllPermissions: grantAllPrivileges, privileges: privilegeTexts)
+            var record = AddedPlugin(kind: "container", bundle: bundle, options: options, grantAllPermissions: grantAllPrivileges, privileges: privilegeTexts)
+            record.image = image?.reference
+            record.digest = image?.digest
+            return record
         }
     }
 }

@@ -92,3 +92,13 @@ public final class InFlightCalls: Sendable {
         state.withLockedValue { s in s.entries.values.filter { $0.owner == owner }.count }
     }
 }
+
+extension InFlightCalls {
+    /// The id the next tracked call will get: calls tracked before this moment have smaller ids.
+    public var watermark: UInt64 { state.withLockedValue { $0.next } }
+
+    /// Whether a call to `owner` tracked before `mark` (a ``watermark``) is still in flight.
+    public func hasCalls(owner: String, before mark: UInt64) -> Bool {
+        state.withLockedValue { s in s.entries.contains { $0.key < mark && $0.value.owner == owner } }
+    }
+}

@@ -5,7 +5,7 @@
 //   pipeline=TYPE:PRIORITY,... (appends "+NAME" to a string body; a non-alert body holding
 //   "alert" also yields an alert message) sends=TYPE,... (may send those into the pipeline)
 // Besides the provided jobs (which echo), it always serves NAME.crash, NAME.garbage,
-// NAME.restarts, NAME.close3, NAME.close4, NAME.spawn, NAME.eat, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
+// NAME.restarts, NAME.version, NAME.close3, NAME.close4, NAME.spawn, NAME.eat, NAME.hang, NAME.call, NAME.flood, NAME.env and NAME.print.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,7 +23,10 @@ struct TestPlugin: Plugin {
         if options["crash-at-start"] != nil { exit(3) }
         if options["crash-on-restart"] != nil && context.restarts > 0 { exit(4) }
         func list(_ key: String) -> [String] { options[key].map { $0.split(separator: ",").map(String.init) } ?? [] }
-        var d = PluginDeclaration(name: context.name, version: "test")
+        // version=V: the version it declares, and what NAME.version answers (plugin upgrade tests).
+        let version = options["version"] ?? "test"
+        var d = PluginDeclaration(name: context.name, version: version)
+        d.job(context.name + ".version") { _ in .string(version) }
         d.requires = list("requires")
         d.calls = list("calls")
         for job in list("provides") { d.job(job) { $0 } }

@@ -6,8 +6,8 @@ import Foundation
 struct PluginGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugin",
-        abstract: "List, inspect, add, remove, enable, disable, restart and grant plugins.",
-        subcommands: [List.self, Inspect.self, Add.self, Remove.self, Enable.self, Disable.self, Restart.self, Grant.self, Set.self, Test.self]
+        abstract: "List, inspect, add, remove, enable, disable, restart and grant plugins; install, create, push and upgrade plugin images; test a plugin executable against the protocol.",
+        subcommands: [List.self, Inspect.self, Add.self, Remove.self, Enable.self, Disable.self, Restart.self, Grant.self, Set.self, Install.self, Create.self, Push.self, Upgrade.self, Test.self]
     )
 
     struct List: AsyncParsableCommand {
@@ -36,8 +36,12 @@ struct PluginGroup: AsyncParsableCommand {
                 return printTable(["NAME", "PATH"], found.map { [$0.name, $0.path] })
             }
             let rows = try await connection.send(Admin.PluginList())
-            try listing.print(rows, header: ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], name: \.name) { r in
+            // IMAGE and DIGEST columns only when a plugin was installed from an image.
+            let images = rows.contains { $0.image != nil }
+            let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"] + (images ? ["IMAGE", "DIGEST"] : [])
+            try listing.print(rows, header: header, name: \.name) { r in
                 [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]
+                    + (images ? [r.image ?? "-", r.digest ?? "-"] : [])
             }
         }
     }

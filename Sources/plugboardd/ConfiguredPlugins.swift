@@ -107,6 +107,7 @@ actor PluginConfiguration {
             privileges: Set(added.privileges.compactMap(Privilege.init)), grantAllPrivileges: added.grantAllPermissions && added.kind == "container"
         )
         spec.builtinName = added.builtin
+        if let image = added.image, let digest = added.digest { spec.image = ImageOrigin(reference: image, digest: digest) }
         return spec
     }
 

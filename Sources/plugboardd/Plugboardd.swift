@@ -70,6 +70,12 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(help: "Seconds shutdown waits at each step (in-flight calls, then GOAWAY, then SIGTERM) (default 5).")
     var shutdownGrace: Double?
 
+    @Option(help: ArgumentHelp("A signature policy for plugin images (containers-policy.json(5), as skopeo reads it): pulls it refuses are refused. Without it, images are checked by digest only. See docs/DISTRIBUTION.md.", valueName: "file"))
+    var imagePolicy: String?
+
+    @Option(help: ArgumentHelp("Where skopeo finds plugin images' signatures (a registries.d(5) directory: sigstore lookaside stores per registry); default /etc/containers/registries.d.", valueName: "dir"))
+    var imageRegistriesD: String?
+
     func run() async throws {
         if let checkConfig {
             do {
@@ -132,6 +138,19 @@ struct Plugboardd: AsyncParsableCommand {
         let containment = PluginContainment(stateDirectory: stateDirectory, logger: logger)
         logger.info("plugin containment: \(containment.summary)")
         let engine = Engine(logger: logger, containers: runtime, containment: containment)
+        if let imagePolicy {
+            let path = URL(fileURLWithPath: imagePolicy).standardizedFileURL.path
+            guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("--image-policy \(imagePolicy): cannot read the file") }
+            engine.imagePolicy.withLockedValue { $0 = path }
+        }
+        if let imageRegistriesD {
+            let path = URL(fileURLWithPath: imageRegistriesD).standardizedFileURL.path
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("--image-registries-d \(imageRegistriesD): not a directory")
+            }
+            engine.imageRegistriesD.withLockedValue { $0 = path }
+        }
         let builtins = makeBuiltins(engine: engine, logger: logger)
         let metrics = MetricsPlugin(registry: registry, engine: engine)
         let metricsAddress = try metricsListen.map(Self.parseHostPort)

@@ -104,6 +104,10 @@ actor PluginStore {
             update(name) { $0.settings.merge(settings) { _, new in new } }
         case .granted(let name, let grants):
             update(name) { r in r.grants += grants.filter { !r.grants.contains($0) } }
+        case .upgraded(let name, let spec):
+            // Only a plugin added at run time is started from its record; one the
+            // configuration declares is started as the configuration says after a restart.
+            if file.plugins[name]?.origin == "admin" { update(name) { $0.added = spec } }
         }
         save()
     }

@@ -16,7 +16,10 @@ public struct LabelPlugin: Plugin {
     public init() {}
 
     public func declare(_ context: PluginContext) -> PluginDeclaration {
-        var d = PluginDeclaration(name: "label", version: "1.0.0")
+        // LABEL_VERSION (plugin.json's env) says which build this is; label.version answers it.
+        let version = getenv("LABEL_VERSION").map { String(cString: $0) } ?? "1.0.0"
+        var d = PluginDeclaration(name: "label", version: version)
+        d.job("label.version") { _ in .string(version) }
         let key = getenv("LABEL_KEY").map { String(cString: $0) } ?? Self.defaultKey
         let value = Self.hostName()
         d.hook("container.create", priority: 40) { payload, _ in

@@ -32,8 +32,10 @@ final class ContainerLauncher: PluginLauncher {
         let requested = manifest.requestedPrivileges
         let missing = Privilege.missing(requested, granted: request.spec.privileges.union(request.extraPrivileges), all: request.spec.grantAllPrivileges)
         guard missing.isEmpty else { throw EngineError(.permissionDenied, Privilege.refusal(plugin: name, missing: missing)) }
-        let id = ContainerRuntime.pluginContainerID(name)
-        let directory = runtime.bundles + "/plugins/" + name
+        // A new version started beside the old one (plugin upgrade) has an identity of its own.
+        let runtimeName = name + (request.spec.instance.map { "." + $0 } ?? "")
+        let id = ContainerRuntime.pluginContainerID(runtimeName)
+        let directory = runtime.bundles + "/plugins/" + runtimeName
         do {
             var spec = try OCISpec.forPlugin(name: name, bundle: bundle, manifest: manifest, granted: requested, environment: pluginEnvironment(request))
             // runc applies these through the container's own cgroup.

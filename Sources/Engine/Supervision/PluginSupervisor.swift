@@ -113,7 +113,7 @@ actor PluginSupervisor {
         guard case .exec = spec.kind, let containment = engine.containment else { return nil }
         if cgroup == nil {
             // A plugin that names itself is known only after its HELLO: its cgroup has a name of its own.
-            let dirName = nameIsKnown ? name : "unnamed-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            let dirName = nameIsKnown ? name + (spec.instance.map { "." + $0 } ?? "") : "unnamed-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
             do {
                 cgroup = try containment.group(for: dirName)
             } catch {
@@ -411,23 +411,36 @@ actor PluginSupervisor {
 
     // MARK: Stopping
 
+    /// Marks this run as being replaced (`plugin upgrade`): its end, from now on, is not a
+    /// crash to withdraw and restart it for — its registrations belong to the new run.
+    func beginRetiring() { stopping = true }
+
+    /// Undoes ``beginRetiring()`` when the new version could not take over after all.
+    func cancelRetiring() { stopping = false }
+
     /// Stops taking calls, lets in-flight calls finish within `grace`, asks the plugin to
     /// stop (GOAWAY), then SIGTERM, then SIGKILL.
-    func stop(grace: Duration) async {
+    ///
+    /// `retiring` (a `plugin upgrade`): another run of this plugin holds its registrations
+    /// now, so nothing is withdrawn; the wait is for `retiring`'s drain (the calls this run
+    /// took before the switch) instead.
+    func stop(grace: Duration, retiring drain: (@Sendable () async -> Void)? = nil) async {
         stopping = true
-        engine.hub.withdraw(owner: name, reason: "shutting down", expectBackWithin: grace)
-        engine.hooks.withdraw(owner: name, reason: "shutting down")
-        engine.pipeline.withdraw(owner: name, reason: "shutting down")
+        if drain == nil {
+            engine.hub.withdraw(owner: name, reason: "shutting down", expectBackWithin: grace)
+            engine.hooks.withdraw(owner: name, reason: "shutting down")
+            engine.pipeline.withdraw(owner: name, reason: "shutting down")
+        }
         // Wait for the last in-flight call to end (the event itself), but no longer than the grace.
         let calls = engine.hub.inFlight
         let owner = name
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await calls.waitUntilDrained(owner: owner) }
+            if let drain { group.addTask { await drain() } } else { group.addTask { await calls.waitUntilDrained(owner: owner) } }
             group.addTask { [clock = engine.clock] in try? await clock.sleep(for: grace) }
             await group.next()
             group.cancelAll()
         }
-        engine.hub.withdraw(owner: name, reason: "stopped")
+        if drain == nil { engine.hub.withdraw(owner: name, reason: "stopped") }
         if let run = current?.process {
             run.session.close(reason: "plugboardd is shutting down")
             if await run.process.waitForExit(timeout: grace) == nil {
@@ -447,7 +460,8 @@ actor PluginSupervisor {
             await monitor.value
             self.monitor = nil
         }
-        set(.stopped, "shut down")
+        // A retired run says nothing: the plugin of this name is active, in its new version.
+        if drain == nil { set(.stopped, "shut down") } else { state = .stopped }
     }
 }
 
