@@ -58,9 +58,13 @@ public enum Admin {
         public var uptimeSeconds: Double?
         /// Jobs, hooks and pipeline types it registered.
         public var registrations: Int
+        /// A remote plugin's peer while it is connected (then `uptime_s` is how long it has
+        /// been connected); absent for every other plugin.
+        public var peer: String? = nil
 
         /// A row.
-        public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int) {
+        public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int, peer: String? = nil) {
+            self.peer = peer
             self.name = name
             self.kind = kind
             self.state = state
@@ -71,7 +75,7 @@ public enum Admin {
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, state, pid, restarts, registrations
+            case name, kind, state, pid, restarts, registrations, peer
             case uptimeSeconds = "uptime_s"
         }
 
@@ -85,6 +89,7 @@ public enum Admin {
             try c.encode(restarts, forKey: .restarts)
             try c.encode(uptimeSeconds, forKey: .uptimeSeconds)
             try c.encode(registrations, forKey: .registrations)
+            try c.encodeIfPresent(peer, forKey: .peer)
         }
     }
 

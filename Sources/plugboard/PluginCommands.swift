@@ -36,8 +36,13 @@ struct PluginGroup: AsyncParsableCommand {
                 return printTable(["NAME", "PATH"], found.map { [$0.name, $0.path] })
             }
             let rows = try await connection.send(Admin.PluginList())
-            try listing.print(rows, header: ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"], name: \.name) { r in
+            // Remote plugins add a PEER column (where each is connected from); UPTIME is
+            // then how long it has been connected.
+            let remote = rows.contains { $0.kind == "remote" }
+            let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"] + (remote ? ["PEER"] : [])
+            try listing.print(rows, header: header, name: \.name) { r in
                 [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]
+                    + (remote ? [r.peer ?? "-"] : [])
             }
         }
     }
