@@ -36,7 +36,9 @@ extension AdminClient {
             try await session.start()
         } catch let error as ChanError where error.code == .peerGone {
             session.close(reason: "refused")
-            throw CLIError("plugboardd at \(path) refused this connection: \(error.reason)", code: "cli.refused")
+            // "the peer refused the session: closed locally: refused: WHY": the WHY.
+            let why = error.reason.range(of: "refused: ", options: .backwards).map { String(error.reason[$0.upperBound...]) } ?? error.reason
+            throw CLIError("plugboardd at \(path) refused this connection: \(why)", code: "cli.refused")
         } catch {
             session.close(reason: "no handshake")
             throw CLIError("plugboardd at \(path) did not complete the handshake: \(error)", code: "cli.handshake")

@@ -124,6 +124,37 @@ struct RemoteTLSTests {
         await place.stop(daemon)
     }
 
+    @Test("--admin-listen: the CLI with -H tcp:// and a certificate named on --admin-client is served; another name is refused with the reason; no certificate, cli.tls")
+    func adminOverTLS() async throws {
+        let certs = try await TestCertificates.make(in: dir, clients: [.init(name: "ops", cn: "ops"), .init(name: "mallory", cn: "mallory")])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let place = DaemonPlace("admin-tls")
+        let port = try freeTCPPort()
+        let daemon = try await place.startDaemon([
+            "--admin-listen", "tcp://127.0.0.1:\(port)", "--admin-client", "ops",
+            "--tls-cert", certs.server.cert, "--tls-key", certs.server.key, "--tls-ca", certs.ca,
+        ])
+        try await whileRunning(daemon) {
+            let plugboard = try builtExecutable("plugboard")
+            let host = "tcp://127.0.0.1:\(port)"
+            let (cert, key, ca) = certs.client("ops")
+            let ls = try await runCommand(plugboard, ["-H", host, "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca, "plugin", "ls"])
+            #expect(ls.status == .exited(0) && ls.out.contains("echo"), "\(ls)")
+            let call = try await runCommand(plugboard, ["call", "echo", "\"via tls\"", "-H", host], environment: [
+                "PATH": "/usr/bin:/bin", "PLUGBOARD_TLS_CERT": cert, "PLUGBOARD_TLS_KEY": key, "PLUGBOARD_TLS_CA": ca,
+            ])
+            #expect(call.status == .exited(0) && call.out.contains("via tls"), "\(call)")
+            let (mCert, mKey, _) = certs.client("mallory")
+            let refused = try await runCommand(plugboard, ["-H", host, "--tls-cert", mCert, "--tls-key", mKey, "--tls-ca", ca, "plugin", "ls"])
+            #expect(refused.status != .exited(0) && refused.err.contains("refused this connection: CN=mallory is not an admin client"), "\(refused)")
+            let logged = try await withDeadline(20, "the daemon's refusal") { await daemon.log.waitFor("admin connection refused") }
+            #expect(logged?.contains("mallory") == true, "\(String(describing: logged))")
+            let bare = try await runCommand(plugboard, ["-H", host, "plugin", "ls"])
+            #expect(bare.status != .exited(0) && bare.err.contains("needs this client's certificate"), "\(bare)")
+        }
+        await place.stop(daemon)
+    }
+
     @Test("a TCP listener without TLS files is refused at startup, saying so")
     func tcpNeedsTLS() async throws {
         let place = DaemonPlace("remote-notls")
