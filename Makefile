@@ -6,7 +6,7 @@ SHELL        := /bin/bash
 SWIFT        ?= swift
 # libsqlite3-dev is for the state service (GRDB); runc runs container plugins and the containers plugin's containers; busybox-static
 # gives the example rootfs and the label bundle a shell.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static openssl iproute2
 LABEL_BUNDLE := .build/plugins/label
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS  ?=
@@ -67,6 +67,7 @@ bench: deps
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
 	$(SWIFT) run -c release --skip-build plugboard-bench routing
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
+	$(SWIFT) run -c release --skip-build plugboard-bench remote
 	$(SWIFT) build -c release --product plugboard-sh
 	$(SWIFT) run -c release --skip-build plugboard-bench shell
 	$(SWIFT) build -c release --product plugboard-plugin-label
