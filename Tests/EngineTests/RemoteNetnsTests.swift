@@ -141,16 +141,21 @@ struct RemoteNetnsTests {
 
             // A call in flight when the link is pulled fails (the connection is declared dead
             // within the liveness bound, not at the call's deadline), and the hook is withdrawn.
+            let hangingErr = try PipeDescriptors.make()
             let hanging = try ProcessSpawner.spawn(SpawnOptions(
                 executable: plugboard, arguments: ["call", "--timeout", "120s", "far.hang", "--socket", socket],
-                environment: childEnvironment(["PATH": "/usr/bin:/bin"]), fileDescriptors: [:]
+                environment: childEnvironment(["PATH": "/usr/bin:/bin"]), fileDescriptors: [2: hangingErr.writeEnd]
             ))
+            close(hangingErr.writeEnd)
+            let hangingLog = LogLines(fd: hangingErr.readEnd)
             try await waitUntilAsync(20, "the call in flight") {
                 try await cli(["metrics"]).out.contains("plugboard_inflight_calls{plugin=\"far\"} 1")
             }
             try await hosts.setDaemonLink(up: false)
             let status = try await withDeadline(30, "the in-flight call to fail after the link went down") { await hanging.waitForExit() }
             #expect(status != .exited(0))
+            let said = try await withDeadline(10, "the failed call's message") { await hangingLog.waitFor("Error") }
+            #expect(said?.contains("plugin far went away: its connection from \(hosts.pluginAddress)") == true && said?.contains("routing.owner-gone") == true, "\(String(describing: said))")
             try await waitUntilAsync(20, "far away") { try await farState() == "away" }
             let hooks = try await cli(["hooks"])
             #expect(!hooks.out.contains("far"), "the hook is withdrawn: \(hooks.out)")

@@ -54,7 +54,7 @@ struct RemotePluginTests {
     func engineWithListener(_ access: RemoteAccess = RemoteAccess(uids: [getuid()])) async throws -> (Engine, RemoteListener, Task<Void, Never>) {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let engine = Engine(logger: quietLogger)
-        try await engine.boot([PluginSpec(name: "far", kind: .remote(access), startTimeout: .seconds(3))])
+        try await engine.boot([PluginSpec(name: "far", kind: .remote(access), startTimeout: .seconds(60))])
         let listener = try await RemoteListener.bind(.unix(path: dir + "/p.sock"), tls: nil, maxFrameSize: Engine.maxFrameFromPlugins, logger: quietLogger)
         let serving = Task { await engine.servePlugins(on: listener) }
         return (engine, listener, serving)
@@ -98,10 +98,10 @@ struct RemotePluginTests {
             #expect(!engine.hooks.allRegistrations.contains { $0.owner == "far" })
 
             // A call made while it is away waits for it; it reconnects (a new process) and answers.
-            let waiting = Task { try await engine.hub.call("far.echo", .string("again"), timeout: .seconds(10)) }
+            let waiting = Task { try await engine.hub.call("far.echo", .string("again"), timeout: .seconds(60)) }
             let second = try RemotePluginProcess.start(connect: "unix:" + dir + "/p.sock", name: "far", options: "provides=far.echo hook=container.create:1000")
             plugins.append(second)
-            #expect(try await withDeadline(20, "the waiting call") { try await waiting.value } == .string("again"))
+            #expect(try await withDeadline(90, "the waiting call") { try await waiting.value } == .string("again"))
             #expect(engine.hooks.allRegistrations.contains { $0.owner == "far" && $0.event == "container.create" })
         } catch {
             await tearDown(engine, listener, serving, plugins)
