@@ -60,13 +60,16 @@ struct RemoteBenchmark: AsyncParsableCommand {
         )
         let serving = Task { await remote.servePlugins(on: listener) }
         let events = remote.events()
+        // Its log lines must not mix with the JSON lines on our stdout.
+        let devNull = open("/dev/null", O_WRONLY)
+        defer { close(devNull) }
         let process = try ProcessSpawner.spawn(SpawnOptions(
             executable: plugin, arguments: [],
             environment: [
                 "PLUGBOARD_CONNECT": "\(listener.endpoint)", "PLUGBOARD_TLS_CERT": certs + "/echo.pem",
                 "PLUGBOARD_TLS_KEY": certs + "/echo.key", "PLUGBOARD_TLS_CA": certs + "/ca.pem", "PATH": "/usr/bin:/bin",
             ],
-            fileDescriptors: [:]
+            fileDescriptors: [1: devNull, 2: devNull]
         ))
         for await event in events where event.plugin == "echo" && event.state == .active { break }
         let tlsSequential = try await sequential(remote, payload)
