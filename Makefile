@@ -8,8 +8,9 @@ SWIFT        ?= swift
 # gives the example rootfs and the label bundle a shell; skopeo and umoci move and unpack plugin images
 # (plugin install/create/push); docker-registry is the loopback registry the image tests push to, and
 # gnupg signs and checks the test images' signatures. python3 and python3-venv run the Python SDK's
-# tests (sdk/python) in a venv under .build; openssl makes TLS certificates for tests.
-APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static skopeo umoci docker-registry gnupg python3 python3-venv openssl
+# tests (sdk/python) in a venv under .build; openssl makes TLS certificates for tests; iproute2's ip
+# makes the network namespaces of the remote-plugin tests.
+APT_PACKAGES := libmsgpack-dev pkg-config libsqlite3-dev runc busybox-static skopeo umoci docker-registry gnupg python3 python3-venv openssl iproute2
 LABEL_BUNDLE := .build/plugins/label
 # The label plugin as an image: an OCI image layout, tagged label (plugboard plugin create).
 LABEL_IMAGE  := .build/plugins/label-image
@@ -98,6 +99,7 @@ bench: deps
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
 	$(SWIFT) run -c release --skip-build plugboard-bench routing
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
+	$(SWIFT) run -c release --skip-build plugboard-bench remote
 	$(SWIFT) build -c release --product plugboard-sh
 	$(SWIFT) run -c release --skip-build plugboard-bench shell
 	$(MAKE) pydeps

@@ -11,6 +11,7 @@ let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioLocks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+let nioSSL: Target.Dependency = .product(name: "NIOSSL", package: "swift-nio-ssl")
 let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics")
 
 let package = Package(
@@ -45,6 +46,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // msgpack-c from libmsgpack-dev, found through pkg-config. Only Chan imports it.
@@ -68,13 +70,17 @@ let package = Package(
         .target(name: "Hub", dependencies: ["Chan", "Routing", log, nioCore, nioLocks], swiftSettings: strict),
         .target(name: "Pipeline", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
         .target(name: "Hooks", dependencies: ["Chan", "Routing", log, nioLocks], swiftSettings: strict),
-        .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", "Pipeline", log], swiftSettings: strict),
+        // Sessions beyond fds 3/4: endpoints (unix:/path, tcp://HOST:PORT), mutual TLS
+        // (swift-nio-ssl), the connect-in listener and the reconnecting connector. TLS lives
+        // here, not in Chan, which stays messaging only.
+        .target(name: "Remote", dependencies: ["Chan", nioCore, nioPosix, nioLocks, nioSSL, .product(name: "NIOTLS", package: "swift-nio"), log], swiftSettings: strict),
+        .target(name: "PluginKit", dependencies: ["Chan", "Routing", "Hooks", "Pipeline", "Remote", log], swiftSettings: strict),
         // Containers on runc: plugin manifests and privileges, the OCI spec we write, runc
         // itself, and the container lifecycle the containers plugin serves.
         .target(name: "Containers", dependencies: ["Chan", "Spawn", log, nioCore, nioLocks], swiftSettings: strict),
         .target(
             name: "Engine",
-            dependencies: ["AdminProtocol", "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "PluginProcess", "Routing", "PluginKit", "Containers", coreMetrics, nioCore, nioPosix, nioLocks, log],
+            dependencies: ["AdminProtocol", "Chan", "Hub", "Pipeline", "Hooks", "Spawn", "PluginProcess", "Routing", "PluginKit", "Containers", "Remote", coreMetrics, nioCore, nioPosix, nioLocks, log],
             swiftSettings: strict
         ),
         // The services every plugboardd runs that reach into the engine (its event bus, its
@@ -96,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "plugboardd",
             dependencies: [
-                "AdminProtocol", "Engine", "PluginKit", "Routing", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService", "LocalVolumesPlugin",
+                "AdminProtocol", "Engine", "PluginKit", "Remote", "Routing", "Services", "Containers", "EchoPlugin", "HostMountPlugin", "ContainersPlugin", "StateService", "LocalVolumesPlugin",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -109,16 +115,16 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["Chan", "Spawn", "Routing", argumentParser, log, nioCore, nioPosix, nioLocks], swiftSettings: strict),
         .executableTarget(name: "plugboard-conformance", dependencies: ["Conformance", argumentParser, log], swiftSettings: strict),
         // The CLI links what both ends of the admin socket share, the conformance kit
-        // (`plugboard plugin test`) and Containers for plugin images (plugin create/push run
-        // umoci and skopeo here); never the engine.
-        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Conformance", "Containers", argumentParser, log], swiftSettings: strict),
+        // (`plugboard plugin test`), Containers for plugin images (plugin create/push run
+        // umoci and skopeo here) and Remote (the admin socket over mutual TLS); never the engine.
+        .executableTarget(name: "plugboard", dependencies: ["AdminProtocol", "Chan", "Conformance", "Containers", "Remote", argumentParser, log], swiftSettings: strict),
         // Shell scripts as plugins: header registrations, the env format, call and stream
         // modes, the callback socket. plugboard-sh is the thin executable over it.
         .target(name: "ShellAdapter", dependencies: ["Chan", "PluginKit", "Hooks", "Spawn", "Routing", log, nioLocks], swiftSettings: strict),
         .executableTarget(name: "plugboard-sh", dependencies: ["PluginKit", "ShellAdapter", "Chan", argumentParser, log, nioLocks], swiftSettings: strict),
         .executableTarget(
             name: "plugboard-bench",
-            dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", "Hub", "Hooks", "Pipeline", "Engine", "Containers", "PluginKit", argumentParser, log, nioLocks],
+            dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", "Hub", "Hooks", "Pipeline", "Engine", "Containers", "PluginKit", "Remote", argumentParser, log, nioLocks],
             swiftSettings: strict
         ),
         // The plugins we ship: each links into plugboardd and builds as plugboard-plugin-NAME.
@@ -169,7 +175,7 @@ let package = Package(
         .testTarget(
             name: "EngineTests",
             dependencies: [
-                "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin",
+                "Engine", "PluginKit", "Routing", "Chan", "Spawn", "TestSupport", "HostMountPlugin", "ContainersPlugin", "Remote",
                 "Containers", "ShellAdapter", "StateService", "Hooks", "Pipeline", log, nioLocks,
             ],
             swiftSettings: strict

@@ -62,9 +62,13 @@ public enum Admin {
         public var image: String?
         /// The image's pinned manifest digest.
         public var digest: String?
+        /// A remote plugin's peer while it is connected (then `uptime_s` is how long it has
+        /// been connected); absent for every other plugin.
+        public var peer: String? = nil
 
         /// A row.
-        public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int) {
+        public init(name: String, kind: String, state: String, pid: Int64?, restarts: Int, uptimeSeconds: Double?, registrations: Int, peer: String? = nil) {
+            self.peer = peer
             self.name = name
             self.kind = kind
             self.state = state
@@ -75,7 +79,7 @@ public enum Admin {
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, state, pid, restarts, registrations, image, digest
+            case name, kind, state, pid, restarts, registrations, image, digest, peer
             case uptimeSeconds = "uptime_s"
         }
 
@@ -92,6 +96,7 @@ public enum Admin {
             // Only installed images have these: other rows are as they were.
             try c.encodeIfPresent(image, forKey: .image)
             try c.encodeIfPresent(digest, forKey: .digest)
+            try c.encodeIfPresent(peer, forKey: .peer)
         }
     }
 

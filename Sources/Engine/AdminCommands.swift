@@ -215,7 +215,7 @@ enum AdminCommands {
             let registrations = (s.description?.jobs.count ?? 0) + (s.description?.hooks.count ?? 0) + (s.description?.messageTypes.count ?? 0)
             var row = Admin.PluginRow(
                 name: s.name, kind: s.kind, state: s.state.rawValue, pid: s.pid.map { Int64($0) }, restarts: s.restarts,
-                uptimeSeconds: s.uptime.map { ($0 * 10).rounded() / 10 }, registrations: registrations
+                uptimeSeconds: s.uptime.map { ($0 * 10).rounded() / 10 }, registrations: registrations, peer: s.peer
             )
             row.image = images[s.name]?.reference
             row.digest = images[s.name]?.digest

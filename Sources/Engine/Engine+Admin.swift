@@ -51,6 +51,12 @@ extension Engine {
 
     private func addClaimed(_ spec: PluginSpec, claimed: inout String?, grace: Duration) async throws -> PluginStatus {
         let supervisor = PluginSupervisor(spec: spec, provisionalName: spec.name ?? "plugin\(supervisorList.count)", engine: parts)
+        // A remote plugin (a reload added it) is listed away and waited for, not started.
+        if spec.isRemote, let name = spec.name {
+            await supervisor.beginRemote()
+            appendSupervisor(name, supervisor)
+            return await supervisor.status
+        }
         // A launch that fails has stopped what it started.
         let description = try await supervisor.launch()
         let name = await supervisor.name
@@ -214,6 +220,14 @@ extension Engine {
                 ("image", spec.image.map { .string($0.reference) } ?? .nil),
                 ("digest", spec.image.map { .string($0.digest) } ?? .nil),
                 ("manifest", manifest.flatMap { try? ValueEncoder().encode($0) } ?? .nil)
+            )
+        case .remote(let access):
+            command = .fields(
+                ("remote", .string(status.peer ?? "not connected")),
+                ("allowed_uids", .array(access.uids.sorted().map { .int(Int64($0)) })),
+                ("allowed_gids", .array(access.gids.sorted().map { .int(Int64($0)) })),
+                ("certificate_names", .array(access.allowedCertificateNames(for: name).map { .string($0) })),
+                ("options", .string(spec.options))
             )
         }
         return .fields(

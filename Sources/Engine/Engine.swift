@@ -39,8 +39,11 @@ public struct PluginStatus: Sendable, Hashable {
     public var restarts: Int
     /// What it declared; nil until its declaration has arrived.
     public var description: PluginDescription?
-    /// Seconds since it became active this time; nil when it is not active.
+    /// Seconds since it became active this time; nil when it is not active. For a remote
+    /// plugin: how long it has been connected.
     public var uptime: Double?
+    /// A remote plugin's peer while it is connected (address, listener, identity).
+    public var peer: String? = nil
 }
 
 /// What keeps plugins' durable state (the state service): a plugin's state belongs to that
@@ -74,6 +77,8 @@ struct EngineParts: Sendable {
     let clock: any Clock<Duration>
     /// Cgroups for exec plugins; nil runs them in process groups only.
     let containment: PluginContainment?
+    /// Remote plugins' connections, handed from the listeners to their supervisors.
+    let remoteArrivals = RemoteArrivals()
 }
 
 /// The engine: the hub, the pipeline and the hooks, and the plugins that serve them.
@@ -248,13 +253,20 @@ public final class Engine: Sendable {
         }
         // Plugins an operator disabled before a restart are listed, not started.
         var failedOptional: [(String, PluginSupervisor)] = []
+        // Remote plugins are not started: they are listed away and waited for.
+        for spec in specs where spec.isRemote && !spec.startDisabled {
+            guard let name = spec.name else { continue }
+            let supervisor = PluginSupervisor(spec: spec, provisionalName: name, engine: parts)
+            await supervisor.beginRemote()
+            failedOptional.append((name, supervisor))
+        }
         for spec in specs where spec.startDisabled {
             guard let name = spec.name else { continue }
             let supervisor = PluginSupervisor(spec: spec, provisionalName: name, engine: parts)
             await supervisor.markDisabled()
             failedOptional.append((name, supervisor))
         }
-        let specs = specs.filter { !$0.startDisabled }
+        let specs = specs.filter { !$0.startDisabled && !$0.isRemote }
         do {
             // Start them all concurrently: each waits only for its own HELLO.
             let results = await withTaskGroup(of: (Int, Result<(String, PluginSupervisor, PluginDescription), any Error>).self) { group in
@@ -339,6 +351,10 @@ public final class Engine: Sendable {
             }
         } catch {
             for (_, supervisor, _) in started.reversed() { await supervisor.stop(grace: .milliseconds(500)) }
+            // Remote plugins wait for their connections: that ends too.
+            for (_, supervisor) in failedOptional {
+                if await supervisor.spec.isRemote { await supervisor.stop(grace: .zero) }
+            }
             throw error
         }
     }

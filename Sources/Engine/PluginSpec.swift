@@ -67,6 +67,10 @@ public struct PluginSpec: Sendable {
         /// The same protocol from inside an OCI container run by runc: a bundle directory
         /// with `rootfs/` and `plugin.json` (an absolute path).
         case container(bundle: String)
+        /// A process that plugboardd did not start, which connects in over a socket
+        /// (`--plugin-listen`), proven by its peer credentials or its TLS certificate
+        /// (docs/REMOTE.md). It is never started or restarted by the daemon.
+        case remote(RemoteAccess)
     }
 
     /// The name; nil for an exec plugin means "use the name it declares".
@@ -146,7 +150,9 @@ public enum PluginState: String, Sendable, Codable {
     /// Starting (launched, not yet active), active (registered and serving), restarting (ended,
     /// waiting out the backoff), failed (ended in failure and not restarted: policy or crash loop),
     /// disabled (by an operator), stopped (shut down, or ended cleanly and not restarted).
-    case starting, active, restarting, failed, disabled, stopped
+    /// Away: a remote plugin that is not connected now (not yet, or its connection ended);
+    /// calls to its jobs wait up to its start timeout for it to come back.
+    case starting, active, restarting, failed, disabled, stopped, away
 }
 
 extension PluginSpec {
@@ -165,6 +171,9 @@ extension PluginSpec {
             record.image = image?.reference
             record.digest = image?.digest
             return record
+        case .remote:
+            // Remote plugins come from the configuration (or the command line) only.
+            return nil
         }
     }
 }

@@ -13,11 +13,17 @@ public enum PluginKit {
     public static let protocolName = "plugboard-chan/1"
 
     /// Serves `plugin` on fds 3 (read) and 4 (write) until the daemon goes away, then exits.
+    /// With `PLUGBOARD_CONNECT` set (`unix:/path` or `tcp://HOST:PORT`), it connects to the
+    /// daemon there instead, as ``serve(_:connect:tls:logger:)`` does.
     ///
     /// Started by hand (no fds 3 and 4), it says that it is a plugin and how to run one,
     /// and exits with status 2.
     public static func serve(_ plugin: some Plugin, logger: Logger = Logger(label: "plugin")) async -> Never {
         let environment = currentEnvironment()
+        // Started by someone else, it connects in (docs/REMOTE.md).
+        if let connect = environment["PLUGBOARD_CONNECT"], !connect.isEmpty {
+            await serve(plugin, connect: connect, logger: logger)
+        }
         let executableName = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? "plugin"
         // The runtime opens descriptors of its own before main runs (epoll, eventfd), so an
         // open fd 3 proves nothing: the daemon's environment variable and pipe-or-socket do.

@@ -1,4 +1,5 @@
 // A PluginKit plugin whose declaration the tests choose through its option string:
+//   label=KEY:VALUE (a container.create hook adding that label)
 //   seize=required|optional seize-declares (a hostile container.create hook) slow=JOB:MS (declares a deadline, never answers)
 //   provides=a,b provides-on-restart=a,b requires=c calls=d crash-at-start crash-on-restart hook=EVENT:TIMEOUT_MS
 //   point=POINT:PRIORITY,... (provides an extension point answering "NAME:ARGUMENT")
@@ -138,6 +139,20 @@ struct TestPlugin: Plugin {
         // (Int64.max included: the daemon must clamp it, not trap).
         if let hook = options["hook"], let colon = hook.lastIndex(of: ":"), let ms = Int64(hook[hook.index(after: colon)...]) {
             d.hook(String(hook[..<colon]), priority: 1, timeout: .milliseconds(ms), policy: .optional) { payload, _ in .continue(payload) }
+        }
+        // label=KEY:VALUE: a container.create hook that adds that label (remote plugins' tests).
+        if let label = options["label"], let colon = label.firstIndex(of: ":") {
+            let key = String(label[..<colon])
+            let value = String(label[label.index(after: colon)...])
+            d.hook("container.create", priority: 45, policy: .required) { payload, _ in
+                guard case .map(var entries) = payload else { return .veto("the container spec is not a map") }
+                var labels = payload["labels"]?.mapValue ?? []
+                labels.removeAll { $0.key.stringValue == key }
+                labels.append((key: .string(key), value: .string(value)))
+                entries.removeAll { $0.key.stringValue == "labels" }
+                entries.append((key: "labels", value: .map(labels)))
+                return .continue(.map(entries))
+            }
         }
         // seize=required|optional: a hostile container.create hook that bind-mounts the host's
         // / read-write at /host and replaces the command; seize-declares also declares the

@@ -105,10 +105,19 @@ func writeToStandardError(_ text: String) {
 struct Connection: ParsableArguments {
     @Option(
         name: [.customLong("socket"), .customShort("H")],
-        help: ArgumentHelp("The daemon's admin socket (default: $PLUGBOARD_SOCKET, else the daemon's default path). Also before the command: plugboard -H PATH plugin ls.", valueName: "path"),
+        help: ArgumentHelp("The daemon's admin socket (default: $PLUGBOARD_SOCKET, else the daemon's default path), or tcp://HOST:PORT for a daemon's --admin-listen (mutual TLS: --tls-cert, --tls-key, --tls-ca). Also before the command: plugboard -H PATH plugin ls.", valueName: "path"),
         completion: .file()
     )
     var socket: String?
+
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("With -H tcp://: this client's certificate, PEM (default $PLUGBOARD_TLS_CERT).", valueName: "file"), completion: .file())
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("With -H tcp://: its private key, PEM (default $PLUGBOARD_TLS_KEY).", valueName: "file"), completion: .file())
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: ArgumentHelp("With -H tcp://: the CA bundle the daemon's certificate must chain to, PEM (default $PLUGBOARD_TLS_CA).", valueName: "file"), completion: .file())
+    var tlsCA: String?
 
     /// The socket: the option, else `$PLUGBOARD_SOCKET`, else the default path.
     var path: String {
@@ -116,7 +125,11 @@ struct Connection: ParsableArguments {
     }
 
     /// A client of that socket.
-    var client: AdminClient { AdminClient(path: path) }
+    var client: AdminClient {
+        var client = AdminClient(path: path)
+        client.tlsFlags = (tlsCert, tlsKey, tlsCA)
+        return client
+    }
 
     /// Sends one admin request and returns its reply, or throws an error a person can act on.
     func send<R: AdminRequest>(_ request: R, timeout: Duration = AdminClient.noCut) async throws -> R.Reply {
@@ -131,8 +144,10 @@ struct Connection: ParsableArguments {
 
 /// A client of one admin socket.
 struct AdminClient: Sendable {
-    /// The socket's path.
+    /// The socket's path, or `tcp://HOST:PORT`.
     let path: String
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` (each falls back to its PLUGBOARD_TLS_* variable).
+    var tlsFlags: (cert: String?, key: String?, ca: String?) = (nil, nil, nil)
     /// How long the HELLO exchange may take.
     var handshakeTimeout: Duration = .seconds(5)
 
@@ -164,6 +179,7 @@ struct AdminClient: Sendable {
     /// Opens a session and its admin channel.
     func open() async throws -> (Session, Sender) {
         let logger = Logger(label: "plugboard", factory: { _ in SwiftLogNoOpLogHandler() })
+        if path.hasPrefix("tcp://") { return try await openTCP(logger: logger) }
         var info = stat()
         if stat(path, &info) != 0 {
             throw CLIError("plugboardd is not running: nothing at \(path) (use --socket or PLUGBOARD_SOCKET if it listens elsewhere)", code: "cli.not-running")

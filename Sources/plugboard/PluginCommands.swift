@@ -36,12 +36,16 @@ struct PluginGroup: AsyncParsableCommand {
                 return printTable(["NAME", "PATH"], found.map { [$0.name, $0.path] })
             }
             let rows = try await connection.send(Admin.PluginList())
-            // IMAGE and DIGEST columns only when a plugin was installed from an image.
+            // IMAGE and DIGEST columns only when a plugin was installed from an image; PEER
+            // when a remote plugin is listed (where each is connected from; UPTIME is then
+            // how long it has been connected).
             let images = rows.contains { $0.image != nil }
-            let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"] + (images ? ["IMAGE", "DIGEST"] : [])
+            let remote = rows.contains { $0.kind == "remote" }
+            let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "REGISTRATIONS"] + (images ? ["IMAGE", "DIGEST"] : []) + (remote ? ["PEER"] : [])
             try listing.print(rows, header: header, name: \.name) { r in
                 [r.name, r.kind, r.state, r.pid.map { "\($0)" } ?? "-", "\(r.restarts)", uptime(r.uptimeSeconds), "\(r.registrations)"]
                     + (images ? [r.image ?? "-", r.digest ?? "-"] : [])
+                    + (remote ? [r.peer ?? "-"] : [])
             }
         }
     }

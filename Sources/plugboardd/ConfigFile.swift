@@ -175,6 +175,16 @@ struct ConfigTable {
         }
     }
 
+    /// A list of user or group ids (0 to 4294967294).
+    func ids(_ key: String) throws -> [UInt32] {
+        guard let node = entries[key] else { return [] }
+        guard case .array(let items) = node else { throw error(key, "must be a list of numeric ids, not \(node.kind)") }
+        return try items.map { item in
+            guard case .int(let n) = item, n >= 0, n < Int(UInt32.max) else { throw error(key, "must hold ids from 0 to 4294967294, not \(item)") }
+            return UInt32(n)
+        }
+    }
+
     func intTable(_ key: String) throws -> [String: Int]? {
         guard let node = entries[key] else { return nil }
         guard case .table(let t) = node else { throw error(key, "must be a table of NAME = NUMBER, not \(node.kind)") }

@@ -22,6 +22,8 @@ extension ConfiguredPlugin {
             specKind = .exec(command: argv[0], arguments: Array(argv.dropFirst()))
         case .container(let bundle):
             specKind = .container(bundle: bundle)
+        case .remote(let uids, let gids, let names):
+            specKind = .remote(RemoteAccess(uids: Set(uids), gids: Set(gids), certificateNames: Set(names)))
         }
         var spec = PluginSpec(
             name: name, kind: specKind, options: options, grantAll: grantAllPermissions,

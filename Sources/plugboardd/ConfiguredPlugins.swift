@@ -39,6 +39,7 @@ actor PluginConfiguration {
         case .builtin: return "command-line builtin \(spec.builtinName ?? spec.name ?? "") \(spec.options)"
         case .exec(let command, let arguments): return "command-line exec \(([command] + arguments).joined(separator: " "))"
         case .container(let bundle): return "command-line container \(bundle)"
+        case .remote(let access): return "command-line remote \(access.uids.sorted()) \(access.gids.sorted()) \(access.certificateNames.sorted())"
         }
     }
 

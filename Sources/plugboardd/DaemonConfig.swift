@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Remote
 import Routing
 
 /// One plugin as a configuration file declares it.
@@ -11,6 +12,8 @@ struct ConfiguredPlugin: Sendable, Hashable {
         case exec([String])
         /// A bundle directory (absolute).
         case container(String)
+        /// A plugin that connects in (`plugin-listen`), with who may connect as it.
+        case remote(uids: [UInt32], gids: [UInt32], certificateNames: [String])
     }
 
     var name: String
@@ -37,6 +40,16 @@ struct DaemonConfig: Sendable, Hashable {
     var logLevel: String?
     var shutdownGrace: Double?
     var grantAllPermissions: Bool?
+    /// Where remote plugins connect (`unix:/path`, `tcp://HOST:PORT`).
+    var pluginListen: [String]?
+    /// The daemon's certificate, key and CA bundle for TCP listeners (PEM files).
+    var tlsCert: String?
+    var tlsKey: String?
+    var tlsCA: String?
+    /// Where admin clients connect over TCP with mutual TLS.
+    var adminListen: [String]?
+    /// Certificate common names served on `admin-listen`.
+    var adminClients: [String]?
     var plugins: [ConfiguredPlugin] = []
 
     /// Where plugboardd looks when `--config` is not given.
@@ -44,9 +57,11 @@ struct DaemonConfig: Sendable, Hashable {
 
     static let daemonKeys: Set<String> = [
         "state-dir", "admin-socket", "admin-group", "metrics-listen", "log-format", "log-level", "shutdown-grace", "grant-all-permissions", "plugins",
+        "plugin-listen", "tls-cert", "tls-key", "tls-ca", "admin-listen", "admin-clients",
     ]
     static let pluginKeys: Set<String> = Set([
         "kind", "builtin", "command", "bundle", "options", "grants", "grant-all-permissions", "required", "priorities", "pipeline-priorities",
+        "uids", "gids", "certificate-names",
     ] + PluginSpec.settingKeys)
 
     /// Reads and checks `path`: unknown keys, wrong types, bad values and bad grants are
@@ -76,6 +91,22 @@ struct DaemonConfig: Sendable, Hashable {
             }
         }
         config.grantAllPermissions = try top.bool("grant-all-permissions")
+        config.pluginListen = try top.strings("plugin-listen")
+        for text in config.pluginListen ?? [] {
+            do { _ = try RemoteEndpoint(parsing: text) } catch { throw top.error("plugin-listen", "\(error)") }
+        }
+        config.adminListen = try top.strings("admin-listen")
+        for text in config.adminListen ?? [] {
+            do {
+                guard case .tcp = try RemoteEndpoint(parsing: text) else { throw top.error("admin-listen", "takes tcp://HOST:PORT (the unix admin socket is admin-socket), not \(text)") }
+            } catch let error as RemoteEndpointError { throw top.error("admin-listen", "\(error)") }
+        }
+        config.adminClients = try top.strings("admin-clients")
+        config.tlsCert = try top.string("tls-cert")
+        config.tlsKey = try top.string("tls-key")
+        config.tlsCA = try top.string("tls-ca")
+        let tlsGiven = [config.tlsCert, config.tlsKey, config.tlsCA].filter { $0 != nil }.count
+        if tlsGiven != 0 && tlsGiven != 3 { throw top.error("tls-cert", "tls-cert, tls-key and tls-ca go together: give all three") }
         if let node = top.entries["plugins"] {
             guard case .table(let plugins) = node else { throw top.error("plugins", "must be tables: [plugins.NAME]") }
             for name in plugins.keys.sorted() {
@@ -112,8 +143,13 @@ struct DaemonConfig: Sendable, Hashable {
             guard let bundle = try t.string("bundle") else { throw t.error("bundle", "is missing: a container plugin needs its bundle directory") }
             guard bundle.hasPrefix("/") else { throw t.error("bundle", "must be an absolute path, not \(bundle)") }
             kind = .container(bundle)
+        case "remote":
+            kind = .remote(uids: try t.ids("uids"), gids: try t.ids("gids"), certificateNames: try t.strings("certificate-names") ?? [])
         default:
-            throw t.error("kind", "is builtin, exec or container, not \(kindText)")
+            throw t.error("kind", "is builtin, exec, container or remote, not \(kindText)")
+        }
+        for key in ["uids", "gids", "certificate-names"] where t.entries[key] != nil && kindText != "remote" {
+            throw t.error(key, "applies to a remote plugin only")
         }
         for key in ["builtin", "command", "bundle"] where t.entries[key] != nil {
             let belongs = (key == "builtin" && kindText == "builtin") || (key == "command" && kindText == "exec") || (key == "bundle" && kindText == "container")

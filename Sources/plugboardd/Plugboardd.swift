@@ -40,6 +40,27 @@ struct Plugboardd: AsyncParsableCommand {
     @Option(name: .customLong("plugin-container"), help: ArgumentHelp("A container plugin: \"NAME=BUNDLE\", a directory with rootfs/ and plugin.json, run by runc.", valueName: "name=bundle"))
     var containerPlugins: [String] = []
 
+    @Option(name: .customLong("plugin-listen"), help: ArgumentHelp("Where plugins that plugboardd does not start connect in: unix:/PATH (peers known by their uid/gid) or tcp://HOST:PORT (mutual TLS: --tls-cert, --tls-key, --tls-ca). Repeatable. See docs/REMOTE.md.", valueName: "endpoint"))
+    var pluginListen: [String] = []
+
+    @Option(name: .customLong("plugin-remote"), help: ArgumentHelp("A remote plugin and who may connect as it: \"NAME [uid=U,...] [gid=G,...] [cn=NAME,...]\" (uid/gid on a unix socket; on TCP the client certificate's CN, by default NAME).", valueName: "allow-list"))
+    var remotePlugins: [String] = []
+
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("The daemon's certificate (PEM) for TCP listeners (--plugin-listen tcp://, --admin-listen).", valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("The private key (PEM) of --tls-cert.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: ArgumentHelp("The CA bundle (PEM) client certificates must chain to.", valueName: "file"))
+    var tlsCA: String?
+
+    @Option(name: .customLong("admin-listen"), help: ArgumentHelp("Also serve the admin socket's requests at tcp://HOST:PORT, with mutual TLS; clients are served when their certificate's CN is given with --admin-client.", valueName: "endpoint"))
+    var adminListen: [String] = []
+
+    @Option(name: .customLong("admin-client"), help: ArgumentHelp("A certificate common name served on --admin-listen (repeatable).", valueName: "cn"))
+    var adminClients: [String] = []
+
     @Flag(help: "Grant container plugins on the command line every privilege their manifests ask for (host network, host mounts, capabilities, devices).")
     var grantAllPermissions = false
 
@@ -101,6 +122,7 @@ struct Plugboardd: AsyncParsableCommand {
                 resolved.logLevel = logLevel ?? loaded.logLevel.flatMap { Logger.Level(rawValue: $0) }
                 resolved.shutdownGrace = shutdownGrace ?? loaded.shutdownGrace
                 resolved.grantAllPermissions = grantAllPermissions || (loaded.grantAllPermissions ?? false)
+                resolved.mergeRemote(loaded)
                 configured = loaded
             } catch let error as ConfigError {
                 throw ValidationError("\(error)")
@@ -181,6 +203,7 @@ struct Plugboardd: AsyncParsableCommand {
         // shutdown runs in reverse (the admin socket closes, then metrics, then the plugins).
         let booted = ReadinessSignal()
         let metricsServing = ReadinessSignal()
+        let remote = try remoteSettings()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: EngineService(engine: engine, specs: specs, booted: booted, grace: .clampedSeconds(shutdownGrace), logger: logger), failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
@@ -192,9 +215,23 @@ struct Plugboardd: AsyncParsableCommand {
         } else {
             metricsServing.fire()
         }
+        // Remote plugins' and admin clients' listeners, bound before plugboardd says it is ready.
+        var remoteListening: [ReadinessSignal] = []
+        if !remote.pluginListen.isEmpty {
+            let listening = ReadinessSignal()
+            remoteListening.append(listening)
+            services.append(.init(service: PluginListenService(engine: engine, settings: remote, after: booted, listening: listening, logger: logger), failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        if !remote.adminListen.isEmpty {
+            let listening = ReadinessSignal()
+            remoteListening.append(listening)
+            services.append(.init(service: AdminListenService(
+                engine: engine, settings: remote, builtins: builtins, after: booted, listening: listening, logger: logger
+            ), failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
         services.append(.init(service: ReloadService(configuration: pluginConfiguration, engine: engine, after: booted), failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: AdminService(
-            engine: engine, path: socketPath, adminGroup: groupID, builtins: builtins, after: [booted, metricsServing], logger: logger
+            engine: engine, path: socketPath, adminGroup: groupID, builtins: builtins, after: [booted, metricsServing] + remoteListening, logger: logger
         ), failureTerminationBehavior: .gracefullyShutdownGroup))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -250,6 +287,9 @@ struct Plugboardd: AsyncParsableCommand {
             guard noRuntime.isEmpty else { throw ValidationError("container plugin \(name) cannot run here: \(noRuntime)") }
             let absolute = URL(fileURLWithPath: bundle).standardizedFileURL.path
             specs.append(PluginSpec(name: name, kind: .container(bundle: absolute), grantAllPrivileges: grantAllPermissions))
+        }
+        for entry in remotePlugins {
+            specs.append(try Self.parseRemote(entry))
         }
         return specs
     }

@@ -34,6 +34,8 @@ struct LaunchedPlugin: Sendable {
     let process: PluginProcessRun?
     /// A built-in's `onStop`.
     let onStop: (@Sendable () async -> Void)?
+    /// A remote plugin's connection.
+    var remote: RemoteRun? = nil
 }
 
 /// Starts one kind of plugin: built-in, exec or container. One launcher per supervisor.
@@ -58,6 +60,7 @@ extension PluginSpec.Kind {
         case .builtin(let plugin): return BuiltinLauncher(plugin: plugin, engine: engine)
         case .exec(let command, let arguments): return ExecLauncher(command: command, arguments: arguments, engine: engine)
         case .container(let bundle): return ContainerLauncher(bundle: bundle, engine: engine)
+        case .remote: return RemoteLauncher(engine: engine)
         }
     }
 }

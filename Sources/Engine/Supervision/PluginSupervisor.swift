@@ -25,16 +25,16 @@ actor PluginSupervisor {
     /// Every end and the backoff attempt; the restart decision.
     private(set) var history = RestartHistory()
     private(set) var description: PluginDescription?
-    private var current: LaunchedPlugin?
-    private var callServer: Task<Void, Never>?
-    private var stopping = false
-    private var monitor: Task<Void, Never>?
-    private var activeSince: ContinuousClock.Instant?
+    var current: LaunchedPlugin?
+    var callServer: Task<Void, Never>?
+    var stopping = false
+    var monitor: Task<Void, Never>?
+    var activeSince: ContinuousClock.Instant?
     /// Container privileges granted after launch (`plugboard plugin grant NAME network=host`).
     var extraPrivileges: Set<Privilege> = []
     private let launcher: any PluginLauncher
     let engine: EngineParts
-    private let logger: Logger
+    let logger: Logger
 
     /// Operator overrides of hook priorities and timeouts, by event (`plugboard plugin set`).
     var hookOverrides: [String: (priority: Int?, timeout: Duration?)] = [:]
@@ -76,10 +76,13 @@ actor PluginSupervisor {
             let d = ContinuousClock.now - since
             return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         }
-        return PluginStatus(name: name, kind: spec.kindName, state: state, pid: pid, restarts: restarts, description: description, uptime: uptime)
+        return PluginStatus(
+            name: name, kind: spec.kindName, state: state, pid: pid, restarts: restarts, description: description, uptime: uptime,
+            peer: current?.remote?.peer.description
+        )
     }
 
-    private func set(_ newState: PluginState, _ detail: String = "") {
+    func set(_ newState: PluginState, _ detail: String = "") {
         state = newState
         engine.emit(EngineEvent(plugin: name, state: newState, restarts: restarts, detail: detail))
     }
@@ -97,9 +100,9 @@ actor PluginSupervisor {
         if !request.nameIsKnown { name = launched.description.name }
         current = launched
         description = launched.description
-        if let run = launched.process {
+        if let session = launched.process?.session ?? launched.remote?.session {
             let server = EngineCallServer(
-                session: run.session, caller: name, asked: Set(launched.description.calls), engine: engine,
+                session: session, caller: name, asked: Set(launched.description.calls), engine: engine,
                 isGranted: { [weak self] job in await self?.isGranted(job) == true }
             )
             callServer = Task { await server.serve() }
@@ -152,7 +155,8 @@ actor PluginSupervisor {
 
     /// Stops the current run's process if it is still there (a start that got as far as a
     /// HELLO but could not be activated), and everything it started.
-    private func abandonRun() async {
+    func abandonRun() async {
+        current?.remote?.session.close(reason: "refused: plugin could not be activated")
         if let run = current?.process, run.process.exitStatus == nil {
             run.session.close(reason: "plugin could not be activated")
             run.process.signal(SIGKILL)
@@ -270,7 +274,7 @@ actor PluginSupervisor {
 
     /// Ends the current run's own tasks (engine calls, output), everything its process
     /// started, and cleans up after it.
-    private func endRun() async {
+    func endRun() async {
         callServer?.cancel()
         callServer = nil
         await endProcesses()
@@ -375,6 +379,11 @@ actor PluginSupervisor {
     /// Starts and registers it for an operator; on failure nothing of the run is left and
     /// the plugin is `failed` with the reason.
     private func launchAndActivate() async throws {
+        // A remote plugin is not started: it is waited for (it connects in).
+        if case .remote = spec.kind {
+            beginRemote()
+            return
+        }
         do {
             _ = try await launch()
             try activate()
@@ -402,7 +411,7 @@ actor PluginSupervisor {
         try await launchAndActivate()
     }
 
-    private func withdraw(reason: String, expectBack: Duration?) {
+    func withdraw(reason: String, expectBack: Duration?) {
         engine.publish("registration.withdrawn", [("plugin", .string(name)), ("reason", .string(reason))])
         engine.hub.withdraw(owner: name, reason: reason, expectBackWithin: expectBack)
         engine.hooks.withdraw(owner: name, reason: reason)
@@ -441,6 +450,8 @@ actor PluginSupervisor {
             group.cancelAll()
         }
         if drain == nil { engine.hub.withdraw(owner: name, reason: "stopped") }
+        current?.remote?.session.close(reason: "plugboardd is stopping plugin \(name)")
+        if drain == nil { engine.remoteArrivals.drop(name, reason: "plugin \(name) is stopping") }
         if let run = current?.process {
             run.session.close(reason: "plugboardd is shutting down")
             if await run.process.waitForExit(timeout: grace) == nil {
@@ -472,6 +483,7 @@ extension PluginSpec {
         case .builtin: return "builtin"
         case .exec: return "exec"
         case .container: return "container"
+        case .remote: return "remote"
         }
     }
 }
