@@ -36,6 +36,13 @@ enum AdminCommands {
         }
     }
 
+    /// Whether `body` is a `call` of a job that a plugin in another process serves: such a
+    /// request only forwards and waits, so it may run on the admin session's event loop.
+    static func forwardsToAnotherProcess(_ body: Value, engine: Engine) -> Bool {
+        guard body["command"]?.stringValue == AdminCommand.call.rawValue, let job = body["job"]?.stringValue else { return false }
+        return engine.hub.isServedRemotely(job)
+    }
+
     /// Decodes `body` as `R`, answers it with `handle`, and encodes the reply.
     private static func typed<R: AdminRequest>(_ type: R.Type, _ body: Value, _ handle: (R) async throws -> R.Reply) async throws -> Value {
         let reply = try await handle(try R.decode(body))
