@@ -96,9 +96,13 @@ bench: deps
 	$(SWIFT) build -c release --product plugboard-bench
 	$(SWIFT) build -c release --product plugboard-plugin-echo
 	$(SWIFT) build -c release --product plugboard-exec-shim
+	$(SWIFT) build -c release --product plugboardd
+	$(SWIFT) build -c release --product plugboard-plugin-local-volumes
+	$(SWIFT) build -c release --product plugboard-plugin-host-mount
 	$(SWIFT) run -c release --skip-build plugboard-bench chan
 	$(SWIFT) run -c release --skip-build plugboard-bench routing
 	$(SWIFT) run -c release --skip-build plugboard-bench daemon
+	$(SWIFT) run -c release --skip-build plugboard-bench daemon-call
 	$(SWIFT) run -c release --skip-build plugboard-bench remote
 	$(SWIFT) build -c release --product plugboard-sh
 	$(SWIFT) run -c release --skip-build plugboard-bench shell

@@ -124,7 +124,7 @@ let package = Package(
         .executableTarget(name: "plugboard-sh", dependencies: ["PluginKit", "ShellAdapter", "Chan", argumentParser, log, nioLocks], swiftSettings: strict),
         .executableTarget(
             name: "plugboard-bench",
-            dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", "Hub", "Hooks", "Pipeline", "Engine", "Containers", "PluginKit", "Remote", argumentParser, log, nioLocks],
+            dependencies: ["Chan", "Spawn", "PluginProcess", "Routing", "Hub", "Hooks", "Pipeline", "Engine", "AdminProtocol", "Containers", "PluginKit", "Remote", argumentParser, log, nioLocks],
             swiftSettings: strict
         ),
         // The plugins we ship: each links into plugboardd and builds as plugboard-plugin-NAME.

@@ -440,21 +440,32 @@ public final class AdminServer: Sendable {
     }
 
     /// One client's session: its channels, and their requests answered concurrently.
+    ///
+    /// The session's tasks run on its event loop (the thread that reads its socket), so a
+    /// request reaches its task without waking another thread. A call of a job served by
+    /// another process stays there too: it only sends, waits and answers, and its reply
+    /// resumes it on this loop. Every other command (and a call of an in-process job, whose
+    /// handler may block) runs on the global pool, off the loop that other sessions share.
     static func serve(_ session: Session, engine: Engine, builtins: @escaping BuiltinLookup, logger: Logger) async {
-        await withDiscardingTaskGroup { group in
-            do {
-                try await session.start()
-                while let channel = try await session.accept() {
-                    group.addTask {
-                        await withDiscardingTaskGroup { requests in
-                            while let request = try? await channel.nextRequest() {
-                                requests.addTask { await AdminCommands.answer(request, engine: engine, builtins: builtins) }
+        await withTaskExecutorPreference(session.taskExecutor) {
+            await withDiscardingTaskGroup { group in
+                do {
+                    try await session.start()
+                    while let channel = try await session.accept() {
+                        group.addTask(executorPreference: session.taskExecutor) {
+                            await withDiscardingTaskGroup { requests in
+                                while let request = try? await channel.nextRequest() {
+                                    let onLoop = AdminCommands.forwardsToAnotherProcess(request.body, engine: engine)
+                                    requests.addTask(executorPreference: onLoop ? session.taskExecutor : globalConcurrentExecutor) {
+                                        await AdminCommands.answer(request, engine: engine, builtins: builtins)
+                                    }
+                                }
                             }
                         }
                     }
+                } catch {
+                    logger.debug("admin session ended", metadata: ["admin.error": "\(error)"])
                 }
-            } catch {
-                logger.debug("admin session ended", metadata: ["admin.error": "\(error)"])
             }
         }
     }

@@ -315,6 +315,19 @@ public final class Hub: Sendable {
         }
     }
 
+    /// Whether `job` is served by a plugin in another process (or was, while its owner
+    /// restarts): a call of it only sends, waits and reads the reply, never running a
+    /// handler in this process. False for an unknown job.
+    public func isServedRemotely(_ job: String) -> Bool {
+        state.withLockedValue { s in
+            switch s.slots[job] {
+            case .active(let participant): return participant.isRemote
+            case .restarting(_, _, let wasRemote): return wasRemote
+            case nil: return false
+            }
+        }
+    }
+
     /// The deadline `job` declared for calls that set none, if it declared one.
     public func declaredTimeout(of job: String) -> Duration? {
         state.withLockedValue { $0.declaredTimeouts[job] }
