@@ -80,6 +80,14 @@ struct TwoHosts {
     }
 }
 
+/// The Python of the venv `make pydeps` makes (msgpack installed); the SDK is taken from
+/// sdk/python through PYTHONPATH. Missing: fails saying how to make it.
+func pythonVenvForTests() throws -> String {
+    let python = repositoryRoot + "/.build/python-venv/bin/python"
+    try #require(access(python, X_OK) == 0, "\(python) is missing: run `make pydeps` (make test does) to make the Python SDK's venv")
+    return python
+}
+
 /// Polls an async condition (a CLI call) until it holds, failing at the deadline.
 func waitUntilAsync(_ seconds: Double, _ what: String, _ condition: @escaping @Sendable () async throws -> Bool) async throws {
     try await withDeadline(seconds, what) {
@@ -100,11 +108,12 @@ struct RemoteNetnsTests {
             let certs = try await TestCertificates.make(in: dir + "/certs", clients: [
                 .init(name: "far", cn: "far"), .init(name: "far-expired", cn: "far", expired: true),
                 .init(name: "far-foreign", cn: "far", otherCA: true), .init(name: "mallory", cn: "mallory"),
+                .init(name: "py-far", cn: "py-far"),
             ])
             let rootfs = try busyboxRootfs(in: dir)
             let socket = dir + "/admin.sock"
             let started = try await hosts.startDaemon(socket: socket, stateDirectory: dir + "/state", [
-                "--plugin", "containers", "--plugin-listen", "tcp://\(hosts.daemonAddress):7443", "--plugin-remote", "far",
+                "--plugin", "containers", "--plugin-listen", "tcp://\(hosts.daemonAddress):7443", "--plugin-remote", "far", "--plugin-remote", "py-far",
                 "--tls-cert", certs.server.cert, "--tls-key", certs.server.key, "--tls-ca", certs.ca,
             ])
             daemon = started
@@ -117,13 +126,13 @@ struct RemoteNetnsTests {
                 let rows = try JSONSerialization.jsonObject(with: Data(ls.out.utf8)) as? [[String: Any]] ?? []
                 return rows.first { $0["name"] as? String == "far" }?["state"] as? String
             }
-            @Sendable func label(of name: String) async throws -> String? {
+            @Sendable func label(of name: String, key: String = "io.plugboard.remote") async throws -> String? {
                 let created = try await cli(["container", "create", "--rootfs", rootfs, "--name", name, "--", "true"])
                 try #require(created.status == .exited(0), "\(created.err)")
                 let inspect = try await cli(["container", "inspect", name])
                 let object = try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any]
                 let labels = (object?["spec"] as? [String: Any])?["labels"] as? [String: Any] ?? object?["labels"] as? [String: Any]
-                return labels?["io.plugboard.remote"] as? String
+                return labels?[key] as? String
             }
             let connect = "tcp://\(hosts.daemonAddress):7443"
 
@@ -166,9 +175,31 @@ struct RemoteNetnsTests {
             try await waitUntilAsync(40, "far active again") { try await farState() == "active" }
             #expect(try await label(of: "after") == "far")
             #expect(try await cli(["call", "far.echo", "\"back\""]).out.contains("back"))
-            // Here goes the Python SDK's remote plugin (sdk/python, merged later): start it in
-            // hosts.pluginNS with PLUGBOARD_CONNECT=connect and certs.client(...), allowed by a
-            // second --plugin-remote, and check its job and hook as for `far` above.
+
+            // A Python SDK plugin on the same host: it serves its job and labels containers
+            // through its hook; the link pulled, it is away and its hook withdrawn; plugged
+            // back, it connects again by itself (keepalive ends its dead connection).
+            @Sendable func pyFarState() async throws -> String? {
+                let ls = try await cli(["plugin", "ls", "--format", "json"])
+                let rows = try JSONSerialization.jsonObject(with: Data(ls.out.utf8)) as? [[String: Any]] ?? []
+                return rows.first { $0["name"] as? String == "py-far" }?["state"] as? String
+            }
+            let python = try RemotePluginProcess.start(
+                connect: connect, name: nil, options: "", tls: certs.client("py-far"), netns: hosts.pluginNS,
+                command: [try pythonVenvForTests(), repositoryRoot + "/Tests/EngineTests/Fixtures/remote_python_plugin.py"],
+                environment: ["PYTHONPATH": repositoryRoot + "/sdk/python"]
+            )
+            plugins.append(python)
+            try await waitUntilAsync(60, "py-far active") { try await pyFarState() == "active" }
+            let pyEcho = try await cli(["call", "py-far.echo", "\"from python\""])
+            #expect(pyEcho.status == .exited(0) && pyEcho.out.contains("from python"), "\(pyEcho)")
+            #expect(try await label(of: "py-before", key: "io.plugboard.remote-py") == "py-far", "the Python plugin's hook labelled the container")
+            try await hosts.setDaemonLink(up: false)
+            try await waitUntilAsync(30, "py-far away") { try await pyFarState() == "away" }
+            #expect(try await label(of: "py-while-away", key: "io.plugboard.remote-py") == nil, "no Python hook ran while the link was down")
+            try await hosts.setDaemonLink(up: true)
+            try await waitUntilAsync(60, "py-far active again") { try await pyFarState() == "active" }
+            #expect(try await label(of: "py-after", key: "io.plugboard.remote-py") == "py-far")
         } catch {
             for p in plugins { await p.kill() }
             if let daemon { daemon.process.signal(SIGKILL); _ = await daemon.process.waitForExit() }

@@ -18,16 +18,22 @@ struct RemotePluginProcess {
 
     /// Starts it with `options`, claiming `name`; `tls` is (cert, key, ca); `netns` runs it
     /// in that network namespace (`ip netns exec`).
-    static func start(connect: String, name: String?, options: String, tls: (String, String, String)? = nil, netns: String? = nil) throws -> RemotePluginProcess {
+    /// `command` runs another plugin than plugboard-test-plugin (the Python SDK's), with
+    /// `environment` added.
+    static func start(
+        connect: String, name: String?, options: String, tls: (String, String, String)? = nil, netns: String? = nil,
+        command: [String]? = nil, environment extra: [String: String] = [:]
+    ) throws -> RemotePluginProcess {
         var environment = ["PLUGBOARD_CONNECT": connect, "PLUGBOARD_OPTIONS": options, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"]
+        environment.merge(extra) { $1 }
         if let name { environment["PLUGBOARD_PLUGIN_NAME"] = name }
         if let (cert, key, ca) = tls {
             environment["PLUGBOARD_TLS_CERT"] = cert
             environment["PLUGBOARD_TLS_KEY"] = key
             environment["PLUGBOARD_TLS_CA"] = ca
         }
-        let plugin = try builtExecutable("plugboard-test-plugin")
-        let (executable, arguments) = netns.map { ("/usr/sbin/ip", ["netns", "exec", $0, plugin]) } ?? (plugin, [])
+        let plugin = try command ?? [builtExecutable("plugboard-test-plugin")]
+        let (executable, arguments) = netns.map { ("/usr/sbin/ip", ["netns", "exec", $0] + plugin) } ?? (plugin[0], Array(plugin.dropFirst()))
         let output = try PipeDescriptors.make()
         let process = try ProcessSpawner.spawn(SpawnOptions(
             executable: executable, arguments: arguments, environment: childEnvironment(environment),

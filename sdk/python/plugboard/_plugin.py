@@ -6,6 +6,7 @@ import inspect
 import os
 import random
 import signal
+import socket
 import ssl
 import stat
 import sys
@@ -661,7 +662,28 @@ def _tls_context(cert: Optional[str], key: Optional[str], ca: Optional[str]) -> 
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)  # type: ignore[arg-type]
     context.load_verify_locations(ca)
+    # As PluginKit (docs/REMOTE.md): the daemon's certificate must chain to the CA bundle,
+    # which is the pin; its host name is not checked (a daemon is reached by address as often
+    # as by name, and its certificate need not list them).
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _watch_liveness(writer: Any) -> None:
+    """TCP keepalive (1 s idle, 1 s apart, 3 probes) and TCP_USER_TIMEOUT of 4 s, as
+    PluginKit and plugboardd set on their ends: a pulled cable ends the session in seconds,
+    and the plugin connects again, instead of waiting on a dead connection forever."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 4000)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except OSError:
+        pass
 
 
 def _is_pipe_or_socket(fd: int) -> bool:
@@ -741,10 +763,14 @@ async def serve_async(plugin: Plugin, *, connect: Optional[str] = None, tls_cert
             if scheme == "unix":
                 reader, writer = await asyncio.open_unix_connection(host, limit=2 ** 26)
             else:
-                reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=2 ** 26)
+                # A connect to a host that cannot be reached (a pulled cable) is given up
+                # after 10 s and tried again on the backoff, as PluginKit does.
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=context, limit=2 ** 26), timeout=10)
+                _watch_liveness(writer)
             reason, _ = await _serve_session(plugin, reader, writer, name, options, restarts + attempt, mark)
             _log(f"{name}: session with {connect} ended: {reason}")
-        except (OSError, ssl.SSLError, PeerGone, ProtocolError, asyncio.IncompleteReadError) as e:
+        except (OSError, ssl.SSLError, PeerGone, ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
             reason = f"{type(e).__name__}: {e}"
             _log(f"{name}: connecting to {connect} failed: {reason}")
         if not reconnect:
