@@ -42,10 +42,15 @@ test: deps man-tool pydeps
 # (whose system python refuses pip) and here. Nothing is fetched when they are there.
 PYTHON  ?= python3
 PY_VENV := .build/python-venv
-pydeps: deps
+# The SDK is installed again when a file of it changed (the stamp), so make run's Python
+# plugin never runs a stale copy.
+PY_SDK_STAMP := $(PY_VENV)/.plugboard-sdk-installed
+pydeps: deps $(PY_SDK_STAMP)
+$(PY_SDK_STAMP): sdk/python/pyproject.toml $(wildcard sdk/python/plugboard/*.py)
 	@if [ ! -x $(PY_VENV)/bin/python ]; then echo "make: creating $(PY_VENV)"; $(PYTHON) -m venv $(PY_VENV); fi
 	@$(PY_VENV)/bin/python -c "import msgpack, pytest" 2>/dev/null || $(PY_VENV)/bin/pip install -q msgpack pytest
-	@$(PY_VENV)/bin/python -c "import plugboard" 2>/dev/null || $(PY_VENV)/bin/pip install -q ./sdk/python
+	@$(PY_VENV)/bin/pip install -q --no-deps --force-reinstall ./sdk/python
+	@touch $@
 
 # The Python SDK's tests against the daemon just built (the tests take the SDK from
 # sdk/python, so an edit needs no reinstall).
