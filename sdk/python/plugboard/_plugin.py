@@ -705,22 +705,46 @@ def _environment_context(plugin: Plugin) -> Tuple[str, str, int]:
     return name, options, restarts
 
 
+class _Termination:
+    """SIGTERM for a plugin that connects in: ends the current session in order (GOAWAY,
+    on_stop) and stops reconnecting; during a backoff it ends the wait at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.session: Optional[Session] = None
+        self.event = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.requested = True
+        self.event.set()
+        if self.session is not None:
+            self.session.close("the plugin got SIGTERM")
+
+
 async def _serve_session(plugin: Plugin, reader: asyncio.StreamReader, writer: Any, name: str, options: str,
-                         restarts: int, on_connected: Optional[Callable[[], None]] = None) -> Tuple[str, Optional[str]]:
+                         restarts: int, on_connected: Optional[Callable[[], None]] = None,
+                         termination: Optional[_Termination] = None) -> Tuple[str, Optional[str]]:
     meta = plugin.declaration()
     session = Session(reader, writer, name=name, meta=meta, log=_log)
     await session.start()
-    loop = asyncio.get_running_loop()
-    try:
-        # SIGTERM (the daemon's next step when a plugin does not exit after GOAWAY) ends
-        # the session in order too: GOAWAY to the daemon, on_stop handlers, exit 0.
-        loop.add_signal_handler(signal.SIGTERM, session.close, "the plugin got SIGTERM")
-    except (NotImplementedError, RuntimeError, ValueError):
-        pass
+    if termination is not None:
+        termination.session = session
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            # SIGTERM (the daemon's next step when a plugin does not exit after GOAWAY) ends
+            # the session in order too: GOAWAY to the daemon, on_stop handlers, exit 0.
+            loop.add_signal_handler(signal.SIGTERM, session.close, "the plugin got SIGTERM")
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
     if on_connected is not None:
         on_connected()
     runtime = _Runtime(plugin, session, name, options, restarts)
-    reason = await runtime.serve()
+    try:
+        reason = await runtime.serve()
+    finally:
+        if termination is not None:
+            termination.session = None
     return reason, getattr(session, "goaway_reason", None)
 
 
@@ -751,6 +775,11 @@ async def serve_async(plugin: Plugin, *, connect: Optional[str] = None, tls_cert
                                tls_ca or os.environ.get("PLUGBOARD_TLS_CA"))
     backoff = 0.1
     attempt = 0
+    termination = _Termination()
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, termination)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
     while True:
         connected = False
 
@@ -768,18 +797,24 @@ async def serve_async(plugin: Plugin, *, connect: Optional[str] = None, tls_cert
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port, ssl=context, limit=2 ** 26), timeout=10)
                 _watch_liveness(writer)
-            reason, _ = await _serve_session(plugin, reader, writer, name, options, restarts + attempt, mark)
+            reason, _ = await _serve_session(plugin, reader, writer, name, options, restarts + attempt, mark,
+                                             termination)
             _log(f"{name}: session with {connect} ended: {reason}")
         except (OSError, ssl.SSLError, PeerGone, ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
             reason = f"{type(e).__name__}: {e}"
             _log(f"{name}: connecting to {connect} failed: {reason}")
-        if not reconnect:
+        if not reconnect or termination.requested:
             return reason
         if connected:
             attempt += 1
         delay = backoff * (0.8 + 0.4 * random.random())
         _log(f"{name}: connecting to {connect} again in {delay:.1f} s")
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.wait_for(termination.event.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+        if termination.requested:
+            return "the plugin got SIGTERM"
         backoff = min(backoff * 2, max_backoff)
 
 

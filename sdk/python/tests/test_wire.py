@@ -5,6 +5,7 @@ branch does not serve yet, so a Python listener plays the daemon."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -301,3 +302,39 @@ def test_connect_tcp_without_tls_is_refused():
     assert proc.wait(30) == 2
     err = proc.stderr.read().decode()
     assert "mutual TLS" in err and "PLUGBOARD_TLS_CERT" in err
+
+
+def test_connect_sigterm_ends_it_without_reconnecting(tmpdir_short):
+    """SIGTERM to a plugin that connected in: GOAWAY on its session, exit 0, and no new
+    connection; SIGTERM while it waits to connect again: exit 0 at once."""
+    path = os.path.join(tmpdir_short, "plugins.sock")
+    listener = unix_listener(path)
+    proc = spawn_connecting(PLUGBOARD_CONNECT="unix:" + path)
+    try:
+        conn, _ = listener.accept()
+        peer = Peer(sock=conn)
+        peer.handshake()
+        proc.send_signal(signal.SIGTERM)
+        goaway = peer.recv_until(lambda f: f[0] == GOAWAY)
+        assert "SIGTERM" in goaway[1]
+        assert proc.wait(timeout=20) == 0
+        listener.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # it did not connect again
+            listener.accept()
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+    # Nobody listens: it is in its backoff when SIGTERM comes.
+    os.unlink(path)
+    proc = spawn_connecting(PLUGBOARD_CONNECT="unix:" + path)
+    try:
+        for line in proc.stderr:
+            if b"again in" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
