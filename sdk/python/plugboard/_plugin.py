@@ -729,6 +729,8 @@ async def _serve_session(plugin: Plugin, reader: asyncio.StreamReader, writer: A
     await session.start()
     if termination is not None:
         termination.session = session
+        if termination.requested:  # SIGTERM came while the session was starting
+            session.close("the plugin got SIGTERM")
     else:
         loop = asyncio.get_running_loop()
         try:

@@ -312,6 +312,7 @@ def test_connect_sigterm_ends_it_without_reconnecting(tmpdir_short):
     proc = spawn_connecting(PLUGBOARD_CONNECT="unix:" + path)
     try:
         conn, _ = listener.accept()
+        conn.settimeout(20)                 # a plugin that ignores SIGTERM fails here, not hangs
         peer = Peer(sock=conn)
         peer.handshake()
         proc.send_signal(signal.SIGTERM)
