@@ -67,36 +67,7 @@ func protocolPythonPlugin() throws -> String {
 
 /// Runs a command to completion: its status, stdout and stderr.
 func runCommand(_ arguments: [String]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
-    let out = try PipeDescriptors.make()
-    let err = try PipeDescriptors.make()
-    let process = try ProcessSpawner.spawn(SpawnOptions(
-        executable: arguments[0], arguments: Array(arguments.dropFirst()),
-        environment: childEnvironment(["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]),
-        fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]
-    ))
-    close(out.writeEnd)
-    close(err.writeEnd)
-    async let stdout = readToEnd(out.readEnd)
-    async let stderr = readToEnd(err.readEnd)
-    let (o, e) = await (stdout, stderr)
-    return (await process.waitForExit(), o, e)
-}
-
-/// Reads a pipe to its end on a real thread (a blocking read must not hold a cooperative thread).
-func readToEnd(_ fd: CInt) async -> String {
-    await withCheckedContinuation { continuation in
-        Thread.detachNewThread {
-            var all: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(fd, &buffer, buffer.count)
-                if n <= 0 { break }
-                all.append(contentsOf: buffer[0..<n])
-            }
-            close(fd)
-            continuation.resume(returning: String(decoding: all, as: UTF8.self))
-        }
-    }
+    try await runCommand(arguments[0], Array(arguments.dropFirst()), environment: ["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"])
 }
 
 /// The kit's JSON report.

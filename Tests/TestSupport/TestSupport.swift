@@ -180,3 +180,33 @@ public func childEnvironment(_ base: [String: String]) -> [String: String] {
     }
     return env
 }
+
+/// Runs `plugboard` (or any command) to completion and returns its status and output.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = ["PATH": "/usr/bin:/bin:/usr/sbin:/sbin"]) async throws -> (status: Spawn.ExitStatus, out: String, err: String) {
+    let out = try PipeDescriptors.make()
+    let err = try PipeDescriptors.make()
+    let process = try ProcessSpawner.spawn(SpawnOptions(executable: executable, arguments: arguments, environment: childEnvironment(environment), fileDescriptors: [1: out.writeEnd, 2: err.writeEnd]))
+    close(out.writeEnd)
+    close(err.writeEnd)
+    async let stdout = readToEnd(out.readEnd)
+    async let stderr = readToEnd(err.readEnd)
+    let (o, e) = await (stdout, stderr)
+    return (await process.waitForExit(), o, e)
+}
+
+/// Reads a pipe to its end on a real thread (a blocking read must not hold a cooperative thread).
+public func readToEnd(_ fd: CInt) async -> String {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread {
+            var all: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n <= 0 { break }
+                all.append(contentsOf: buffer[0..<n])
+            }
+            close(fd)
+            continuation.resume(returning: String(decoding: all, as: UTF8.self))
+        }
+    }
+}
