@@ -250,6 +250,41 @@ struct ContainmentTests {
         await place.stop(daemon)
     }
 
+    @Test("without a cpu limit a plugin is scheduled in plugboardd's own cpu cgroup; a limit moves it into one of its own, at once and at every start, and lifting it moves it back")
+    func cpuCgroupOnlyWithALimit() async throws {
+        // The v1 layout of this machine: cpu in a hierarchy of its own.
+        func cpuCgroup(_ pid: Int32) -> String? {
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").first { line in
+                let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+                return fields.count == 3 && fields[0] != "0" && fields[1].split(separator: ",").contains("cpu")
+            }.map { String($0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)[2]) }
+        }
+        let daemonsOwn = try #require(cpuCgroup(getpid()), "this test needs a v1 cpu hierarchy (/proc/self/cgroup has no cpu line)")
+        let daemon = try await place.startDaemon(try pluginExec("worker"))
+        try await whileRunning(daemon) {
+            let first = try #require(try await pid(of: "worker"))
+            #expect(cpuCgroup(daemon.process.pid) == daemonsOwn)
+            #expect(cpuCgroup(Int32(first)) == daemonsOwn, "no limit: scheduled as plugboardd's other children are")
+
+            #expect(try await place.cli(["plugin", "set", "worker", "cpu=0.5"]).status == .exited(0))
+            let limited = try #require(cpuCgroup(Int32(first)))
+            #expect(limited.hasPrefix("/plugboard/d") && limited.hasSuffix("/worker"), "moved at once: \(limited)")
+            let quota = try String(contentsOfFile: "/sys/fs/cgroup/cpu\(limited)/cpu.cfs_quota_us", encoding: .utf8)
+            #expect(quota.trimmingCharacters(in: .whitespacesAndNewlines) == "50000")
+
+            #expect(try await place.cli(["plugin", "set", "worker", "cpu=none"]).status == .exited(0))
+            #expect(cpuCgroup(Int32(first)) == daemonsOwn, "lifted: moved back")
+
+            #expect(try await place.cli(["plugin", "set", "worker", "cpu=0.25"]).status == .exited(0))
+            #expect(try await place.cli(["plugin", "restart", "worker"]).status == .exited(0))
+            let second = try #require(try await pid(of: "worker"))
+            #expect(second != first)
+            #expect(cpuCgroup(Int32(second)) == limited, "a restarted plugin starts in its cpu cgroup")
+        }
+        await place.stop(daemon)
+    }
+
     private func pid(of plugin: String) async throws -> Int? {
         let inspect = try await place.cli(["plugin", "inspect", plugin])
         return (try JSONSerialization.jsonObject(with: Data(inspect.out.utf8)) as? [String: Any])?["pid"] as? Int

@@ -20,7 +20,7 @@ struct FailureReportTests {
         await engine.shutdown(grace: .seconds(1))
     }
 
-    @Test("a plugin that never sends HELLO fails to start with a handshake timeout, not 'killed by signal 9'")
+    @Test("a plugin that never sends HELLO fails to start with a handshake timeout, not 'killed by signal 9', and says whether it was sleeping or running")
     func noHello() async throws {
         let engine = Engine(logger: quietLogger)
         let silent = PluginSpec(name: "silent", kind: .exec(command: "/bin/sleep", arguments: ["30"]), startTimeout: .milliseconds(300))
@@ -29,6 +29,15 @@ struct FailureReportTests {
         } throws: { error in
             let reason = (error as? EngineError)?.reason ?? "\(error)"
             return reason.contains("plugin silent sent no HELLO within its start timeout (300ms)")
+                && reason.contains("it was sleeping and had used 0.0")
+        }
+        // One that spins instead: starved or busy, it was running, and the CPU it used says which.
+        let spinning = PluginSpec(name: "spinning", kind: .exec(command: "/bin/sh", arguments: ["-c", "while :; do :; done"]), startTimeout: .milliseconds(300))
+        await #expect {
+            try await engine.boot([spinning])
+        } throws: { error in
+            let reason = (error as? EngineError)?.reason ?? "\(error)"
+            return reason.contains("plugin spinning sent no HELLO within its start timeout (300ms)") && reason.contains("it was running and had used")
         }
     }
 

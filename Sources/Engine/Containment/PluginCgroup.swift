@@ -11,6 +11,17 @@ struct PluginCgroup: Sendable {
     let base: String
     let hierarchies: [CgroupHierarchy]
     let limits: [String: CgroupHierarchy]
+    /// Whether its processes are in its cgroup of the separate v1 cpu hierarchy: only while it
+    /// has a cpu limit (``apply(_:)`` moves them in and out).
+    private(set) var joinsSeparateCPU = false
+
+    init(plugin: String, tracking: PluginContainment.Tracking, base: String, hierarchies: [CgroupHierarchy], limits: [String: CgroupHierarchy]) {
+        self.plugin = plugin
+        self.tracking = tracking
+        self.base = base
+        self.hierarchies = hierarchies
+        self.limits = limits
+    }
 
     /// The plugin's directory in each hierarchy.
     var directories: [String] { hierarchies.map(directory) }
@@ -19,9 +30,24 @@ struct PluginCgroup: Sendable {
 
     private var trackingDirectory: String { directory(tracking.hierarchy) }
 
+    /// The v1 cpu hierarchy, when it is mounted apart from the tracking, memory and pids ones.
+    ///
+    /// A plugin without a cpu limit stays out of it, in plugboardd's own cpu cgroup, and is
+    /// scheduled like any other process. CFS weighs each cgroup as one entity against its
+    /// siblings: kept under `plugboard/INSTANCE` in this hierarchy, all the plugins of all
+    /// daemons together got the CPU share of a single process, and under load (the test suite
+    /// on two cores) four shell plugins took more than 10 s to say HELLO. On cgroup v2 one
+    /// hierarchy carries everything and this separation is not possible (see docs/RELIABILITY.md).
+    var separateCPU: CgroupHierarchy? {
+        guard let h = limits["cpu"], h.version == .v1, h != tracking.hierarchy, limits["memory"] != h, limits["pids"] != h else { return nil }
+        return h
+    }
+
     /// The `cgroup.procs` files a new process joins (the exec shim writes itself into each
     /// before it execs the plugin, so that nothing the plugin does escapes them).
-    var procsFiles: [String] { directories.map { $0 + "/cgroup.procs" } }
+    var procsFiles: [String] {
+        hierarchies.filter { $0 != separateCPU || joinsSeparateCPU }.map { directory($0) + "/cgroup.procs" }
+    }
 
     /// Moves `pid` into every hierarchy's cgroup (when there is no shim to do it from inside).
     func join(_ pid: pid_t) throws {
@@ -84,7 +110,9 @@ struct PluginCgroup: Sendable {
 
     /// Applies `wanted`; an unset limit is lifted. Throws when a controller is missing for a
     /// limit that is set, or the kernel refuses a value (memory below what is in use on v1).
-    func apply(_ wanted: ResourceLimits) throws {
+    /// In a separate v1 cpu hierarchy a cpu limit moves the plugin's processes into its cgroup
+    /// there, and lifting it moves them back to plugboardd's own.
+    mutating func apply(_ wanted: ResourceLimits) throws {
         if let h = limits["memory"] {
             let value = wanted.memoryBytes.map(String.init)
             if h.version == .v2 {
@@ -107,10 +135,44 @@ struct PluginCgroup: Sendable {
             } else {
                 try CgroupFile.write(directory(h) + "/cpu.cfs_period_us", "100000")
                 try CgroupFile.write(directory(h) + "/cpu.cfs_quota_us", quota ?? "-1")
+                if h == separateCPU {
+                    if quota != nil, !joinsSeparateCPU {
+                        try moveProcesses(of: trackingDirectory, to: directory(h))
+                        joinsSeparateCPU = true
+                    } else if quota == nil, joinsSeparateCPU {
+                        try moveProcesses(of: directory(h), to: h.mount + Self.ownCgroup(in: h))
+                        joinsSeparateCPU = false
+                    }
+                }
             }
         } else if wanted.cpus != nil {
             throw EngineError(.badSetting, "plugin \(plugin): no cpu cgroup controller is available here for a cpu limit")
         }
+    }
+
+    /// Moves every process listed in `source` into the cgroup `target` (v1: one write moves a
+    /// whole thread group). A process that forks while it moves may leave its child behind, so
+    /// this goes on until a pass finds nothing left to move (at most 10 passes). A process
+    /// that is gone by the time it is written (ESRCH) is skipped.
+    private func moveProcesses(of source: String, to target: String) throws {
+        for _ in 0..<10 {
+            let moved = Set((CgroupFile.read(target + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) })
+            let left = (CgroupFile.read(source + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }.filter { !moved.contains($0) }
+            guard !left.isEmpty else { return }
+            for pid in left {
+                do { try CgroupFile.write(target + "/cgroup.procs", "\(pid)") } catch let error as CgroupError where error.errno == ESRCH { continue }
+            }
+        }
+    }
+
+    /// plugboardd's own cgroup in `h`, from `/proc/self/cgroup` ("4:cpu,cpuacct:/path").
+    static func ownCgroup(in h: CgroupHierarchy) -> String {
+        for line in (CgroupFile.read("/proc/self/cgroup") ?? "").split(separator: "\n") {
+            let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard fields.count == 3, !Set(fields[1].split(separator: ",").map(String.init)).isDisjoint(with: h.controllers) else { continue }
+            return fields[2] == "/" ? "" : String(fields[2])
+        }
+        return ""
     }
 
     /// Memory and processes in use, and the memory-limit kills so far.

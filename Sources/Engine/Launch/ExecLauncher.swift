@@ -121,6 +121,8 @@ func startPluginProcess(
         )
     } catch {
         launched.session.close(reason: "start failed")
+        // Before the kill: was it starved of CPU, or stuck somewhere?
+        let snapshot = ProcessSnapshot.of(launched.process.pid)
         launched.process.signal(SIGKILL)
         let status = await launched.process.waitForExit()
         // What it said on stderr as it died (runc's reason, a missing library) is the
@@ -131,7 +133,7 @@ func startPluginProcess(
         let lastWords = said.isEmpty ? "" : "; its last words on stderr: \(said.joined(separator: " | "))"
         // No HELLO in time: the daemon killed it for that; say so rather than "killed by signal 9".
         if let chan = error as? ChanError, chan.code == .timeout {
-            throw EngineError(.startFailed, "plugin \(name) sent no HELLO within its start timeout (\(request.spec.startTimeout.short)), so it was stopped (\(status))" + lastWords)
+            throw EngineError(.startFailed, "plugin \(name) sent no HELLO within its start timeout (\(request.spec.startTimeout.short)), so it was stopped (\(status))" + (snapshot.map { "; \($0)" } ?? "") + lastWords)
         }
         throw EngineError(.startFailed, "plugin \(name) \(status) before it was ready: \(error)" + lastWords)
     }

@@ -42,7 +42,7 @@ extension PluginSupervisor {
                 throw EngineError(.badSetting, "resource limits need cgroups, and this plugboardd has none it can write")
             }
             // Applied at once to the running plugin's cgroup, and again at every start.
-            try cgroup?.apply(next.limits)
+            try applyToCgroup(next.limits)
         }
         spec = next
         // A running plugin's hooks and pipeline types take the new priorities at once.

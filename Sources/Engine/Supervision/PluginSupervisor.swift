@@ -123,15 +123,21 @@ actor PluginSupervisor {
                 throw EngineError(.startFailed, "plugin \(name): cannot make its cgroup: \(error)")
             }
         }
-        guard let cgroup else { return nil }
+        guard var cgroup else { return nil }
         await killRemains(of: cgroup, when: "before its start")
         do {
             try cgroup.apply(spec.limits)
         } catch {
             throw EngineError(.startFailed, "plugin \(name): cannot apply its resource limits: \(error)")
         }
+        self.cgroup = cgroup
         oomKillsAtLaunch = cgroup.usage().oomKills
         return cgroup
+    }
+
+    /// Applies `limits` to the running plugin's cgroup, if it has one.
+    func applyToCgroup(_ limits: ResourceLimits) throws {
+        try cgroup?.apply(limits)
     }
 
     /// Kills what is left in `cgroup` and logs it when something was.
