@@ -21,6 +21,9 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
               daemon.call.sequential   one admin session, one call of echo at a time
               daemon.call.inflight64   one admin session, 64 calls in flight
               daemon.call.sessions16   16 client processes, each one session calling one at a time
+              daemon.call.from_plugin  an exec plugin (plugboard-bench plugin-caller) calling echo
+                                       through the engine one call at a time (ctx.engine.call):
+                                       plugin → plugboardd → plugin, timed inside the caller
               daemon.idle_rss          plugboardd's resident memory, idle, with its services
                                        (events, metrics, state) and the echo exec plugin
               daemon.ready             plugboardd's start to "plugboardd ready" with its
@@ -105,6 +108,18 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("plugboardd pid \(daemon.process?.pid ?? 0), socket \(daemon.socket)\n".utf8))
                     try await Task.sleep(for: .seconds(holdSeconds))
                 }
+            } catch {
+                await daemon.stop()
+                throw error
+            }
+            await daemon.stop()
+        }
+
+        if wants("daemon.call.from_plugin"), socket == nil {
+            // A daemon of its own, so that the caller plugin changes nothing the others measure.
+            let daemon = try await BenchDaemon.start(dir: dir, execPlugins: ["echo"], caller: true)
+            do {
+                try await fromPlugin(daemon: daemon, rawSequential: rawSequential, chanP50: chanP50)
             } catch {
                 await daemon.stop()
                 throw error
@@ -213,6 +228,32 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
         if wants("daemon.call.sessions16") {
             try await sessions16(daemon: daemon, rawSequential: rawSequential, rawPipelined: rawPipelined)
         }
+    }
+
+    /// The caller plugin, granted echo, calls it `calls` times through the engine and says
+    /// how long each took; the admin call that starts the loop is not timed.
+    func fromPlugin(daemon: BenchDaemon, rawSequential: RawPipeLimit.Result, chanP50: Double) async throws {
+        let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
+        let (session, channel) = try await adminSession(daemon.socket, logger: logger)
+        defer { session.close(reason: "benchmark done") }
+        _ = try await channel.request(try Admin.PluginGrant(name: "caller", jobs: ["echo"]).wireBody())
+        let loop = try Admin.Call(job: CallLoopPlugin.job, argument: .fields(("job", "echo"), ("calls", .int(Int64(calls))), ("warmup", .int(Int64(warmup)))), timeoutMilliseconds: 3_600_000).wireBody()
+        let result = try await channel.request(loop, timeout: .seconds(3700))
+        guard case .float(let p50)? = result["p50_us"], case .float(let p99)? = result["p99_us"], case .float(let rate)? = result["calls_per_s"] else {
+            throw ValidationError("the caller plugin answered \(result)")
+        }
+        print(jsonLine([
+            ("scenario", .string("daemon.call.from_plugin")),
+            ("calls", .int(calls)),
+            ("p50_us", .double(p50)),
+            ("p99_us", .double(p99)),
+            ("calls_per_s", .double(rate)),
+            ("limit_p50_us", .double(rawSequential.p50)),
+            ("limit_msgs_per_s", .double(rawSequential.messagesPerSecond)),
+            ("p50_vs_limit", .double(rawSequential.p50 > 0 ? p50 / rawSequential.p50 : 0)),
+            ("chan_sequential_p50_us", .double(chanP50)),
+            ("p50_vs_chan_sequential", .double(chanP50 > 0 ? p50 / chanP50 : 0)),
+        ]))
     }
 
     /// 16 client processes, each with its own admin session calling one at a time; all
@@ -335,11 +376,13 @@ struct BenchDaemon {
 
     /// `extraPlugins` adds two more exec plugins beside echo: local-volumes (a volume
     /// directory under the bench's place) and host-mount (`/tmp /host/tmp ro`).
-    static func start(dir: String, execPlugins: [String], extraPlugins: Bool = false) async throws -> BenchDaemon {
+    /// `caller` adds `caller`, this bench's plugin-caller (daemon.call.from_plugin).
+    static func start(dir: String, execPlugins: [String], extraPlugins: Bool = false, caller: Bool = false) async throws -> BenchDaemon {
         let place = "/tmp/plugboard-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let socket = place + "/admin.sock"
         var arguments = ["--admin-socket", socket, "--state-dir", place + "-state", "--shutdown-grace", "1"]
         for name in execPlugins { arguments += ["--plugin-exec", "\(name)=\(dir)/plugboard-plugin-echo"] }
+        if caller { arguments += ["--plugin-exec", "caller=\(try selfExecutable()) plugin-caller"] }
         if extraPlugins {
             arguments += ["--plugin-exec", "volumes=\(dir)/plugboard-plugin-local-volumes \(place)/volumes"]
             arguments += ["--plugin-exec", "mount=\(dir)/plugboard-plugin-host-mount /tmp /host/tmp ro"]

@@ -14,6 +14,6 @@ struct PlugboardBench: AsyncParsableCommand {
             Example:
               swift run -c release plugboard-bench chan --calls 20000
             """,
-        subcommands: [ChanBenchmark.self, RoutingBenchmark.self, DaemonBenchmark.self, DaemonCallBenchmark.self, DaemonCallClient.self, RemoteBenchmark.self, ContainerBenchmark.self, ShellBenchmark.self, ImageBenchmark.self, PythonBenchmark.self, ChanPeer.self, PipePeer.self, RoutingPeer.self]
+        subcommands: [ChanBenchmark.self, RoutingBenchmark.self, DaemonBenchmark.self, DaemonCallBenchmark.self, DaemonCallClient.self, RemoteBenchmark.self, ContainerBenchmark.self, ShellBenchmark.self, ImageBenchmark.self, PythonBenchmark.self, ChanPeer.self, PipePeer.self, RoutingPeer.self, PluginCaller.self]
     )
 }

@@ -22,30 +22,49 @@ struct EngineCallServer: Sendable {
     let isGranted: @Sendable (String) async -> Bool
 
     /// Accepts the plugin's channels and answers their requests until the session ends.
+    ///
+    /// As for admin sessions (``AdminServer``), the session's tasks run on its event loop,
+    /// and so does a call of a job served by another process: it only checks the grant,
+    /// sends, waits and answers, and both its request and its reply arrive on loops, so it
+    /// costs no wake-up of the global pool. Everything else a plugin asks (a job in
+    /// process, whose handler may block; extension points, hook chains, the pipeline) runs
+    /// on the global pool, off the loop that other sessions share.
     func serve() async {
         // One budget for all its engine channels: past it the daemon stops reading, the
         // channels' windows fill, and the plugin's sends wait (credit), so a flooding
         // plugin holds at most this many calls' worth of the daemon's memory.
         let slots = Limiter(limit: Self.maxCallsInFlight)
-        await withDiscardingTaskGroup { group in
-            while let channel = try? await session.accept() {
-                guard channel.label == "engine" else {
-                    channel.close()
-                    continue
-                }
-                group.addTask {
-                    await withDiscardingTaskGroup { calls in
-                        while let request = try? await channel.nextRequest() {
-                            guard (try? await slots.acquire()) != nil else { return }
-                            calls.addTask {
-                                defer { slots.release() }
-                                await answer(request)
+        await withTaskExecutorPreference(session.taskExecutor) {
+            await withDiscardingTaskGroup { group in
+                while let channel = try? await session.accept() {
+                    guard channel.label == "engine" else {
+                        channel.close()
+                        continue
+                    }
+                    group.addTask(executorPreference: session.taskExecutor) {
+                        await withDiscardingTaskGroup { calls in
+                            while let request = try? await channel.nextRequest() {
+                                guard (try? await slots.acquire()) != nil else { return }
+                                let onLoop = forwardsToAnotherProcess(request.body)
+                                calls.addTask(executorPreference: onLoop ? session.taskExecutor : globalConcurrentExecutor) {
+                                    defer { slots.release() }
+                                    await answer(request)
+                                }
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Whether `body` is a plain job call of a job a plugin in another process serves (the
+    /// only kind of request that may run on the session's loop).
+    func forwardsToAnotherProcess(_ body: Value) -> Bool {
+        guard let job = body["job"]?.stringValue,
+              body["best"] == nil, body["all"] == nil, body["pipeline.send"] == nil,
+              body["hooks.run"] == nil, body["hooks.notify"] == nil else { return false }
+        return engine.hub.isServedRemotely(job)
     }
 
     private func answer(_ request: Request) async {
