@@ -51,7 +51,7 @@ struct ChildProcessTests {
         await peer.stop()
     }
 
-    @Test("byte streams of several MiB to and from the child")
+    @Test("byte streams of several MiB to and from the child", .heavy)
     func streams() async throws {
         let peer = try await PeerProcess.start()
         let size = 8 * 1024 * 1024

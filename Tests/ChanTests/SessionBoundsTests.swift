@@ -239,7 +239,7 @@ func boundedPair(_ kind: PairKind, a: Session.Configuration, b: Session.Configur
 /// Concurrent sends on one channel (a plugin's many calls on its one engine channel).
 @Suite("flow control holds for concurrent sends on one channel")
 struct ConcurrentSendTests {
-    @Test("100 concurrent sends of near-maximum frames never overrun the receiver's window", arguments: PairKind.allCases)
+    @Test("100 concurrent sends of near-maximum frames never overrun the receiver's window", .heavy, arguments: PairKind.allCases)
     func concurrentSends(_ kind: PairKind) async throws {
         // A window far smaller than a frame: two sends that both passed the credit check
         // before either was charged would put 120 KB outstanding, over window + max_frame

@@ -162,7 +162,7 @@ struct SessionTests {
         server.cancel()
     }
 
-    @Test("byte streams of several MiB arrive intact, both directions", arguments: PairKind.allCases)
+    @Test("byte streams of several MiB arrive intact, both directions", .heavy, arguments: PairKind.allCases)
     func byteStreams(_ kind: PairKind) async throws {
         let (a, b) = try await kind.make()
         let size = 6 * 1024 * 1024 + 123

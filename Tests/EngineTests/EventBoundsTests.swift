@@ -43,7 +43,7 @@ struct EventBoundsTests {
     let place = DaemonPlace("event-bounds")
     var socket: String { place.socket }
 
-    @Test("a plugin publishing 2,000 events of 512 KiB: each is refused as too large, and plugboardd stays small")
+    @Test("a plugin publishing 2,000 events of 512 KiB: each is refused as too large, and plugboardd stays small", .heavy)
     func oversizedEventsRefused() async throws {
         let plugin = try builtExecutable("plugboard-test-plugin")
         let daemon = try await place.startDaemon(["--plugin-exec", "p=\(plugin)"])

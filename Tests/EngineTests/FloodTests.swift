@@ -15,7 +15,7 @@ func residentBytes(_ pid: pid_t) -> Int {
     return kb * 1024
 }
 
-@Suite("floods: a plugin sending as fast as it can, or maximum-size frames back to back", .serialized)
+@Suite("floods: a plugin sending as fast as it can, or maximum-size frames back to back", .serialized, .heavy)
 struct FloodTests {
     /// plugboardd's memory may grow by at most this much under a flood (docs/RELIABILITY.md):
     /// 32 engine calls in flight per plugin × (a 1 MiB frame, its decoded value and its

@@ -294,15 +294,21 @@ struct LocalUserTests {
             defer { session.close(reason: "done") }
             // Two attackers of uid 65534, 2,000 connections each, one after another as fast as
             // the daemon closes them.
+            let clock = ContinuousClock()
+            let floodStart = clock.now
             let attackers = try (0..<2).map { _ in try OtherUidClient.start(uid: 65534, gid: 65534, script: script, ["flood", socket, "2000"]) }
             // Root's calls go on meanwhile.
             var served = 0
             var slowest = Duration.zero
-            let clock = ContinuousClock()
             while attackers.contains(where: { $0.process.exitStatus == nil }) {
                 let took = try await clock.measure { if try await adminCall(admin, "echo", .int(Int64(served))) == .int(Int64(served)) { served += 1 } }
                 slowest = max(slowest, took)
             }
+            // The first refusal is logged at once, then one count at most every 10 s: the
+            // bound grows with how long the flood lasted (about 15 s here; longer on a
+            // loaded machine), never with how many connections it made.
+            let floodSeconds = (clock.now - floodStart) / .seconds(1)
+            let duringBound = 1 + Int((floodSeconds / 10).rounded(.up))
             var connected = 0
             for a in attackers {
                 connected += try await a.report("connected")
@@ -311,7 +317,7 @@ struct LocalUserTests {
             #expect(connected == 4000, "every attempt reached the daemon")
             #expect(served > 0)
             let during = daemon.log.all.dropFirst(linesBefore).filter { $0.contains("refused") }
-            #expect(during.count <= 3, "\(during.count) lines about refusals: \(during.prefix(5))")
+            #expect(during.count <= max(3, duringBound), "\(during.count) lines about refusals in \(floodSeconds) s: \(during.prefix(5))")
 
             // At shutdown the count so far is written: every refusal is accounted for.
             daemon.process.signal(SIGTERM)
@@ -324,8 +330,8 @@ struct LocalUserTests {
                 else { for m in line.matches(of: #/uid [0-9]+: ([0-9]+) \(/#) { counted += Int(m.1) ?? 0 } }
             }
             #expect(counted == 4000, "the log accounts for \(counted) refusals: \(lines)")
-            #expect(lines.count <= 4, "\(lines.count) lines")
-            print("refused flood: 4000 refused in \(lines.count) log lines; root served \(served) calls meanwhile, the slowest in \(slowest)")
+            #expect(lines.count <= max(3, duringBound) + 1, "\(lines.count) lines in \(floodSeconds) s")
+            print("refused flood: 4000 refused in \(lines.count) log lines over \(floodSeconds) s; root served \(served) calls meanwhile, the slowest in \(slowest)")
         }
         try? FileManager.default.removeItem(atPath: place.dir)
         try? FileManager.default.removeItem(atPath: place.dir + "-state")

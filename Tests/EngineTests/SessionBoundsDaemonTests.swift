@@ -46,7 +46,7 @@ struct SessionBoundsDaemonTests {
         await place.stop(daemon)
     }
 
-    @Test("a plugin that opens 50,000 channels gets a RESET for each past 1024; the daemon answers calls and stays small")
+    @Test("a plugin that opens 50,000 channels gets a RESET for each past 1024; the daemon answers calls and stays small", .heavy)
     func openFlood() async throws {
         let place = DaemonPlace("open-flood")
         let daemon = try await place.startDaemon(["--plugin-exec", "flooder=\(try builtExecutable("plugboard-test-peer")) open-flood"])

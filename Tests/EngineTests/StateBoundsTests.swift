@@ -19,7 +19,7 @@ struct StateBoundsTests {
         return e.remoteCode == code && e.reason.contains(text)
     }
 
-    @Test("12 MiB values are refused as too large, from the admin socket and from a plugin; plugboardd stays small")
+    @Test("12 MiB values are refused as too large, from the admin socket and from a plugin; plugboardd stays small", .heavy)
     func largeValuesRefused() async throws {
         let plugin = try builtExecutable("plugboard-test-plugin")
         let daemon = try await place.startDaemon(["--plugin-exec", "p=\(plugin)"])

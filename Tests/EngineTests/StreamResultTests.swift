@@ -39,7 +39,7 @@ struct StreamResultTests {
         #expect(wrong == nil, "byte \(wrong?.offset ?? -1) differs")
     }
 
-    @Test("a job returns a byte stream of 8 MiB to plugboard call, directly and through a plugin that calls it")
+    @Test("a job returns a byte stream of 8 MiB to plugboard call, directly and through a plugin that calls it", .heavy)
     func eightMiB() async throws {
         let plugin = try builtExecutable("plugboard-test-plugin")
         let daemon = try await place.startDaemon(["--plugin-exec", "src=\(plugin)", "--plugin-exec", "relay=\(plugin) calls=src.bytes"])
