@@ -174,19 +174,10 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
                         samples.add(now() - t0)
                     }
                     let elapsed = Double(now() - start) / 1e9
-                    let p50 = samples.percentile(0.5)
-                    print(jsonLine([
-                        ("scenario", .string("daemon.call.sequential")),
-                        ("calls", .int(calls)),
-                        ("p50_us", .double(p50)),
-                        ("p99_us", .double(samples.percentile(0.99))),
-                        ("calls_per_s", .double(Double(calls) / elapsed)),
-                        ("limit_p50_us", .double(rawSequential.p50)),
-                        ("limit_msgs_per_s", .double(rawSequential.messagesPerSecond)),
-                        ("p50_vs_limit", .double(rawSequential.p50 > 0 ? p50 / rawSequential.p50 : 0)),
-                        ("chan_sequential_p50_us", .double(chanP50)),
-                        ("p50_vs_chan_sequential", .double(chanP50 > 0 ? p50 / chanP50 : 0)),
-                    ]))
+                    printSequential(
+                        "daemon.call.sequential", p50: samples.percentile(0.5), p99: samples.percentile(0.99),
+                        rate: Double(calls) / elapsed, rawSequential: rawSequential, chanP50: chanP50
+                    )
                 }
                 if wants("daemon.call.inflight64") {
                     let inflight = 64
@@ -242,8 +233,13 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
         guard case .float(let p50)? = result["p50_us"], case .float(let p99)? = result["p99_us"], case .float(let rate)? = result["calls_per_s"] else {
             throw ValidationError("the caller plugin answered \(result)")
         }
+        printSequential("daemon.call.from_plugin", p50: p50, p99: p99, rate: rate, rawSequential: rawSequential, chanP50: chanP50)
+    }
+
+    /// One line of a one-call-at-a-time scenario, beside the raw pipe and `chan.sequential`.
+    func printSequential(_ scenario: String, p50: Double, p99: Double, rate: Double, rawSequential: RawPipeLimit.Result, chanP50: Double) {
         print(jsonLine([
-            ("scenario", .string("daemon.call.from_plugin")),
+            ("scenario", .string(scenario)),
             ("calls", .int(calls)),
             ("p50_us", .double(p50)),
             ("p99_us", .double(p99)),
