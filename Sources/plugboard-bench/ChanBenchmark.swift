@@ -68,14 +68,8 @@ struct ChanBenchmark: AsyncParsableCommand {
 
         // chan.sequential
         if wants("chan.sequential") {
-        var samples = Samples()
-        let start = now()
-        for _ in 0..<calls {
-            let t0 = now()
-            _ = try await channel.request(body)
-            samples.add(now() - t0)
-        }
-        let elapsed = Double(now() - start) / 1e9
+        let (samples, start, end) = try await timeSequentially(calls) { _ = try await channel.request(body) }
+        let elapsed = Double(end - start) / 1e9
         print(jsonLine([
             ("scenario", .string("chan.sequential")),
             ("calls", .int(calls)),
@@ -95,27 +89,9 @@ struct ChanBenchmark: AsyncParsableCommand {
         guard wants("chan.inflight64") else { return }
         let inflight = 64
         let perWorker = max(1, calls * 2 / inflight)
-        let all = NIOLockedValueBox(Samples())
-        let startInflight = now()
-        try await withThrowingTaskGroup(of: Samples.self) { group in
-            for _ in 0..<inflight {
-                group.addTask {
-                    var local = Samples()
-                    local.nanos.reserveCapacity(perWorker)
-                    for _ in 0..<perWorker {
-                        let t0 = now()
-                        _ = try await channel.request(body)
-                        local.add(now() - t0)
-                    }
-                    return local
-                }
-            }
-            for try await local in group { all.withLockedValue { $0.nanos.append(contentsOf: local.nanos) } }
-        }
-        let elapsedInflight = Double(now() - startInflight) / 1e9
+        let (merged, elapsedInflight) = try await timeConcurrently(workers: inflight, perWorker: perWorker) { _ = try await channel.request(body) }
         let total = perWorker * inflight
         let rawPipelined = noLimit ? noResult : try limit.pipelined(roundTrips: total, inflight: inflight)
-        let merged = all.withLockedValue { $0 }
         print(jsonLine([
             ("scenario", .string("chan.inflight64")),
             ("calls", .int(total)),

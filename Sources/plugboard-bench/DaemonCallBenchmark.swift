@@ -165,43 +165,17 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
             try await withTaskExecutorPreference(session.taskExecutor) {
                 for _ in 0..<warmup { _ = try await channel.request(wireBody) }
                 if wants("daemon.call.sequential") {
-                    var samples = Samples()
-                    samples.nanos.reserveCapacity(calls)
-                    let start = now()
-                    for _ in 0..<calls {
-                        let t0 = now()
-                        _ = try await channel.request(wireBody)
-                        samples.add(now() - t0)
-                    }
-                    let elapsed = Double(now() - start) / 1e9
+                    let (samples, start, end) = try await timeSequentially(calls) { _ = try await channel.request(wireBody) }
                     printSequential(
                         "daemon.call.sequential", p50: samples.percentile(0.5), p99: samples.percentile(0.99),
-                        rate: Double(calls) / elapsed, rawSequential: rawSequential, chanP50: chanP50
+                        rate: Double(calls) / (Double(end - start) / 1e9), rawSequential: rawSequential, chanP50: chanP50
                     )
                 }
                 if wants("daemon.call.inflight64") {
                     let inflight = 64
                     let perWorker = max(1, calls * 2 / inflight)
-                    let all = NIOLockedValueBox(Samples())
-                    let start = now()
-                    try await withThrowingTaskGroup(of: Samples.self) { group in
-                        for _ in 0..<inflight {
-                            group.addTask {
-                                var local = Samples()
-                                local.nanos.reserveCapacity(perWorker)
-                                for _ in 0..<perWorker {
-                                    let t0 = now()
-                                    _ = try await channel.request(wireBody)
-                                    local.add(now() - t0)
-                                }
-                                return local
-                            }
-                        }
-                        for try await local in group { all.withLockedValue { $0.nanos.append(contentsOf: local.nanos) } }
-                    }
-                    let elapsed = Double(now() - start) / 1e9
+                    let (merged, elapsed) = try await timeConcurrently(workers: inflight, perWorker: perWorker) { _ = try await channel.request(wireBody) }
                     let total = perWorker * inflight
-                    let merged = all.withLockedValue { $0 }
                     let rate = Double(total) / elapsed
                     print(jsonLine([
                         ("scenario", .string("daemon.call.inflight64")),
@@ -320,13 +294,7 @@ struct DaemonCallBenchmark: AsyncParsableCommand {
         let p50 = try await withTaskExecutorPreference(launched.session.taskExecutor) {
             let channel = try launched.session.open(label: "calls")
             for _ in 0..<warmup { _ = try await channel.request(body) }
-            var samples = Samples()
-            for _ in 0..<calls {
-                let t0 = now()
-                _ = try await channel.request(body)
-                samples.add(now() - t0)
-            }
-            return samples.percentile(0.5)
+            return try await timeSequentially(calls) { _ = try await channel.request(body) }.samples.percentile(0.5)
         }
         launched.session.close(reason: "benchmark done")
         _ = await launched.process.waitForExit()
@@ -524,15 +492,7 @@ struct DaemonCallClient: AsyncParsableCommand {
             try writeAll(4, &ready)
             var go: [UInt8] = [0]
             try readExactly(3, &go)
-            var samples = Samples()
-            samples.nanos.reserveCapacity(calls)
-            let start = now()
-            for _ in 0..<calls {
-                let t0 = now()
-                _ = try await channel.request(wireBody)
-                samples.add(now() - t0)
-            }
-            let end = now()
+            let (samples, start, end) = try await timeSequentially(calls) { _ = try await channel.request(wireBody) }
             return "\(start) \(end) \(UInt64(samples.percentile(0.5) * 1000)) \(UInt64(samples.percentile(0.99) * 1000))\n"
         }
         var bytes = Array(line.utf8)

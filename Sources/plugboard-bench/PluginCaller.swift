@@ -30,15 +30,8 @@ struct CallLoopPlugin: Plugin {
             let calls = max(1, Int(argument["calls"]?.intValue ?? 1000))
             let warmup = max(0, Int(argument["warmup"]?.intValue ?? 0))
             for _ in 0..<warmup { _ = try await engine.call(job, "ping", timeout: .seconds(10)) }
-            var samples = Samples()
-            samples.nanos.reserveCapacity(calls)
-            let start = now()
-            for _ in 0..<calls {
-                let t0 = now()
-                _ = try await engine.call(job, "ping", timeout: .seconds(10))
-                samples.add(now() - t0)
-            }
-            let elapsed = Double(now() - start) / 1e9
+            let (samples, start, end) = try await timeSequentially(calls) { _ = try await engine.call(job, "ping", timeout: .seconds(10)) }
+            let elapsed = Double(end - start) / 1e9
             return .fields(
                 ("p50_us", .float(samples.percentile(0.5))),
                 ("p99_us", .float(samples.percentile(0.99))),

@@ -61,3 +61,33 @@ func format2(_ d: Double) -> String {
     let scaled = (d * 100).rounded() / 100
     return String(scaled)
 }
+
+/// Runs `body` `count` times, one after another, timing each call: the samples and the
+/// monotonic nanoseconds at the first start and the last end.
+func timeSequentially(_ count: Int, _ body: () async throws -> Void) async rethrows -> (samples: Samples, start: UInt64, end: UInt64) {
+    var samples = Samples()
+    samples.nanos.reserveCapacity(count)
+    let start = now()
+    for _ in 0..<count {
+        let t0 = now()
+        try await body()
+        samples.add(now() - t0)
+    }
+    return (samples, start, now())
+}
+
+/// Runs `body` `perWorker` times in each of `workers` concurrent tasks (so `workers` calls
+/// are in flight), timing each call: all the samples and the seconds from start to the end
+/// of the last.
+func timeConcurrently(workers: Int, perWorker: Int, _ body: @escaping @Sendable () async throws -> Void) async throws -> (samples: Samples, seconds: Double) {
+    let start = now()
+    let samples = try await withThrowingTaskGroup(of: Samples.self) { group in
+        for _ in 0..<workers {
+            group.addTask { try await timeSequentially(perWorker, body).samples }
+        }
+        var all = Samples()
+        for try await part in group { all.nanos.append(contentsOf: part.nanos) }
+        return all
+    }
+    return (samples, Double(now() - start) / 1e9)
+}
