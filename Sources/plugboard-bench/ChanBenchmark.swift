@@ -36,7 +36,7 @@ struct ChanBenchmark: AsyncParsableCommand {
         only.map { $0.split(separator: ",").map(String.init).contains(scenario) } ?? true
     }
 
-    @Flag(help: "Run the calling tasks on the session's event loop (the default) or, with --no-on-loop, on Swift's global pool.")
+    @Flag(inversion: .prefixedNo, help: "Run the calling tasks on the session's event loop (the default) or, with --no-on-loop, on Swift's global pool.")
     var onLoop = true
 
     func run() async throws {
